@@ -1,0 +1,119 @@
+//! Configuration: the TOML schema, parsing and validation.
+//!
+//! [`Config::load`] reads a file and returns either a fully validated
+//! [`Config`] or *every* problem found, each naming file, line and key.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::model::{Family, Pool, PortSpec, ServiceKey};
+
+mod parse;
+
+pub use parse::{ConfigError, ConfigErrors};
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    /// `None` when the `[kubernetes]` section is absent: static services only.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// `None` when the `[bgp]` section is absent.
+    pub bgp: Option<BgpConfig>,
+    pub pools: Vec<Pool>,
+    pub health: HealthConfig,
+    pub static_services: Vec<StaticService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayConfig {
+    pub router_id: Ipv4Addr,
+    pub state_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub metrics_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubernetesConfig {
+    pub kubeconfig: PathBuf,
+    /// kubeconfig context; `None` = the current context.
+    pub context: Option<String>,
+    pub load_balancer_class: String,
+    pub claim_unclassed: bool,
+    pub lease_namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BgpConfig {
+    pub asn: u32,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// Seconds; 0 (no keepalives) or at least 3 (RFC 4271 §4.2).
+    pub hold_time: u16,
+    pub password_file: Option<PathBuf>,
+    pub passive: bool,
+    /// eBGP multihop TTL; `None` = directly connected (TTL 1 for eBGP).
+    pub multihop_ttl: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthConfig {
+    pub interval_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 500,
+            fall: 3,
+            rise: 2,
+        }
+    }
+}
+
+/// A Service defined in the config file instead of Kubernetes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StaticService {
+    pub key: ServiceKey,
+    pub pool: String,
+    /// Requested IPs (at most one per family); empty = allocate from the pool.
+    pub ips: Vec<IpAddr>,
+    /// Families to allocate when `ips` is empty.
+    pub families: Vec<Family>,
+    pub ports: Vec<PortSpec>,
+    /// The next hops (node addresses).
+    pub nodes: Vec<IpAddr>,
+    pub sharing_key: Option<String>,
+    pub source_ranges: Vec<IpNet>,
+}
+
+impl Config {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::single(ConfigError::io(path, &e))
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and validate `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        parse::parse(path, text)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}

@@ -1,0 +1,1 @@
+//! The owner task and the pure planner.

@@ -1,0 +1,1 @@
+//! IP address management: pure allocation over pools.

@@ -1,0 +1,13 @@
+//! pier: a load-balancer gateway for bare-metal Kubernetes.
+//!
+//! See `docs/architecture.md` for how the modules fit together.
+
+pub mod arp;
+pub mod bgp;
+pub mod config;
+pub mod engine;
+pub mod health;
+pub mod ipam;
+pub mod model;
+pub mod route;
+pub mod store;
