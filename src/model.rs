@@ -581,6 +581,38 @@ impl Desired {
     }
 }
 
+/// An HTTP health endpoint the health prober checks (on a node address only).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProbeTarget {
+    pub address: IpAddr,
+    pub port: u16,
+    /// `/healthz` for kube-proxy, `/` for a Service's `healthCheckNodePort`.
+    pub path: String,
+}
+
+impl fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V4(a) => write!(f, "http://{a}:{}{}", self.port, self.path),
+            IpAddr::V6(a) => write!(f, "http://[{a}]:{}{}", self.port, self.path),
+        }
+    }
+}
+
+/// The prober's verdicts. A target not listed has no verdict yet and counts
+/// as healthy (so a restart does not withdraw everything while the first
+/// probes run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub down: std::collections::BTreeSet<ProbeTarget>,
+}
+
+impl HealthView {
+    pub fn is_up(&self, t: &ProbeTarget) -> bool {
+        !self.down.contains(t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
