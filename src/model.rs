@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -434,6 +435,9 @@ pub struct Service {
     /// Static services name their next hops directly instead of using nodes
     /// and endpoints.
     pub static_next_hops: Option<Vec<IpAddr>>,
+    /// Static services: the port of the HTTP `/healthz` probe on each next
+    /// hop (kube-proxy's by default); `None` = not probed.
+    pub static_probe_port: Option<u16>,
 }
 
 impl Service {
@@ -452,6 +456,7 @@ impl Service {
             source_ranges: Vec::new(),
             status_ips: Vec::new(),
             static_next_hops: None,
+            static_probe_port: None,
         }
     }
 }
@@ -545,7 +550,10 @@ pub struct Announcement {
     pub pool: String,
     pub mode: AnnounceMode,
     /// Sorted by address; never empty (no next hop → no announcement).
-    pub next_hops: Vec<NextHop>,
+    /// Shared between announcements with the same set (every Cluster Service
+    /// of a pool has the same nodes), so a plan for 10,000 VIPs × 500 nodes
+    /// stays small.
+    pub next_hops: Arc<[NextHop]>,
     pub bgp: BgpAttributes,
     /// The Services on this VIP (more than one when shared), sorted.
     pub services: Vec<ServiceKey>,
@@ -568,8 +576,9 @@ pub struct PortRule {
 pub struct Desired {
     /// Increases by one with every published plan.
     pub generation: u64,
-    /// Sorted by VIP; one entry per VIP.
-    pub announcements: Vec<Announcement>,
+    /// Sorted by VIP; one entry per VIP. Shared with earlier plans, so
+    /// publishing after one change copies pointers, not announcements.
+    pub announcements: Vec<Arc<Announcement>>,
 }
 
 impl Desired {
@@ -577,7 +586,7 @@ impl Desired {
         self.announcements
             .binary_search_by(|a| a.vip.cmp(vip))
             .ok()
-            .map(|i| &self.announcements[i])
+            .map(|i| &*self.announcements[i])
     }
 }
 
