@@ -249,9 +249,9 @@ impl FromStr for IpRange {
                 end: net.broadcast(),
             })
         } else {
-            let ip: IpAddr = s.parse().map_err(|_| {
-                format!("{s:?} is not an IP address, CIDR or range (a-b)")
-            })?;
+            let ip: IpAddr = s
+                .parse()
+                .map_err(|_| format!("{s:?} is not an IP address, CIDR or range (a-b)"))?;
             Ok(IpRange { start: ip, end: ip })
         }
     }
@@ -636,9 +636,18 @@ mod tests {
         assert_eq!(r.size(), 1);
         let r: IpRange = "fd66:0:0:77::/64".parse().unwrap();
         assert_eq!(r.size(), 1u128 << 64);
-        assert!("10.0.0.20-10.0.0.10".parse::<IpRange>().unwrap_err().contains("ends before"));
-        assert!("10.0.0.1-fd00::1".parse::<IpRange>().unwrap_err().contains("mixes"));
-        assert!("10.0.0.1/24".parse::<IpRange>().unwrap_err().contains("host bits"));
+        assert!("10.0.0.20-10.0.0.10"
+            .parse::<IpRange>()
+            .unwrap_err()
+            .contains("ends before"));
+        assert!("10.0.0.1-fd00::1"
+            .parse::<IpRange>()
+            .unwrap_err()
+            .contains("mixes"));
+        assert!("10.0.0.1/24"
+            .parse::<IpRange>()
+            .unwrap_err()
+            .contains("host bits"));
         assert!("10.0.0.300".parse::<IpRange>().is_err());
         let all: IpRange = "::/0".parse().unwrap();
         assert_eq!(all.size(), u128::MAX);
@@ -648,7 +657,10 @@ mod tests {
     fn ports_and_communities_parse() {
         assert_eq!(
             "53/udp".parse::<PortSpec>().unwrap(),
-            PortSpec { port: 53, protocol: Protocol::Udp }
+            PortSpec {
+                port: 53,
+                protocol: Protocol::Udp
+            }
         );
         assert_eq!("80".parse::<PortSpec>().unwrap().protocol, Protocol::Tcp);
         assert!("0/tcp".parse::<PortSpec>().is_err());

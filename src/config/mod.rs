@@ -102,9 +102,8 @@ pub struct StaticService {
 impl Config {
     /// Read, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::single(ConfigError::io(path, &e))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(ConfigError::io(path, &e)))?;
         Config::parse(path, &text)
     }
 

@@ -1,0 +1,119 @@
+//! The on-disk store: one sled database under `state_dir`.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::{record_key, AllocationStore, Record, StoreBatch, StoreError, FORMAT_VERSION};
+use crate::model::Allocation;
+
+const TREE: &str = "allocations";
+const META_FORMAT: &[u8] = b"format";
+#[cfg(test)]
+pub(super) const META_FORMAT_FOR_TESTS: &[u8] = META_FORMAT;
+
+/// Allocations in sled at `<state_dir>/allocations.db`, guarded by an
+/// exclusive lock on `<state_dir>/pier.lock` so two daemons never share it.
+pub struct SledStore {
+    path: PathBuf,
+    pub(super) db: sled::Db,
+    pub(super) tree: sled::Tree,
+    // Held for the store's lifetime; the lock goes with the descriptor.
+    _lock: File,
+}
+
+impl SledStore {
+    pub fn open(state_dir: &Path) -> Result<SledStore, StoreError> {
+        let path = state_dir.join("allocations.db");
+        let open_err = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| open_err(format!("cannot create {}: {e}", state_dir.display())))?;
+        let lock_path = state_dir.join("pier.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| open_err(format!("cannot open {}: {e}", lock_path.display())))?;
+        // SAFETY: flock on a descriptor we own; no memory is shared.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                StoreError::Locked { path: path.clone() }
+            } else {
+                open_err(format!("cannot lock {}: {e}", lock_path.display()))
+            });
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| open_err(e.to_string()))?;
+        let tree = db.open_tree(TREE).map_err(|e| open_err(e.to_string()))?;
+        match db.get(META_FORMAT).map_err(|e| open_err(e.to_string()))? {
+            Some(v) => {
+                let found = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .ok_or_else(|| open_err(format!("unreadable format marker {v:?}")))?;
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::FutureFormat { path, found });
+                }
+            }
+            None => {
+                db.insert(META_FORMAT, FORMAT_VERSION.to_string().as_bytes())
+                    .map_err(|e| open_err(e.to_string()))?;
+                db.flush().map_err(|e| open_err(e.to_string()))?;
+            }
+        }
+        Ok(SledStore {
+            path,
+            db,
+            tree,
+            _lock: lock,
+        })
+    }
+}
+
+impl AllocationStore for SledStore {
+    fn load(&self) -> Result<Vec<Allocation>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            out.push(Record::decode(&self.path, &k, &v)?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (svc, ip) in &batch.remove {
+            b.remove(record_key(svc, ip));
+        }
+        for a in &batch.put {
+            b.insert(record_key(&a.service, &a.ip), Record::encode(a));
+        }
+        let write_err = |e: sled::Error| StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        self.tree.apply_batch(b).map_err(write_err)?;
+        // One fsync per batch: the engine batches everything one planning
+        // round changes, so 10,000 allocations at start cost one flush.
+        self.db.flush().map_err(write_err)?;
+        Ok(())
+    }
+
+    fn location(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,167 @@
+use super::*;
+use crate::model::{PortSpec, Protocol};
+
+fn alloc(ns: &str, name: &str, ip: &str) -> Allocation {
+    Allocation {
+        service: ServiceKey::new(ns, name),
+        ip: ip.parse().unwrap(),
+        pool: "public".into(),
+        sharing_key: None,
+        ports: vec![PortSpec {
+            port: 80,
+            protocol: Protocol::Tcp,
+        }],
+    }
+}
+
+#[test]
+fn sled_round_trip_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        assert!(s.load().unwrap().is_empty());
+        s.apply(&StoreBatch {
+            put: vec![
+                alloc("default", "web", "10.0.0.1"),
+                alloc("default", "web", "fd00::1"),
+                alloc("kube-system", "dns", "10.0.0.2"),
+            ],
+            remove: vec![],
+        })
+        .unwrap();
+        s.apply(&StoreBatch {
+            put: vec![],
+            remove: vec![(
+                ServiceKey::new("kube-system", "dns"),
+                "10.0.0.2".parse().unwrap(),
+            )],
+        })
+        .unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let got = s.load().unwrap();
+    assert_eq!(
+        got,
+        vec![
+            alloc("default", "web", "10.0.0.1"),
+            alloc("default", "web", "fd00::1")
+        ]
+    );
+}
+
+#[test]
+fn second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = SledStore::open(dir.path()).unwrap();
+    match SledStore::open(dir.path()) {
+        Err(StoreError::Locked { .. }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a locked store"),
+    }
+}
+
+#[test]
+fn corrupt_record_refuses_to_load_and_is_not_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        s.apply(&StoreBatch {
+            put: vec![alloc("default", "web", "10.0.0.1")],
+            remove: vec![],
+        })
+        .unwrap();
+        s.tree
+            .insert(b"default\0bad\x0010.0.0.9", b"{not json".to_vec())
+            .unwrap();
+        s.db.flush().unwrap();
+    }
+    for _ in 0..2 {
+        let s = SledStore::open(dir.path()).unwrap();
+        let err = s.load().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("default\\0bad"), "{err}");
+        // the good record is still there
+        assert!(s
+            .tree
+            .get(record_key(
+                &ServiceKey::new("default", "web"),
+                &"10.0.0.1".parse().unwrap()
+            ))
+            .unwrap()
+            .is_some());
+    }
+}
+
+#[test]
+fn future_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.db.insert(META_FORMAT_FOR_TESTS, b"99".to_vec()).unwrap();
+        s.db.flush().unwrap();
+    }
+    match SledStore::open(dir.path()) {
+        Err(StoreError::FutureFormat { found: 99, .. }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a future store"),
+    }
+}
+
+#[test]
+fn future_record_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let a = alloc("default", "web", "10.0.0.1");
+    let mut rec = serde_json::to_value(Record {
+        v: 1,
+        allocation: a.clone(),
+    })
+    .unwrap();
+    rec["v"] = 7.into();
+    s.tree
+        .insert(
+            record_key(&a.service, &a.ip),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+    assert!(matches!(
+        s.load(),
+        Err(StoreError::FutureFormat { found: 7, .. })
+    ));
+}
+
+#[test]
+fn record_under_wrong_key_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let a = alloc("default", "web", "10.0.0.1");
+    s.tree
+        .insert(
+            record_key(&a.service, &"10.0.0.2".parse().unwrap()),
+            Record::encode(&a),
+        )
+        .unwrap();
+    assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
+}
+
+#[test]
+fn unopenable_dir_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plainfile");
+    std::fs::write(&file, b"x").unwrap();
+    let err = SledStore::open(&file.join("sub")).err().expect("must fail");
+    assert!(err.to_string().contains("plainfile"), "{err}");
+}
+
+#[test]
+fn memory_store_fails_on_request() {
+    let mut m = MemoryStore::new();
+    m.fail_writes = true;
+    assert!(m
+        .apply(&StoreBatch {
+            put: vec![alloc("a", "b", "10.0.0.1")],
+            remove: vec![]
+        })
+        .is_err());
+    assert!(m.load().unwrap().is_empty());
+}
