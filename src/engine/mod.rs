@@ -1,1 +1,3 @@
 //! The owner task and the pure planner.
+
+pub mod plan;
