@@ -1,1 +1,208 @@
-fn main() {}
+//! The `pier` command line. `anyhow` stops here; the library has typed errors.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use pier::config::Config;
+use pier::engine::{self, source, Engine, EngineOutputs, EngineSettings, Input};
+use pier::model::{Desired, Origin};
+use pier::store::SledStore;
+
+/// EX_USAGE from sysexits.h: bad configuration, nothing was started.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "pier", about = "Load-balancer gateway for bare-metal Kubernetes", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon.
+    Run {
+        #[arg(long, short, default_value = "/etc/pier/pier.toml")]
+        config: PathBuf,
+        /// Log format (overrides `gateway.log_format`).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate a configuration file: exit 0 when valid, 64 listing every error.
+    Check {
+        #[arg(long, short, default_value = "/etc/pier/pier.toml")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("pier {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} pools, {} peers, {} static services)",
+                    config.display(),
+                    c.pools.len(),
+                    c.bgp.as_ref().map_or(0, |b| b.peers.len()),
+                    c.static_services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config, log_format } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("{}: {} error(s); not starting", config.display(), errors.0.len());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(log_format);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(config, cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    eprintln!("pier: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        Some(LogFormat::Json) => builder.json().init(),
+        _ => builder.init(),
+    }
+}
+
+async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
+    let store = SledStore::open(&cfg.gateway.state_dir)?;
+    let settings = EngineSettings {
+        sources: [Origin::Static].into(),
+        kube_proxy_port: cfg.health.kube_proxy_port,
+        leader: true,
+    };
+    let engine = Engine::new(Box::new(store), cfg.pools.clone(), settings)
+        .context("cannot load allocations")?;
+    let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
+    let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
+    let (targets_tx, _targets_rx) = watch::channel(Default::default());
+    let (states_tx, _states_rx) = watch::channel(Arc::new(Vec::new()));
+    let engine_task = tokio::spawn(engine::run(
+        engine,
+        input_rx,
+        EngineOutputs {
+            desired: desired_tx,
+            probe_targets: targets_tx,
+            events: None,
+            states: states_tx,
+        },
+    ));
+    info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
+    for input in source::static_inputs(&cfg) {
+        input_tx.send(input).await.context("engine stopped")?;
+    }
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut cfg = cfg;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => {
+                if let Some(new) = reload(&path, &cfg) {
+                    for input in reload_inputs(&cfg, &new) {
+                        input_tx.send(input).await.context("engine stopped")?;
+                    }
+                    cfg = new;
+                }
+            }
+            changed = desired_rx.changed() => {
+                if changed.is_err() { break; }
+                let d = desired_rx.borrow_and_update().clone();
+                info!(generation = d.generation, vips = d.announcements.len(), "desired state published");
+            }
+        }
+    }
+    drop(input_tx);
+    engine_task.await.context("engine task failed")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Re-read the config; on errors keep the running one and log every error.
+fn reload(path: &Path, running: &Config) -> Option<Config> {
+    match Config::load(path) {
+        Ok(new) => {
+            if new.gateway != running.gateway || new.kubernetes != running.kubernetes {
+                warn!("SIGHUP: [gateway] and [kubernetes] changes need a restart; applying pools and static services only");
+            }
+            info!(config = %path.display(), "SIGHUP: configuration reloaded");
+            Some(new)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                error!("{e}");
+            }
+            error!(errors = errors.0.len(), "SIGHUP: configuration has errors; keeping the running one");
+            None
+        }
+    }
+}
+
+fn reload_inputs(old: &Config, new: &Config) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    if old.pools != new.pools {
+        inputs.push(Input::Pools(new.pools.clone()));
+    }
+    if old.static_services != new.static_services || old.health != new.health {
+        inputs.push(Input::Resync(Origin::Static));
+        inputs.extend(source::static_inputs(new));
+    }
+    inputs
+}

@@ -1,3 +1,765 @@
-//! The owner task and the pure planner.
+//! The engine: the one owner of pier's state.
+//!
+//! Sources (Kubernetes watchers, the static config, the health prober, config
+//! reloads, the leader lease) send [`Input`]s. [`Engine::step`] applies a batch
+//! of them: it allocates through the ipam, makes the changes durable in the
+//! store (one flush per batch), re-plans what changed and produces the new
+//! [`Desired`]. Only after the flush does anything leave the engine, so no
+//! router or Service status ever learns of an allocation that a crash could
+//! lose. [`run`] is the thin async task around it.
+//!
+//! `step` is synchronous and does no I/O besides the store, so the engine is
+//! tested with plain `#[test]`s and a [`crate::store::MemoryStore`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::ipam::{request_for, Ipam, Refusal};
+use crate::model::{
+    Allocation, Announcement, Desired, EndpointSlice, HealthView, Node, Origin, Pool,
+    ProbeTarget, Service, ServiceKey,
+};
+use crate::store::{AllocationStore, StoreBatch, StoreError};
 
 pub mod plan;
+pub mod source;
+
+pub use plan::{Planner, Unannounced, World};
+
+/// A change reported by a source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A Service pier claims was added or changed.
+    Service(Service),
+    /// A Service is gone or no longer pier's.
+    ServiceGone(ServiceKey),
+    Node(Node),
+    NodeGone(String),
+    Slice(EndpointSlice),
+    SliceGone { service: ServiceKey, name: String },
+    Namespace {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    NamespaceGone(String),
+    /// The source has delivered its complete initial list.
+    Synced(Origin),
+    /// The source lost its state and will list again: replace everything it
+    /// had with what follows up to its next `Synced` (a relist must not
+    /// change allocations by itself).
+    Resync(Origin),
+    Health(HealthView),
+    /// New pools (config reload).
+    Pools(Vec<Pool>),
+    /// Leadership of the lease changed. Only the leader allocates.
+    Leader(bool),
+}
+
+/// What happened to a Service, for logs, Events and status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceEvent {
+    /// The Service now holds these IPs (durably).
+    Allocated {
+        service: ServiceKey,
+        ips: Vec<IpAddr>,
+    },
+    /// These IPs were given back.
+    Released {
+        service: ServiceKey,
+        ips: Vec<IpAddr>,
+    },
+    /// The Service stays pending (deduplicated: sent once per distinct reason).
+    Refused {
+        service: ServiceKey,
+        reason: Refusal,
+    },
+    /// An IP found in the Service's status could not be adopted.
+    AdoptConflict {
+        service: ServiceKey,
+        ip: IpAddr,
+        reason: Refusal,
+    },
+    /// The store could not be written; the change was undone and is retried.
+    StoreFailed {
+        service: ServiceKey,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Sources whose initial list must arrive before the first allocation.
+    pub sources: BTreeSet<Origin>,
+    /// kube-proxy's health port, probed on every node.
+    pub kube_proxy_port: u16,
+    /// Start as leader (true when no lease is used).
+    pub leader: bool,
+}
+
+/// A Service's state as the engine sees it, for the API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceState {
+    pub service: ServiceKey,
+    pub origin: Origin,
+    pub ips: Vec<IpAddr>,
+    /// Why it has no IP, or why an IP is not announced.
+    pub pending: Option<String>,
+}
+
+/// The outcome of one [`Engine::step`].
+#[derive(Debug, Default)]
+pub struct Step {
+    pub events: Vec<ServiceEvent>,
+    /// Set when the plan changed; publish it.
+    pub desired: Option<Arc<Desired>>,
+    /// Set when the set of health-probe targets changed.
+    pub probe_targets: Option<BTreeSet<ProbeTarget>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Engine {
+    store: Box<dyn AllocationStore>,
+    ipam: Ipam,
+    planner: Planner,
+    settings: EngineSettings,
+    services: BTreeMap<ServiceKey, Service>,
+    nodes: BTreeMap<String, Node>,
+    endpoints: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pools: BTreeMap<String, Pool>,
+    health: HealthView,
+    /// Allocations by IP (the planner's index), mirrored from the ipam.
+    by_vip: BTreeMap<IpAddr, Vec<Allocation>>,
+    /// Last refusal per pending Service (to deduplicate events).
+    refused: BTreeMap<ServiceKey, Refusal>,
+    unannounced: BTreeMap<IpAddr, Unannounced>,
+    /// Sources that have not finished their initial list.
+    awaiting: BTreeSet<Origin>,
+    /// Sources relisting: Services they do not re-send by `Synced` are gone.
+    relisting: BTreeMap<Origin, BTreeSet<ServiceKey>>,
+    /// Services that failed to persist, retried on the next step.
+    retry: BTreeSet<ServiceKey>,
+    adopted: bool,
+    desired: Arc<Desired>,
+    probe_targets: BTreeSet<ProbeTarget>,
+}
+
+impl Engine {
+    /// Load every allocation from `store` into a fresh ipam over `pools`.
+    /// Allocations that conflict or lie outside every pool are kept (in the
+    /// store, and reported), never dropped.
+    pub fn new(
+        store: Box<dyn AllocationStore>,
+        pools: Vec<Pool>,
+        settings: EngineSettings,
+    ) -> Result<Engine, EngineError> {
+        let stored = store.load()?;
+        let mut ipam = Ipam::new(pools.clone());
+        let mut by_vip: BTreeMap<IpAddr, Vec<Allocation>> = BTreeMap::new();
+        for a in stored {
+            match ipam.restore(a.clone()) {
+                Ok(()) => by_vip.entry(a.ip).or_default().push(a),
+                Err(reason) => {
+                    warn!(service = %a.service, ip = %a.ip, %reason, "stored allocation not restored; it stays in the store")
+                }
+            }
+        }
+        for a in ipam.orphans() {
+            warn!(service = %a.service, ip = %a.ip, pool = %a.pool, "allocated IP lies outside every pool; kept, not moved");
+        }
+        info!(
+            allocations = by_vip.values().map(Vec::len).sum::<usize>(),
+            store = %store.location().display(),
+            "allocations loaded"
+        );
+        Ok(Engine {
+            store,
+            ipam,
+            planner: Planner::new(),
+            awaiting: settings.sources.clone(),
+            settings,
+            services: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            health: HealthView::default(),
+            by_vip,
+            refused: BTreeMap::new(),
+            unannounced: BTreeMap::new(),
+            relisting: BTreeMap::new(),
+            retry: BTreeSet::new(),
+            adopted: false,
+            desired: Arc::new(Desired::default()),
+            probe_targets: BTreeSet::new(),
+        })
+    }
+
+    pub fn desired(&self) -> &Arc<Desired> {
+        &self.desired
+    }
+
+    /// True once every source delivered its initial list.
+    pub fn synced(&self) -> bool {
+        self.awaiting.is_empty()
+    }
+
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
+    }
+
+    /// Every known Service with its IPs and, if any, why it is pending.
+    pub fn service_states(&self) -> Vec<ServiceState> {
+        self.services
+            .values()
+            .map(|s| {
+                let ips: Vec<IpAddr> = self.ipam.allocations_of(&s.key).iter().map(|a| a.ip).collect();
+                let pending = self
+                    .refused
+                    .get(&s.key)
+                    .map(|r| r.to_string())
+                    .or_else(|| {
+                        ips.iter()
+                            .find_map(|ip| self.unannounced.get(ip))
+                            .map(|u| u.to_string())
+                    });
+                ServiceState {
+                    service: s.key.clone(),
+                    origin: s.origin,
+                    ips,
+                    pending,
+                }
+            })
+            .collect()
+    }
+
+    /// Apply a batch of inputs. Deterministic for a given sequence.
+    pub fn step(&mut self, inputs: Vec<Input>) -> Step {
+        let mut dirty: BTreeSet<ServiceKey> = std::mem::take(&mut self.retry);
+        let mut replan_all = false;
+        let mut leader_gained = false;
+        for input in inputs {
+            self.absorb(input, &mut dirty, &mut replan_all, &mut leader_gained);
+        }
+        let mut step = Step::default();
+        if !self.synced() {
+            return step;
+        }
+        if !self.adopted || leader_gained {
+            // First complete view (or a new term as leader): take the IPs
+            // already in Services' status before allocating anything new, so
+            // neither a lost store nor a leader change re-numbers a Service.
+            self.adopt_status(&mut step);
+            self.adopted = true;
+            dirty.extend(self.services.keys().cloned());
+            replan_all = true;
+        }
+        let touched = self.allocate(&dirty, &mut step);
+        self.replan(replan_all, &touched, &dirty, &mut step);
+        step
+    }
+
+    fn absorb(
+        &mut self,
+        input: Input,
+        dirty: &mut BTreeSet<ServiceKey>,
+        replan_all: &mut bool,
+        leader_gained: &mut bool,
+    ) {
+        match input {
+            Input::Service(s) => {
+                if let Some(seen) = self.relisting.get_mut(&s.origin) {
+                    seen.insert(s.key.clone());
+                }
+                if self.services.get(&s.key) != Some(&s) {
+                    dirty.insert(s.key.clone());
+                    self.services.insert(s.key.clone(), s);
+                }
+            }
+            Input::ServiceGone(key) => {
+                if self.services.remove(&key).is_some() {
+                    dirty.insert(key);
+                }
+            }
+            Input::Node(n) => {
+                if self.nodes.get(&n.name) != Some(&n) {
+                    self.nodes.insert(n.name.clone(), n);
+                    *replan_all = true;
+                }
+            }
+            Input::NodeGone(name) => {
+                *replan_all |= self.nodes.remove(&name).is_some();
+            }
+            Input::Slice(slice) => {
+                let slices = self.endpoints.entry(slice.service.clone()).or_default();
+                if slices.get(&slice.name) != Some(&slice) {
+                    dirty.insert(slice.service.clone());
+                    slices.insert(slice.name.clone(), slice);
+                }
+            }
+            Input::SliceGone { service, name } => {
+                if let Some(slices) = self.endpoints.get_mut(&service) {
+                    if slices.remove(&name).is_some() {
+                        dirty.insert(service.clone());
+                    }
+                    if slices.is_empty() {
+                        self.endpoints.remove(&service);
+                    }
+                }
+            }
+            Input::Namespace { name, labels } => {
+                if self.namespaces.get(&name) != Some(&labels) {
+                    self.namespaces.insert(name.clone(), labels);
+                    dirty.extend(self.services.keys().filter(|k| k.namespace == name).cloned());
+                }
+            }
+            Input::NamespaceGone(name) => {
+                self.namespaces.remove(&name);
+            }
+            Input::Synced(origin) => {
+                self.awaiting.remove(&origin);
+                if let Some(seen) = self.relisting.remove(&origin) {
+                    // Services of this origin not listed again are gone.
+                    let gone: Vec<ServiceKey> = self
+                        .services
+                        .values()
+                        .filter(|s| s.origin == origin && !seen.contains(&s.key))
+                        .map(|s| s.key.clone())
+                        .collect();
+                    for key in gone {
+                        self.services.remove(&key);
+                        dirty.insert(key);
+                    }
+                }
+            }
+            Input::Resync(origin) => {
+                self.relisting.insert(origin, BTreeSet::new());
+            }
+            Input::Health(h) => {
+                if h != self.health {
+                    self.health = h;
+                    *replan_all = true;
+                }
+            }
+            Input::Pools(pools) => {
+                let new: BTreeMap<String, Pool> =
+                    pools.iter().map(|p| (p.name.clone(), p.clone())).collect();
+                if new != self.pools {
+                    for a in self.ipam.set_pools(pools) {
+                        warn!(service = %a.service, ip = %a.ip, pool = %a.pool, "allocated IP no longer in any pool; kept with its Service, not moved");
+                    }
+                    self.pools = new;
+                    // Pending Services may fit now.
+                    dirty.extend(self.refused.keys().cloned());
+                    *replan_all = true;
+                }
+            }
+            Input::Leader(leader) => {
+                if leader && !self.settings.leader {
+                    *leader_gained = true;
+                }
+                if leader != self.settings.leader {
+                    info!(leader, "leadership changed");
+                    self.settings.leader = leader;
+                    dirty.extend(self.services.keys().cloned());
+                }
+            }
+        }
+    }
+
+    /// Take IPs from Services' status that the ipam does not have yet.
+    fn adopt_status(&mut self, step: &mut Step) {
+        let mut batch = StoreBatch::default();
+        let services: Vec<Service> = self
+            .services
+            .values()
+            .filter(|s| !s.status_ips.is_empty())
+            .cloned()
+            .collect();
+        for svc in &services {
+            self.adopt_service(svc, &mut batch, step);
+        }
+        for svc in &services {
+            self.reindex(&svc.key, &[]);
+        }
+        if let Err(e) = self.store.apply(&batch) {
+            error!(error = %e, "cannot persist IPs adopted from Service status; they stay adopted in memory and are retried");
+            self.retry.extend(batch.put.iter().map(|a| a.service.clone()));
+        }
+    }
+
+    fn adopt_service(&mut self, svc: &Service, batch: &mut StoreBatch, step: &mut Step) {
+        let held: BTreeSet<IpAddr> = self
+            .ipam
+            .allocations_of(&svc.key)
+            .iter()
+            .map(|a| a.ip)
+            .collect();
+        let labels = self.namespaces.get(&svc.key.namespace).cloned().unwrap_or_default();
+        let sharing_key = request_for(svc, &labels).ok().and_then(|r| r.sharing_key.clone());
+        for ip in &svc.status_ips {
+            if held.contains(ip) {
+                continue;
+            }
+            let Some(pool) = self.pools.values().find(|p| p.contains(ip)) else {
+                // Not ours (another controller's IP, or a removed pool).
+                continue;
+            };
+            let a = Allocation {
+                service: svc.key.clone(),
+                ip: *ip,
+                pool: pool.name.clone(),
+                sharing_key: sharing_key.clone(),
+                ports: svc.ports.clone(),
+            };
+            match self.ipam.restore(a.clone()) {
+                Ok(()) => {
+                    info!(service = %svc.key, ip = %ip, "adopted IP from Service status");
+                    batch.put.push(a);
+                }
+                Err(reason) => {
+                    warn!(service = %svc.key, ip = %ip, %reason, "IP in Service status conflicts; left alone");
+                    step.events.push(ServiceEvent::AdoptConflict {
+                        service: svc.key.clone(),
+                        ip: *ip,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Bring the by-IP index up to date for `key`, which held `old` before.
+    /// Returns the IPs whose holders may have changed.
+    fn reindex(&mut self, key: &ServiceKey, old: &[Allocation]) -> Vec<IpAddr> {
+        let mut touched = Vec::new();
+        for a in old {
+            touched.push(a.ip);
+            if let Some(v) = self.by_vip.get_mut(&a.ip) {
+                v.retain(|x| &x.service != key);
+                if v.is_empty() {
+                    self.by_vip.remove(&a.ip);
+                }
+            }
+        }
+        for a in self.ipam.allocations_of(key) {
+            touched.push(a.ip);
+            let v = self.by_vip.entry(a.ip).or_default();
+            v.retain(|x| &x.service != key);
+            v.push(a.clone());
+            v.sort();
+        }
+        touched
+    }
+
+    /// Make a follower's allocations for `key` equal the IPs in its status
+    /// that lie in a pool. Returns whether anything changed.
+    fn mirror_status(&mut self, key: &ServiceKey, held: &[Allocation], batch: &mut StoreBatch) -> bool {
+        let Some(svc) = self.services.get(key) else {
+            return false;
+        };
+        let mut want: Vec<IpAddr> = svc
+            .status_ips
+            .iter()
+            .filter(|ip| self.pools.values().any(|p| p.contains(ip)))
+            .copied()
+            .collect();
+        want.sort();
+        let mut have: Vec<IpAddr> = held.iter().map(|a| a.ip).collect();
+        have.sort();
+        if want == have {
+            return false;
+        }
+        let svc = svc.clone();
+        let released = self.ipam.release(key);
+        batch
+            .remove
+            .extend(released.iter().map(|a| (a.service.clone(), a.ip)));
+        let mut scratch = Step::default();
+        self.adopt_service(&svc, batch, &mut scratch);
+        true
+    }
+
+    /// Allocate or release for every dirty Service; persist in one batch.
+    /// Returns the IPs whose holders changed.
+    fn allocate(&mut self, dirty: &BTreeSet<ServiceKey>, step: &mut Step) -> BTreeSet<IpAddr> {
+        let mut batch = StoreBatch::default();
+        let mut before: Vec<(ServiceKey, Vec<Allocation>)> = Vec::new();
+        let mut pending_events = Vec::new();
+        for key in dirty {
+            let held: Vec<Allocation> = self.ipam.allocations_of(key).to_vec();
+            let Some(svc) = self.services.get(key) else {
+                if !held.is_empty() {
+                    let released = self.ipam.release(key);
+                    batch
+                        .remove
+                        .extend(released.iter().map(|a| (a.service.clone(), a.ip)));
+                    pending_events.push(ServiceEvent::Released {
+                        service: key.clone(),
+                        ips: released.iter().map(|a| a.ip).collect(),
+                    });
+                    before.push((key.clone(), held));
+                }
+                self.refused.remove(key);
+                continue;
+            };
+            if !self.settings.leader {
+                // Followers allocate nothing: they mirror what the leader
+                // wrote into the Service's status, so they announce the same
+                // VIPs and their store is warm when they take over.
+                if self.mirror_status(key, &held, &mut batch) {
+                    before.push((key.clone(), held));
+                }
+                continue;
+            }
+            let labels = self.namespaces.get(&key.namespace).cloned().unwrap_or_default();
+            let result = request_for(svc, &labels).and_then(|req| self.ipam.assign(&req));
+            match result {
+                Ok(assignment) => {
+                    self.refused.remove(key);
+                    if !assignment.changed {
+                        continue;
+                    }
+                    batch.remove.extend(
+                        assignment
+                            .released
+                            .iter()
+                            .map(|a| (a.service.clone(), a.ip)),
+                    );
+                    batch.put.extend(assignment.allocations.iter().cloned());
+                    if !assignment.released.is_empty() {
+                        pending_events.push(ServiceEvent::Released {
+                            service: key.clone(),
+                            ips: assignment.released.iter().map(|a| a.ip).collect(),
+                        });
+                    }
+                    pending_events.push(ServiceEvent::Allocated {
+                        service: key.clone(),
+                        ips: assignment.allocations.iter().map(|a| a.ip).collect(),
+                    });
+                    before.push((key.clone(), held));
+                }
+                Err(reason) => {
+                    if self.refused.get(key) != Some(&reason) {
+                        warn!(service = %key, %reason, "allocation refused; Service stays pending");
+                        step.events.push(ServiceEvent::Refused {
+                            service: key.clone(),
+                            reason: reason.clone(),
+                        });
+                        self.refused.insert(key.clone(), reason);
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return BTreeSet::new();
+        }
+        if let Err(e) = self.store.apply(&batch) {
+            // Undo in memory: nothing outside pier may learn of an
+            // allocation that is not on disk.
+            error!(error = %e, services = before.len(), "cannot persist allocations; changes undone, retrying on the next event");
+            for (key, held) in before {
+                self.ipam.release(&key);
+                for a in held {
+                    if let Err(reason) = self.ipam.restore(a) {
+                        error!(service = %key, %reason, "cannot restore previous allocation in memory");
+                    }
+                }
+                step.events.push(ServiceEvent::StoreFailed {
+                    service: key.clone(),
+                    error: e.to_string(),
+                });
+                self.retry.insert(key);
+            }
+            return BTreeSet::new();
+        }
+        let mut touched = BTreeSet::new();
+        for (key, held) in &before {
+            touched.extend(self.reindex(key, held));
+        }
+        for ev in &pending_events {
+            match ev {
+                ServiceEvent::Allocated { service, ips } => {
+                    info!(service = %service, ips = ?ips, "allocated")
+                }
+                ServiceEvent::Released { service, ips } => {
+                    info!(service = %service, ips = ?ips, "released")
+                }
+                _ => {}
+            }
+        }
+        step.events.extend(pending_events);
+        touched
+    }
+
+    fn replan(
+        &mut self,
+        all: bool,
+        touched: &BTreeSet<IpAddr>,
+        dirty: &BTreeSet<ServiceKey>,
+        step: &mut Step,
+    ) {
+        let world = World {
+            services: &self.services,
+            nodes: &self.nodes,
+            endpoints: &self.endpoints,
+            pools: &self.pools,
+            health: &self.health,
+            kube_proxy_port: self.settings.kube_proxy_port,
+        };
+        let announcements = if all {
+            self.planner.reset();
+            let (a, left_out) = self.planner.plan_all(&world, &self.by_vip);
+            self.unannounced = left_out;
+            a
+        } else {
+            // Only the VIPs of changed Services (endpoints included) and
+            // the IPs whose holders changed.
+            let mut vips: BTreeSet<IpAddr> = touched.clone();
+            for key in dirty {
+                vips.extend(self.ipam.allocations_of(key).iter().map(|a| a.ip));
+            }
+            if vips.is_empty() {
+                return;
+            }
+            let mut next: Vec<Arc<Announcement>> = self.desired.announcements.clone();
+            for vip in vips {
+                let planned = match self.by_vip.get(&vip) {
+                    Some(on_vip) => self.planner.plan_vip(&world, vip, on_vip),
+                    None => Err(Unannounced::NoNextHop {
+                        why: "released".into(),
+                    }),
+                };
+                let pos = next.binary_search_by(|a| a.vip.cmp(&vip));
+                match (planned, pos) {
+                    (Ok(a), Ok(i)) => {
+                        self.unannounced.remove(&vip);
+                        if *next[i] != a {
+                            next[i] = Arc::new(a);
+                        }
+                    }
+                    (Ok(a), Err(i)) => {
+                        self.unannounced.remove(&vip);
+                        next.insert(i, Arc::new(a));
+                    }
+                    (Err(why), pos) => {
+                        if let Ok(i) = pos {
+                            next.remove(i);
+                        }
+                        if self.by_vip.contains_key(&vip) {
+                            self.unannounced.insert(vip, why);
+                        } else {
+                            self.unannounced.remove(&vip);
+                        }
+                    }
+                }
+            }
+            next
+        };
+        let changed = announcements.len() != self.desired.announcements.len()
+            || announcements
+                .iter()
+                .zip(self.desired.announcements.iter())
+                .any(|(a, b)| !Arc::ptr_eq(a, b) && a != b);
+        if changed {
+            log_plan_changes(&self.desired.announcements, &announcements);
+            self.desired = Arc::new(Desired {
+                generation: self.desired.generation + 1,
+                announcements,
+            });
+            step.desired = Some(self.desired.clone());
+        }
+        let world = World {
+            services: &self.services,
+            nodes: &self.nodes,
+            endpoints: &self.endpoints,
+            pools: &self.pools,
+            health: &self.health,
+            kube_proxy_port: self.settings.kube_proxy_port,
+        };
+        if all || changed || !dirty.is_empty() {
+            let targets = plan::probe_targets(&world, &self.by_vip);
+            if targets != self.probe_targets {
+                self.probe_targets = targets.clone();
+                step.probe_targets = Some(targets);
+            }
+        }
+    }
+}
+
+/// One log line per announced, changed or withdrawn VIP.
+fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
+    let old_map: BTreeMap<IpAddr, &Announcement> = old.iter().map(|a| (a.vip, &**a)).collect();
+    let new_map: BTreeMap<IpAddr, &Announcement> = new.iter().map(|a| (a.vip, &**a)).collect();
+    for (vip, a) in &new_map {
+        let hops: Vec<String> = a.next_hops.iter().map(|h| h.address.to_string()).collect();
+        match old_map.get(vip) {
+            None => info!(vip = %vip, pool = %a.pool, mode = ?a.mode, next_hops = ?hops, services = ?a.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "announce"),
+            Some(o) if o != a => debug!(vip = %vip, next_hops = ?hops, "announcement changed"),
+            _ => {}
+        }
+    }
+    for vip in old_map.keys() {
+        if !new_map.contains_key(vip) {
+            info!(vip = %vip, "withdraw");
+        }
+    }
+}
+
+/// Handles to what the engine publishes.
+pub struct EngineOutputs {
+    pub desired: watch::Sender<Arc<Desired>>,
+    pub probe_targets: watch::Sender<BTreeSet<ProbeTarget>>,
+    /// Service events (for status and Events writers); dropped if nobody listens.
+    pub events: Option<mpsc::Sender<ServiceEvent>>,
+    /// Service states for the local API.
+    pub states: watch::Sender<Arc<Vec<ServiceState>>>,
+}
+
+/// Most inputs taken in one step: enough to batch a full initial list into
+/// one store flush, few enough to keep latency bounded under a flood.
+const MAX_BATCH: usize = 65_536;
+
+/// The engine task: waits for inputs, applies them in batches, publishes.
+/// Ends when every input sender is dropped.
+pub async fn run(mut engine: Engine, mut inputs: mpsc::Receiver<Input>, out: EngineOutputs) {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if inputs.recv_many(&mut buf, MAX_BATCH).await == 0 {
+            break;
+        }
+        let step = engine.step(std::mem::take(&mut buf));
+        if let Some(d) = step.desired {
+            out.desired.send_replace(d);
+        }
+        if let Some(t) = step.probe_targets {
+            out.probe_targets.send_replace(t);
+        }
+        if engine.synced() {
+            out.states.send_replace(Arc::new(engine.service_states()));
+        }
+        if let Some(tx) = &out.events {
+            for ev in step.events {
+                if tx.try_send(ev).is_err() {
+                    debug!("service event dropped: receiver busy or gone");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

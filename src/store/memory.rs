@@ -1,53 +1,67 @@
-//! An in-memory store for tests; can be told to fail writes.
+//! An in-memory store for tests. Clones share their contents, so a test can
+//! keep a handle to inspect it or make writes fail while the engine owns it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{AllocationStore, StoreBatch, StoreError};
 use crate::model::{Allocation, ServiceKey};
 
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+struct Inner {
     records: BTreeMap<(ServiceKey, IpAddr), Allocation>,
-    /// When set, every `apply` fails (to test the engine's rollback).
-    pub fail_writes: bool,
-    /// Batches applied so far.
-    pub batches: usize,
+    fail_writes: bool,
+    batches: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-    pub fn with(allocations: impl IntoIterator<Item = Allocation>) -> Self {
-        let mut s = Self::default();
-        for a in allocations {
-            s.records.insert((a.service.clone(), a.ip), a);
-        }
-        s
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock can only come from a failing test.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make every following `apply` fail (or succeed again).
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.lock().fail_writes = fail;
+    }
+
+    /// Batches applied so far.
+    pub fn batches(&self) -> usize {
+        self.lock().batches
     }
 }
 
 impl AllocationStore for MemoryStore {
     fn load(&self) -> Result<Vec<Allocation>, StoreError> {
-        Ok(self.records.values().cloned().collect())
+        Ok(self.lock().records.values().cloned().collect())
     }
 
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
-        if self.fail_writes {
+        let mut inner = self.lock();
+        if inner.fail_writes {
             return Err(StoreError::Write {
-                path: PathBuf::from("memory"),
+                path: "memory".into(),
                 reason: "injected failure".into(),
             });
         }
         for (svc, ip) in &batch.remove {
-            self.records.remove(&(svc.clone(), *ip));
+            inner.records.remove(&(svc.clone(), *ip));
         }
         for a in &batch.put {
-            self.records.insert((a.service.clone(), a.ip), a.clone());
+            inner.records.insert((a.service.clone(), a.ip), a.clone());
         }
-        self.batches += 1;
+        inner.batches += 1;
         Ok(())
     }
 

@@ -156,7 +156,7 @@ fn unopenable_dir_names_the_path() {
 #[test]
 fn memory_store_fails_on_request() {
     let mut m = MemoryStore::new();
-    m.fail_writes = true;
+    m.set_fail_writes(true);
     assert!(m
         .apply(&StoreBatch {
             put: vec![alloc("a", "b", "10.0.0.1")],

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of pier: formatting, lints, unit, property, integration
+# (network namespaces, real BIRD/FRR/GoBGP, real kernel) and bounded fuzzing.
+# Needs root for the namespace tests; installs what it needs with apt-get
+# when missing. Under CI=true a missing prerequisite fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+for pair in bird:bird2 vtysh:frr gobgpd:gobgpd nft:nftables ip:iproute2 iperf3:iperf3 tcpdump:tcpdump; do
+    bin=${pair%%:*}; pkg=${pair#*:}
+    command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/lib/frr/$bin" ] || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing ${need_pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    else
+        echo "warning: missing ${need_pkgs[*]} (run as root to install); tests needing them will skip" >&2
+    fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --lib --bins --tests --no-fail-fast
