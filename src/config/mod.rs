@@ -71,6 +71,7 @@ pub struct HealthConfig {
     pub interval_ms: u64,
     pub fall: u32,
     pub rise: u32,
+    pub kube_proxy_port: u16,
 }
 
 impl Default for HealthConfig {
@@ -79,6 +80,7 @@ impl Default for HealthConfig {
             interval_ms: 500,
             fall: 3,
             rise: 2,
+            kube_proxy_port: 10256,
         }
     }
 }
@@ -97,6 +99,25 @@ pub struct StaticService {
     pub nodes: Vec<IpAddr>,
     pub sharing_key: Option<String>,
     pub source_ranges: Vec<IpNet>,
+    pub health: StaticHealth,
+}
+
+/// How a static service's next hops are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StaticHealth {
+    KubeProxy,
+    None,
+    Port(u16),
+}
+
+impl StaticHealth {
+    pub fn probe_port(&self, kube_proxy_port: u16) -> Option<u16> {
+        match self {
+            StaticHealth::KubeProxy => Some(kube_proxy_port),
+            StaticHealth::None => None,
+            StaticHealth::Port(p) => Some(*p),
+        }
+    }
 }
 
 impl Config {
