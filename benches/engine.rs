@@ -73,13 +73,21 @@ fn node(i: usize) -> Node {
         name: format!("node-{i:04}"),
         ready: true,
         labels: [("kubernetes.io/hostname".to_string(), format!("node-{i:04}"))].into(),
-        internal_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 100, (i / 250) as u8, (i % 250) as u8))],
+        internal_ips: vec![IpAddr::V4(Ipv4Addr::new(
+            10,
+            100,
+            (i / 250) as u8,
+            (i % 250) as u8,
+        ))],
         external_ips: vec![],
     }
 }
 
 fn service(i: usize) -> Service {
-    let mut s = Service::new(ServiceKey::new(format!("ns-{}", i % 100), format!("svc-{i}")));
+    let mut s = Service::new(ServiceKey::new(
+        format!("ns-{}", i % 100),
+        format!("svc-{i}"),
+    ));
     s.ports = vec![PortSpec {
         port: 80,
         protocol: Protocol::Tcp,
@@ -116,7 +124,9 @@ struct Cluster {
 fn cluster() -> Cluster {
     let mut c = Cluster {
         services: BTreeMap::new(),
-        nodes: (0..NODES).map(|i| (node(i).name.clone(), node(i))).collect(),
+        nodes: (0..NODES)
+            .map(|i| (node(i).name.clone(), node(i)))
+            .collect(),
         endpoints: BTreeMap::new(),
         pools: [("public".to_string(), pool())].into(),
         holders: BTreeMap::new(),
@@ -206,12 +216,33 @@ fn memory_report() {
         })
         .unwrap();
     });
-    println!("peak heap (counting allocator), {SERVICES} services x {NODES} nodes x {} endpoints:", SERVICES * ENDPOINTS_PER_SERVICE);
-    println!("  {:<44} {:>8.1} MiB", "inputs (services, nodes, slices)", world_mib);
-    println!("  {:<44} {:>8.1} MiB  ({} announcements, {} next-hop refs)", "full plan", plan_mib, plan.0.len(), hops);
-    println!("  {:<44} {:>8.1} MiB", "engine: full sync from nothing (ipam+plan)", engine_mib);
-    println!("  {:<44} {:>8.1} MiB", "engine: one Service change", change_mib);
-    println!("  {:<44} {:>8.1} MiB", "sled: persist 10,000 allocations", sled_mib);
+    println!(
+        "peak heap (counting allocator), {SERVICES} services x {NODES} nodes x {} endpoints:",
+        SERVICES * ENDPOINTS_PER_SERVICE
+    );
+    println!(
+        "  {:<44} {:>8.1} MiB",
+        "inputs (services, nodes, slices)", world_mib
+    );
+    println!(
+        "  {:<44} {:>8.1} MiB  ({} announcements, {} next-hop refs)",
+        "full plan",
+        plan_mib,
+        plan.0.len(),
+        hops
+    );
+    println!(
+        "  {:<44} {:>8.1} MiB",
+        "engine: full sync from nothing (ipam+plan)", engine_mib
+    );
+    println!(
+        "  {:<44} {:>8.1} MiB",
+        "engine: one Service change", change_mib
+    );
+    println!(
+        "  {:<44} {:>8.1} MiB",
+        "sled: persist 10,000 allocations", sled_mib
+    );
 }
 
 fn benches(c: &mut Criterion) {
@@ -282,7 +313,11 @@ fn benches(c: &mut Criterion) {
             || (tempfile::tempdir().unwrap(), allocations(10_000)),
             |(dir, put)| {
                 let mut s = SledStore::open(dir.path()).unwrap();
-                s.apply(&StoreBatch { put, remove: vec![] }).unwrap();
+                s.apply(&StoreBatch {
+                    put,
+                    remove: vec![],
+                })
+                .unwrap();
                 dir
             },
             BatchSize::PerIteration,

@@ -2,6 +2,7 @@
 //!
 //! See `docs/architecture.md` for how the modules fit together.
 
+pub mod api;
 pub mod arp;
 pub mod bgp;
 pub mod config;

@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use pier::api::{self, client, metrics::Metrics, table, ApiContext, SocketOptions};
 use pier::config::Config;
 use pier::engine::{self, source, Engine, EngineOutputs, EngineSettings, Input};
 use pier::model::{Desired, Origin};
@@ -19,7 +20,11 @@ use pier::store::SledStore;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "pier", about = "Load-balancer gateway for bare-metal Kubernetes", version)]
+#[command(
+    name = "pier",
+    about = "Load-balancer gateway for bare-metal Kubernetes",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +47,28 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Summary of the running daemon.
+    Status(ClientArgs),
+    /// Services with their IPs, or why they are pending.
+    Services(ClientArgs),
+    /// Pools with their usage.
+    Pools(ClientArgs),
+    /// BGP peers and their sessions.
+    Peers(ClientArgs),
+    /// Kernel routes and forwarding counters pier installed.
+    Routes(ClientArgs),
+    /// Nodes, whether they are next hops, and failing probes.
+    Nodes(ClientArgs),
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's API socket.
+    #[arg(long, default_value = "/run/pier/pier.sock")]
+    socket: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +84,12 @@ fn main() -> ExitCode {
             println!("pier {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Status(a) => query(a, "/v1/status", table::status),
+        Command::Services(a) => query(a, "/v1/services", table::services),
+        Command::Pools(a) => query(a, "/v1/pools", table::pools),
+        Command::Peers(a) => query(a, "/v1/peers", table::generic),
+        Command::Routes(a) => query(a, "/v1/routes", table::generic),
+        Command::Nodes(a) => query(a, "/v1/nodes", table::nodes),
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(
@@ -79,7 +112,11 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
-                    eprintln!("{}: {} error(s); not starting", config.display(), errors.0.len());
+                    eprintln!(
+                        "{}: {} error(s); not starting",
+                        config.display(),
+                        errors.0.len()
+                    );
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -106,6 +143,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn query(args: ClientArgs, path: &str, render: fn(&serde_json::Value) -> String) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pier: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(client::get(&args.socket, path)) {
+        Ok(v) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pier: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_tracing(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -127,18 +191,40 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     };
     let engine = Engine::new(Box::new(store), cfg.pools.clone(), settings)
         .context("cannot load allocations")?;
+    let metrics = Metrics::new();
     let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
+    let (query_tx, query_rx) = mpsc::channel(64);
     let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
     let (targets_tx, _targets_rx) = watch::channel(Default::default());
     let (states_tx, _states_rx) = watch::channel(Arc::new(Vec::new()));
+    let api_ctx = ApiContext {
+        engine: query_tx,
+        metrics: metrics.clone(),
+        started: std::time::Instant::now(),
+        peers: None,
+        routes: None,
+        ready_extra: None,
+    };
+    let socket = api::bind_socket(
+        &cfg.gateway.api_socket,
+        &SocketOptions {
+            mode: 0o660,
+            group: None,
+        },
+    )?;
+    let metrics_listener = api::bind_metrics(cfg.gateway.metrics_listen).await?;
+    tokio::spawn(api::serve_socket(socket, api_ctx.clone()));
+    tokio::spawn(api::serve_metrics(metrics_listener, api_ctx));
     let engine_task = tokio::spawn(engine::run(
         engine,
         input_rx,
+        query_rx,
         EngineOutputs {
             desired: desired_tx,
             probe_targets: targets_tx,
             events: None,
             states: states_tx,
+            metrics,
         },
     ));
     info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
@@ -171,6 +257,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     }
     drop(input_tx);
     engine_task.await.context("engine task failed")?;
+    let _ = std::fs::remove_file(&cfg.gateway.api_socket);
     info!("stopped");
     Ok(())
 }
@@ -189,7 +276,10 @@ fn reload(path: &Path, running: &Config) -> Option<Config> {
             for e in &errors.0 {
                 error!("{e}");
             }
-            error!(errors = errors.0.len(), "SIGHUP: configuration has errors; keeping the running one");
+            error!(
+                errors = errors.0.len(),
+                "SIGHUP: configuration has errors; keeping the running one"
+            );
             None
         }
     }

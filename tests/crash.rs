@@ -51,7 +51,10 @@ addresses = ["10.78.0.0/28"]
             // explicit dual-stack IPs, away from where auto allocation lands
             0 => {
                 let n = 10 + i / 5;
-                ("public", format!(r#"ip = "10.77.3.{n},fd66:0:0:77::3:{n:x}""#))
+                (
+                    "public",
+                    format!(r#"ip = "10.77.3.{n},fd66:0:0:77::3:{n:x}""#),
+                )
             }
             1 => ("small", String::new()),
             _ => ("public", String::new()),
@@ -175,9 +178,17 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             break;
         }
     }
-    assert_eq!(complete.len(), expected, "services with IPs after clean runs");
+    assert_eq!(
+        complete.len(),
+        expected,
+        "services with IPs after clean runs"
+    );
     for (svc, ips) in &known {
-        assert_eq!(complete.get(svc), Some(ips), "{svc} changed after a clean run");
+        assert_eq!(
+            complete.get(svc),
+            Some(ips),
+            "{svc} changed after a clean run"
+        );
     }
     let small = complete
         .values()

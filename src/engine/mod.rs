@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::ipam::{request_for, Ipam, Refusal};
 use crate::model::{
-    Allocation, Announcement, Desired, EndpointSlice, HealthView, Node, Origin, Pool,
-    ProbeTarget, Service, ServiceKey,
+    Allocation, Announcement, Desired, EndpointSlice, HealthView, Node, Origin, Pool, ProbeTarget,
+    Service, ServiceKey,
 };
 use crate::store::{AllocationStore, StoreBatch, StoreError};
 
@@ -40,7 +40,10 @@ pub enum Input {
     Node(Node),
     NodeGone(String),
     Slice(EndpointSlice),
-    SliceGone { service: ServiceKey, name: String },
+    SliceGone {
+        service: ServiceKey,
+        name: String,
+    },
     Namespace {
         name: String,
         labels: BTreeMap<String, String>,
@@ -84,10 +87,7 @@ pub enum ServiceEvent {
         reason: Refusal,
     },
     /// The store could not be written; the change was undone and is retried.
-    StoreFailed {
-        service: ServiceKey,
-        error: String,
-    },
+    StoreFailed { service: ServiceKey, error: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +108,58 @@ pub struct ServiceState {
     pub ips: Vec<IpAddr>,
     /// Why it has no IP, or why an IP is not announced.
     pub pending: Option<String>,
+}
+
+/// A question from the local API, answered between steps.
+#[derive(Debug)]
+pub enum Query {
+    Status(oneshot::Sender<EngineStatus>),
+    Services(oneshot::Sender<Vec<ServiceState>>),
+    Pools(oneshot::Sender<Vec<PoolState>>),
+    Nodes(oneshot::Sender<Vec<NodeState>>),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EngineStatus {
+    /// Every source delivered its initial list.
+    pub synced: bool,
+    pub leader: bool,
+    /// Generation of the last published plan.
+    pub generation: u64,
+    pub services: usize,
+    pub allocated: usize,
+    pub pending: usize,
+    pub vips_announced: usize,
+    pub vips_unannounced: usize,
+    pub nodes: usize,
+    pub pools: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PoolState {
+    pub pool: Pool,
+    pub usage: Vec<PoolUsageState>,
+    /// Allocations of this pool whose IP is no longer inside it.
+    pub orphans: Vec<Allocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PoolUsageState {
+    pub family: crate::model::Family,
+    /// As a string: an IPv6 pool can hold more than JSON numbers carry.
+    pub total: String,
+    pub in_use: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeState {
+    pub node: Node,
+    /// Why the node is not a next hop for Cluster VIPs, if it is not.
+    pub ineligible: Option<String>,
+    /// Probe targets on this node that are failing.
+    pub failing_probes: Vec<ProbeTarget>,
+    /// VIPs this node is a next hop of.
+    pub vips: usize,
 }
 
 /// The outcome of one [`Engine::step`].
@@ -226,16 +278,17 @@ impl Engine {
         self.services
             .values()
             .map(|s| {
-                let ips: Vec<IpAddr> = self.ipam.allocations_of(&s.key).iter().map(|a| a.ip).collect();
-                let pending = self
-                    .refused
-                    .get(&s.key)
-                    .map(|r| r.to_string())
-                    .or_else(|| {
-                        ips.iter()
-                            .find_map(|ip| self.unannounced.get(ip))
-                            .map(|u| u.to_string())
-                    });
+                let ips: Vec<IpAddr> = self
+                    .ipam
+                    .allocations_of(&s.key)
+                    .iter()
+                    .map(|a| a.ip)
+                    .collect();
+                let pending = self.refused.get(&s.key).map(|r| r.to_string()).or_else(|| {
+                    ips.iter()
+                        .find_map(|ip| self.unannounced.get(ip))
+                        .map(|u| u.to_string())
+                });
                 ServiceState {
                     service: s.key.clone(),
                     origin: s.origin,
@@ -244,6 +297,108 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        let states = self.ipam_counts();
+        EngineStatus {
+            synced: self.synced(),
+            leader: self.settings.leader,
+            generation: self.desired.generation,
+            services: self.services.len(),
+            allocated: states.0,
+            pending: states.1,
+            vips_announced: self.desired.announcements.len(),
+            vips_unannounced: self.unannounced.len(),
+            nodes: self.nodes.len(),
+            pools: self.pools.len(),
+        }
+    }
+
+    /// (Services holding IPs, Services refused).
+    fn ipam_counts(&self) -> (usize, usize) {
+        let allocated = self
+            .services
+            .keys()
+            .filter(|k| !self.ipam.allocations_of(k).is_empty())
+            .count();
+        (allocated, self.refused.len())
+    }
+
+    pub fn pool_states(&self) -> Vec<PoolState> {
+        let orphans = self.ipam.orphans();
+        self.pools
+            .values()
+            .map(|p| PoolState {
+                pool: p.clone(),
+                usage: self
+                    .ipam
+                    .usage(&p.name)
+                    .into_iter()
+                    .map(|u| PoolUsageState {
+                        family: u.family,
+                        total: u.total.to_string(),
+                        in_use: u.in_use.to_string(),
+                    })
+                    .collect(),
+                orphans: orphans
+                    .iter()
+                    .filter(|a| a.pool == p.name)
+                    .cloned()
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub fn node_states(&self) -> Vec<NodeState> {
+        let mut vips: BTreeMap<&str, usize> = BTreeMap::new();
+        for a in &self.desired.announcements {
+            for h in a.next_hops.iter() {
+                *vips.entry(h.node.as_str()).or_default() += 1;
+            }
+        }
+        self.nodes
+            .values()
+            .map(|n| {
+                let failing: Vec<ProbeTarget> = self
+                    .health
+                    .down
+                    .iter()
+                    .filter(|t| {
+                        n.internal_ips.contains(&t.address) || n.external_ips.contains(&t.address)
+                    })
+                    .cloned()
+                    .collect();
+                let ineligible = if !n.ready {
+                    Some("not Ready".to_string())
+                } else if n.labels.contains_key(crate::model::EXCLUDE_FROM_LB_LABEL) {
+                    Some(format!("labelled {}", crate::model::EXCLUDE_FROM_LB_LABEL))
+                } else if failing.iter().any(|t| {
+                    t.path == plan::KUBE_PROXY_HEALTH_PATH
+                        && t.port == self.settings.kube_proxy_port
+                }) {
+                    Some("failing the kube-proxy health probe".to_string())
+                } else {
+                    None
+                };
+                NodeState {
+                    node: n.clone(),
+                    ineligible,
+                    failing_probes: failing,
+                    vips: vips.get(n.name.as_str()).copied().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    fn answer(&self, q: Query) {
+        // A caller that gave up is no error.
+        let _ = match q {
+            Query::Status(tx) => tx.send(self.status()).map_err(drop),
+            Query::Services(tx) => tx.send(self.service_states()).map_err(drop),
+            Query::Pools(tx) => tx.send(self.pool_states()).map_err(drop),
+            Query::Nodes(tx) => tx.send(self.node_states()).map_err(drop),
+        };
     }
 
     /// Apply a batch of inputs. Deterministic for a given sequence.
@@ -323,7 +478,12 @@ impl Engine {
             Input::Namespace { name, labels } => {
                 if self.namespaces.get(&name) != Some(&labels) {
                     self.namespaces.insert(name.clone(), labels);
-                    dirty.extend(self.services.keys().filter(|k| k.namespace == name).cloned());
+                    dirty.extend(
+                        self.services
+                            .keys()
+                            .filter(|k| k.namespace == name)
+                            .cloned(),
+                    );
                 }
             }
             Input::NamespaceGone(name) => {
@@ -397,7 +557,8 @@ impl Engine {
         }
         if let Err(e) = self.store.apply(&batch) {
             error!(error = %e, "cannot persist IPs adopted from Service status; they stay adopted in memory and are retried");
-            self.retry.extend(batch.put.iter().map(|a| a.service.clone()));
+            self.retry
+                .extend(batch.put.iter().map(|a| a.service.clone()));
         }
     }
 
@@ -408,8 +569,14 @@ impl Engine {
             .iter()
             .map(|a| a.ip)
             .collect();
-        let labels = self.namespaces.get(&svc.key.namespace).cloned().unwrap_or_default();
-        let sharing_key = request_for(svc, &labels).ok().and_then(|r| r.sharing_key.clone());
+        let labels = self
+            .namespaces
+            .get(&svc.key.namespace)
+            .cloned()
+            .unwrap_or_default();
+        let sharing_key = request_for(svc, &labels)
+            .ok()
+            .and_then(|r| r.sharing_key.clone());
         for ip in &svc.status_ips {
             if held.contains(ip) {
                 continue;
@@ -467,7 +634,12 @@ impl Engine {
 
     /// Make a follower's allocations for `key` equal the IPs in its status
     /// that lie in a pool. Returns whether anything changed.
-    fn mirror_status(&mut self, key: &ServiceKey, held: &[Allocation], batch: &mut StoreBatch) -> bool {
+    fn mirror_status(
+        &mut self,
+        key: &ServiceKey,
+        held: &[Allocation],
+        batch: &mut StoreBatch,
+    ) -> bool {
         let Some(svc) = self.services.get(key) else {
             return false;
         };
@@ -525,7 +697,11 @@ impl Engine {
                 }
                 continue;
             }
-            let labels = self.namespaces.get(&key.namespace).cloned().unwrap_or_default();
+            let labels = self
+                .namespaces
+                .get(&key.namespace)
+                .cloned()
+                .unwrap_or_default();
             let result = request_for(svc, &labels).and_then(|req| self.ipam.assign(&req));
             match result {
                 Ok(assignment) => {
@@ -707,7 +883,9 @@ fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
     for (vip, a) in &new_map {
         let hops: Vec<String> = a.next_hops.iter().map(|h| h.address.to_string()).collect();
         match old_map.get(vip) {
-            None => info!(vip = %vip, pool = %a.pool, mode = ?a.mode, next_hops = ?hops, services = ?a.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "announce"),
+            None => {
+                info!(vip = %vip, pool = %a.pool, mode = ?a.mode, next_hops = ?hops, services = ?a.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "announce")
+            }
             Some(o) if o != a => debug!(vip = %vip, next_hops = ?hops, "announcement changed"),
             _ => {}
         }
@@ -725,31 +903,64 @@ pub struct EngineOutputs {
     pub probe_targets: watch::Sender<BTreeSet<ProbeTarget>>,
     /// Service events (for status and Events writers); dropped if nobody listens.
     pub events: Option<mpsc::Sender<ServiceEvent>>,
-    /// Service states for the local API.
+    /// Service states (IPs and pending reasons), republished after every
+    /// step that changed an allocation or a plan.
     pub states: watch::Sender<Arc<Vec<ServiceState>>>,
+    pub metrics: crate::api::metrics::Metrics,
 }
 
 /// Most inputs taken in one step: enough to batch a full initial list into
 /// one store flush, few enough to keep latency bounded under a flood.
 const MAX_BATCH: usize = 65_536;
 
-/// The engine task: waits for inputs, applies them in batches, publishes.
-/// Ends when every input sender is dropped.
-pub async fn run(mut engine: Engine, mut inputs: mpsc::Receiver<Input>, out: EngineOutputs) {
+/// The engine task: waits for inputs, applies them in batches, publishes,
+/// and answers queries between steps. Ends when every input sender is dropped.
+pub async fn run(
+    mut engine: Engine,
+    mut inputs: mpsc::Receiver<Input>,
+    mut queries: mpsc::Receiver<Query>,
+    out: EngineOutputs,
+) {
     let mut buf = Vec::with_capacity(1024);
+    let mut queries_open = true;
     loop {
-        if inputs.recv_many(&mut buf, MAX_BATCH).await == 0 {
-            break;
+        tokio::select! {
+            n = inputs.recv_many(&mut buf, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            q = queries.recv(), if queries_open => {
+                match q {
+                    Some(q) => engine.answer(q),
+                    None => queries_open = false,
+                }
+                continue;
+            }
         }
+        let started = std::time::Instant::now();
         let step = engine.step(std::mem::take(&mut buf));
+        out.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let changed = step.desired.is_some() || !step.events.is_empty();
         if let Some(d) = step.desired {
             out.desired.send_replace(d);
         }
         if let Some(t) = step.probe_targets {
             out.probe_targets.send_replace(t);
         }
-        if engine.synced() {
+        if engine.synced() && (changed || out.states.borrow().is_empty()) {
             out.states.send_replace(Arc::new(engine.service_states()));
+            let (allocated, pending) = engine.ipam_counts();
+            out.metrics.set_services(allocated, pending);
+            out.metrics.clear_pools();
+            for p in engine.pools() {
+                for u in engine.ipam().usage(&p.name) {
+                    out.metrics
+                        .set_pool(&p.name, u.family.as_str(), u.total, u.in_use);
+                }
+            }
         }
         if let Some(tx) = &out.events {
             for ev in step.events {

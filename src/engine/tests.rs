@@ -12,7 +12,10 @@ fn ip(s: &str) -> IpAddr {
 fn pool(name: &str, ranges: &[&str]) -> Pool {
     Pool {
         name: name.into(),
-        ranges: ranges.iter().map(|r| r.parse::<IpRange>().unwrap()).collect(),
+        ranges: ranges
+            .iter()
+            .map(|r| r.parse::<IpRange>().unwrap())
+            .collect(),
         mode: PoolMode::Bgp,
         next_hop: NextHopMode::Nodes,
         interface: None,
@@ -77,7 +80,10 @@ fn vips(d: &Desired) -> Vec<IpAddr> {
 fn nothing_is_allocated_before_the_initial_list() {
     let store = MemoryStore::new();
     let mut e = engine(&store);
-    let step = e.step(vec![Input::Node(node("n1", "10.0.0.1")), Input::Service(svc("web"))]);
+    let step = e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
+        Input::Service(svc("web")),
+    ]);
     assert!(step.desired.is_none() && step.events.is_empty());
     assert!(ips_of(&e, "web").is_empty());
     assert_eq!(store.batches(), 0);
@@ -95,20 +101,28 @@ fn nothing_is_allocated_before_the_initial_list() {
 fn restart_keeps_every_ip_whatever_the_order() {
     let store = MemoryStore::new();
     let mut e = engine(&store);
-    let mut inputs: Vec<Input> = (0..5).map(|i| Input::Service(svc(&format!("s{i}")))).collect();
+    let mut inputs: Vec<Input> = (0..5)
+        .map(|i| Input::Service(svc(&format!("s{i}"))))
+        .collect();
     inputs.push(Input::Synced(Origin::Kubernetes));
     e.step(inputs);
     let before: Vec<Vec<IpAddr>> = (0..5).map(|i| ips_of(&e, &format!("s{i}"))).collect();
     drop(e);
 
     let mut e = engine(&store);
-    let mut inputs: Vec<Input> = (0..5).rev().map(|i| Input::Service(svc(&format!("s{i}")))).collect();
+    let mut inputs: Vec<Input> = (0..5)
+        .rev()
+        .map(|i| Input::Service(svc(&format!("s{i}"))))
+        .collect();
     inputs.push(Input::Synced(Origin::Kubernetes));
     let step = e.step(inputs);
     let after: Vec<Vec<IpAddr>> = (0..5).map(|i| ips_of(&e, &format!("s{i}"))).collect();
     assert_eq!(before, after);
     assert!(
-        !step.events.iter().any(|e| matches!(e, ServiceEvent::Allocated { .. })),
+        !step
+            .events
+            .iter()
+            .any(|e| matches!(e, ServiceEvent::Allocated { .. })),
         "restart must not allocate: {:?}",
         step.events
     );
@@ -148,10 +162,9 @@ fn conflicting_status_ip_is_reported_and_left_alone() {
         Input::Synced(Origin::Kubernetes),
     ]);
     assert_eq!(ips_of(&e, "a"), [ip("10.77.0.3")]);
-    assert!(step
-        .events
-        .iter()
-        .any(|ev| matches!(ev, ServiceEvent::AdoptConflict { service, .. } if service.name == "b")));
+    assert!(step.events.iter().any(
+        |ev| matches!(ev, ServiceEvent::AdoptConflict { service, .. } if service.name == "b")
+    ));
     assert_ne!(ips_of(&e, "b"), [ip("10.77.0.3")]);
 }
 
@@ -159,9 +172,14 @@ fn conflicting_status_ip_is_reported_and_left_alone() {
 fn deleted_service_is_released_and_withdrawn() {
     let store = MemoryStore::new();
     let mut e = engine(&store);
-    e.step(vec![Input::Service(svc("web")), Input::Synced(Origin::Kubernetes)]);
+    e.step(vec![
+        Input::Service(svc("web")),
+        Input::Synced(Origin::Kubernetes),
+    ]);
     let step = e.step(vec![Input::ServiceGone(ServiceKey::new("default", "web"))]);
-    assert!(matches!(&step.events[0], ServiceEvent::Released { ips, .. } if ips == &[ip("10.77.0.0")]));
+    assert!(
+        matches!(&step.events[0], ServiceEvent::Released { ips, .. } if ips == &[ip("10.77.0.0")])
+    );
     assert!(step.desired.unwrap().announcements.is_empty());
     assert!(store.load().unwrap().is_empty());
     // the IP is reusable
@@ -174,17 +192,27 @@ fn refusal_is_reported_once() {
     let store = MemoryStore::new();
     let mut e = engine(&store);
     let mut s = svc("web");
-    s.annotations.insert(annotations::IP.into(), "10.99.0.1".into());
-    let step = e.step(vec![Input::Service(s.clone()), Input::Synced(Origin::Kubernetes)]);
+    s.annotations
+        .insert(annotations::IP.into(), "10.99.0.1".into());
+    let step = e.step(vec![
+        Input::Service(s.clone()),
+        Input::Synced(Origin::Kubernetes),
+    ]);
     assert_eq!(
-        step.events.iter().filter(|e| matches!(e, ServiceEvent::Refused { .. })).count(),
+        step.events
+            .iter()
+            .filter(|e| matches!(e, ServiceEvent::Refused { .. }))
+            .count(),
         1
     );
     s.ports[0].port = 81; // another change, same reason
     let step = e.step(vec![Input::Service(s)]);
     assert!(step.events.is_empty(), "{:?}", step.events);
     let st = e.service_states();
-    assert!(st[0].pending.as_deref().unwrap_or("").contains("10.99.0.1"), "{st:?}");
+    assert!(
+        st[0].pending.as_deref().unwrap_or("").contains("10.99.0.1"),
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -192,13 +220,19 @@ fn store_failure_publishes_nothing_and_retries() {
     let store = MemoryStore::new();
     let mut e = engine(&store);
     store.set_fail_writes(true);
-    let step = e.step(vec![Input::Service(svc("web")), Input::Synced(Origin::Kubernetes)]);
+    let step = e.step(vec![
+        Input::Service(svc("web")),
+        Input::Synced(Origin::Kubernetes),
+    ]);
     assert!(ips_of(&e, "web").is_empty(), "undone in memory");
     assert!(step
         .events
         .iter()
         .any(|e| matches!(e, ServiceEvent::StoreFailed { .. })));
-    assert!(step.desired.map(|d| d.announcements.is_empty()).unwrap_or(true));
+    assert!(step
+        .desired
+        .map(|d| d.announcements.is_empty())
+        .unwrap_or(true));
     store.set_fail_writes(false);
     let step = e.step(vec![]);
     assert_eq!(ips_of(&e, "web"), [ip("10.77.0.0")]);
@@ -250,7 +284,9 @@ fn relist_changes_nothing_by_itself_and_drops_what_is_gone() {
         Input::Service(svc("a")),
         Input::Synced(Origin::Kubernetes),
     ]);
-    assert!(matches!(&step.events[0], ServiceEvent::Released { service, .. } if service.name == "b"));
+    assert!(
+        matches!(&step.events[0], ServiceEvent::Released { service, .. } if service.name == "b")
+    );
 }
 
 #[test]
@@ -274,7 +310,10 @@ fn node_and_health_changes_move_next_hops() {
     let d = e.step(vec![Input::NodeGone("n2".into())]).desired.unwrap();
     assert!(d.announcements.is_empty());
     let st = e.service_states();
-    assert!(st[0].pending.as_deref().unwrap().contains("no eligible"), "{st:?}");
+    assert!(
+        st[0].pending.as_deref().unwrap().contains("no eligible"),
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -331,7 +370,10 @@ fn pool_edit_keeps_ips_and_pending_services_retry() {
     assert_eq!(ips_of(&e, "a"), [ip("10.77.0.0")]);
     assert_eq!(ips_of(&e, "c"), [ip("10.77.0.2")]);
     // shrink: a and b keep their IPs even though b's is gone from the pool
-    e.step(vec![Input::Pools(vec![pool("public", &["10.77.0.0/32", "10.77.0.2/32"])])]);
+    e.step(vec![Input::Pools(vec![pool(
+        "public",
+        &["10.77.0.0/32", "10.77.0.2/32"],
+    )])]);
     assert_eq!(ips_of(&e, "b"), [ip("10.77.0.1")]);
 }
 

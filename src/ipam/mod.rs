@@ -39,6 +39,13 @@ pub fn request_for(_svc: &Service, _ns: &BTreeMap<String, String>) -> Result<Req
     Err(Refusal::Todo)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub family: Family,
+    pub total: u128,
+    pub in_use: u128,
+}
+
 #[derive(Debug, Default)]
 pub struct Ipam {
     _pools: Vec<Pool>,
@@ -64,6 +71,9 @@ impl Ipam {
         &[]
     }
     pub fn orphans(&self) -> Vec<Allocation> {
+        vec![]
+    }
+    pub fn usage(&self, _pool: &str) -> Vec<PoolUsage> {
         vec![]
     }
 }

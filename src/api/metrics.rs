@@ -1,0 +1,197 @@
+//! Prometheus metrics with the names DESIGN.md promises.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Every metric pier exports. Cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pool_addresses_total: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pool_addresses_in_use: Family<Labels, Gauge>,
+    services: Family<Labels, Gauge>,
+    pub bgp_session_up: Family<Labels, Gauge>,
+    pub bgp_prefixes_announced: Family<Labels, Gauge>,
+    pub bgp_updates_sent: Family<Labels, Counter>,
+    pub node_healthy: Family<Labels, Gauge>,
+    pub arp_replies_sent: Family<Labels, Counter>,
+    pub garp_sent: Family<Labels, Counter>,
+    pub reconcile_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            pool_addresses_total: Family::default(),
+            pool_addresses_in_use: Family::default(),
+            services: Family::default(),
+            bgp_session_up: Family::default(),
+            bgp_prefixes_announced: Family::default(),
+            bgp_updates_sent: Family::default(),
+            node_healthy: Family::default(),
+            arp_replies_sent: Family::default(),
+            garp_sent: Family::default(),
+            // 50 µs .. ~13 s
+            reconcile_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 19)),
+        };
+        r.register(
+            "pier_pool_addresses_total",
+            "Addresses in a pool, per family (a float: an IPv6 /64 does not fit an integer gauge)",
+            m.pool_addresses_total.clone(),
+        );
+        r.register(
+            "pier_pool_addresses_in_use",
+            "Addresses of a pool held by Services, per family",
+            m.pool_addresses_in_use.clone(),
+        );
+        r.register(
+            "pier_services",
+            "Services pier claims, by state (allocated, pending)",
+            m.services.clone(),
+        );
+        r.register(
+            "pier_bgp_session_up",
+            "1 when the BGP session with the peer is Established",
+            m.bgp_session_up.clone(),
+        );
+        r.register(
+            "pier_bgp_prefixes_announced",
+            "Paths currently announced to the peer",
+            m.bgp_prefixes_announced.clone(),
+        );
+        // prometheus-client appends _total to counters.
+        r.register(
+            "pier_bgp_updates_sent",
+            "UPDATE messages sent to the peer",
+            m.bgp_updates_sent.clone(),
+        );
+        r.register(
+            "pier_node_healthy",
+            "1 when the node passes pier's health probe",
+            m.node_healthy.clone(),
+        );
+        r.register(
+            "pier_arp_replies_sent",
+            "ARP replies and neighbour advertisements sent in answer to requests",
+            m.arp_replies_sent.clone(),
+        );
+        r.register(
+            "pier_garp_sent",
+            "Gratuitous ARP and unsolicited neighbour advertisements sent",
+            m.garp_sent.clone(),
+        );
+        r.register(
+            "pier_reconcile_seconds",
+            "Time the engine takes to apply one batch of changes",
+            m.reconcile_seconds.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn set_pool(&self, pool: &str, family: &str, total: u128, in_use: u128) {
+        let l = labels(&[("pool", pool), ("family", family)]);
+        self.pool_addresses_total
+            .get_or_create(&l)
+            .set(total as f64);
+        self.pool_addresses_in_use
+            .get_or_create(&l)
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+    }
+
+    /// Forget every pool series (before re-setting them after a reload).
+    pub fn clear_pools(&self) {
+        self.pool_addresses_total.clear();
+        self.pool_addresses_in_use.clear();
+    }
+
+    pub fn set_services(&self, allocated: usize, pending: usize) {
+        self.services
+            .get_or_create(&labels(&[("state", "allocated")]))
+            .set(allocated as i64);
+        self.services
+            .get_or_create(&labels(&[("state", "pending")]))
+            .set(pending as i64);
+    }
+
+    pub fn peer(&self, peer: &str) -> Labels {
+        labels(&[("peer", peer)])
+    }
+
+    pub fn node(&self, node: &str) -> Labels {
+        labels(&[("node", node)])
+    }
+
+    pub fn interface(&self, interface: &str) -> Labels {
+        labels(&[("interface", interface)])
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_name_is_exported() {
+        let m = Metrics::new();
+        m.set_pool("public", "ipv6", 1u128 << 64, 3);
+        m.set_services(2, 1);
+        m.bgp_session_up.get_or_create(&m.peer("10.66.0.1")).set(1);
+        m.bgp_prefixes_announced
+            .get_or_create(&m.peer("10.66.0.1"))
+            .set(7);
+        m.bgp_updates_sent.get_or_create(&m.peer("10.66.0.1")).inc();
+        m.node_healthy.get_or_create(&m.node("n1")).set(1);
+        m.arp_replies_sent.get_or_create(&m.interface("eth0")).inc();
+        m.garp_sent.get_or_create(&m.interface("eth0")).inc();
+        m.reconcile_seconds.observe(0.001);
+        let text = m.render();
+        for name in [
+            "pier_pool_addresses_total{pool=\"public\",family=\"ipv6\"} 18446744073709553000.0",
+            "pier_pool_addresses_in_use{pool=\"public\",family=\"ipv6\"} 3",
+            "pier_services{state=\"allocated\"} 2",
+            "pier_bgp_session_up{peer=\"10.66.0.1\"} 1",
+            "pier_bgp_prefixes_announced{peer=\"10.66.0.1\"} 7",
+            "pier_bgp_updates_sent_total{peer=\"10.66.0.1\"} 1",
+            "pier_node_healthy{node=\"n1\"} 1",
+            "pier_arp_replies_sent_total{interface=\"eth0\"} 1",
+            "pier_garp_sent_total{interface=\"eth0\"} 1",
+            "pier_reconcile_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

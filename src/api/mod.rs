@@ -1,0 +1,267 @@
+//! The local API (JSON over a unix socket, for `pier status` and friends)
+//! and the HTTP listener for Prometheus metrics and health endpoints.
+//!
+//! Local API, all `GET`, answers `application/json`:
+//!
+//! | path | body |
+//! |---|---|
+//! | `/v1/status` | version, uptime, engine summary, readiness |
+//! | `/v1/services` | every Service: IPs, pending reason |
+//! | `/v1/pools` | pools with usage and orphaned IPs |
+//! | `/v1/nodes` | nodes, eligibility, failing probes |
+//! | `/v1/peers` | BGP peers (from the speaker) |
+//! | `/v1/routes` | kernel routes and nft counters (from the route actuator) |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use thiserror::Error;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::engine::Query;
+
+pub mod client;
+pub mod metrics;
+pub mod table;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("cannot create the API socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A part that reports its own status as JSON (BGP peers, routes...).
+pub type Reporter = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// What the API reads. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub engine: mpsc::Sender<Query>,
+    pub metrics: metrics::Metrics,
+    pub started: Instant,
+    pub peers: Option<Reporter>,
+    pub routes: Option<Reporter>,
+    /// Readiness besides the engine's initial sync (e.g. every peer attempted).
+    pub ready_extra: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// Socket file permissions and ownership.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    pub mode: u32,
+    pub group: Option<u32>,
+}
+
+/// Bind the unix socket (replacing a stale file) with `opts`.
+pub fn bind_socket(path: &Path, opts: &SocketOptions) -> Result<UnixListener, ApiError> {
+    let err = |source| ApiError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode)).map_err(err)?;
+    if let Some(gid) = opts.group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    Ok(listener)
+}
+
+/// Serve the local API until the listener fails.
+pub async fn serve_socket(listener: UnixListener, ctx: ApiContext) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "API socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(local_api(req, &ctx).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(error = %e, "API connection ended");
+            }
+        });
+    }
+}
+
+/// Bind the metrics listener.
+pub async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Metrics { addr, source })
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz`.
+pub async fn serve_metrics(listener: TcpListener, ctx: ApiContext) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics listening");
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(metrics_http(req, &ctx).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", v.to_string())
+}
+
+async fn ask<T>(ctx: &ApiContext, q: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    ctx.engine.send(q(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+async fn ready(ctx: &ApiContext) -> bool {
+    let synced = ask(ctx, Query::Status).await.is_some_and(|s| s.synced);
+    synced && ctx.ready_extra.as_ref().is_none_or(|f| f())
+}
+
+async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "only GET is served"}),
+        );
+    }
+    let unavailable = || {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "the engine is not running"}),
+        )
+    };
+    let body = match req.uri().path() {
+        "/v1/status" => {
+            let Some(engine) = ask(ctx, Query::Status).await else {
+                return unavailable();
+            };
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_seconds": ctx.started.elapsed().as_secs(),
+                "ready": ready(ctx).await,
+                "engine": engine,
+            })
+        }
+        "/v1/services" => match ask(ctx, Query::Services).await {
+            Some(v) => json!(v),
+            None => return unavailable(),
+        },
+        "/v1/pools" => match ask(ctx, Query::Pools).await {
+            Some(v) => json!(v),
+            None => return unavailable(),
+        },
+        "/v1/nodes" => match ask(ctx, Query::Nodes).await {
+            Some(v) => json!(v),
+            None => return unavailable(),
+        },
+        "/v1/peers" => ctx.peers.as_ref().map_or(json!([]), |f| f()),
+        "/v1/routes" => ctx.routes.as_ref().map_or(json!([]), |f| f()),
+        other => {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("no such path {other:?}")}),
+            )
+        }
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ctx.metrics.render(),
+        ),
+        "/healthz" => {
+            // Alive: the engine answers.
+            if ask(ctx, Query::Status).await.is_some() {
+                respond(StatusCode::OK, "text/plain", "ok\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "engine not running\n",
+                )
+            }
+        }
+        "/readyz" => {
+            if ready(ctx).await {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: initial sync or first peer attempts pending\n",
+                )
+            }
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

@@ -1,0 +1,257 @@
+//! Readable tables for the CLI, from the API's JSON.
+
+use serde_json::Value;
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let pad = widths[i] - c.chars().count();
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn key(v: &Value) -> String {
+    format!("{}/{}", s(&v["namespace"]), s(&v["name"]))
+}
+
+pub fn status(v: &Value) -> String {
+    let e = &v["engine"];
+    let rows = vec![
+        vec!["version".into(), s(&v["version"])],
+        vec!["uptime".into(), format!("{}s", s(&v["uptime_seconds"]))],
+        vec!["ready".into(), s(&v["ready"])],
+        vec![
+            "initial sync".into(),
+            if e["synced"] == Value::Bool(true) {
+                "done".into()
+            } else {
+                "waiting".into()
+            },
+        ],
+        vec!["leader".into(), s(&e["leader"])],
+        vec![
+            "services".into(),
+            format!(
+                "{} ({} with IPs, {} pending)",
+                s(&e["services"]),
+                s(&e["allocated"]),
+                s(&e["pending"])
+            ),
+        ],
+        vec![
+            "VIPs announced".into(),
+            format!(
+                "{} ({} allocated but not announced)",
+                s(&e["vips_announced"]),
+                s(&e["vips_unannounced"])
+            ),
+        ],
+        vec!["nodes".into(), s(&e["nodes"])],
+        vec!["pools".into(), s(&e["pools"])],
+        vec!["plan generation".into(), s(&e["generation"])],
+    ];
+    table(&["", ""], &rows)
+        .lines()
+        .skip(1)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+pub fn services(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    vec![
+                        key(&x["service"]),
+                        s(&x["origin"]),
+                        s(&x["ips"]),
+                        x["pending"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["SERVICE", "ORIGIN", "IPS", "PENDING"], &rows)
+}
+
+pub fn pools(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    let p = &x["pool"];
+                    let ranges: Vec<String> = p["ranges"]
+                        .as_array()
+                        .map(|r| {
+                            r.iter()
+                                .map(|r| {
+                                    if r["start"] == r["end"] {
+                                        s(&r["start"])
+                                    } else {
+                                        format!("{}-{}", s(&r["start"]), s(&r["end"]))
+                                    }
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let usage: Vec<String> = x["usage"]
+                        .as_array()
+                        .map(|u| {
+                            u.iter()
+                                .map(|u| {
+                                    format!(
+                                        "{} {}/{}",
+                                        s(&u["family"]),
+                                        s(&u["in_use"]),
+                                        s(&u["total"])
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mode = match (s(&p["mode"]).as_str(), s(&p["next_hop"]).as_str()) {
+                        ("l2", _) => format!("l2 ({})", s(&p["interface"])),
+                        (m, nh) => format!("{m} next-hop {nh}"),
+                    };
+                    let orphans = x["orphans"].as_array().map_or(0, |o| o.len());
+                    vec![
+                        s(&p["name"]),
+                        mode,
+                        if p["disabled"] == Value::Bool(true) {
+                            "disabled".into()
+                        } else {
+                            "enabled".into()
+                        },
+                        usage.join("  "),
+                        if orphans > 0 {
+                            format!("{orphans} outside the pool")
+                        } else {
+                            String::new()
+                        },
+                        ranges.join(" "),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &["POOL", "MODE", "STATE", "IN USE", "NOTE", "ADDRESSES"],
+        &rows,
+    )
+}
+
+pub fn nodes(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    let n = &x["node"];
+                    let mut addrs: Vec<String> = Vec::new();
+                    for k in ["internal_ips", "external_ips"] {
+                        if let Some(ips) = n[k].as_array() {
+                            addrs.extend(ips.iter().map(s));
+                        }
+                    }
+                    vec![
+                        s(&n["name"]),
+                        addrs.join(","),
+                        x["ineligible"]
+                            .as_str()
+                            .map_or("eligible".to_string(), |w| format!("no: {w}")),
+                        s(&x["vips"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["NODE", "ADDRESSES", "NEXT HOP", "VIPS"], &rows)
+}
+
+/// A table of an array of flat objects, columns in the order of the first.
+pub fn generic(v: &Value) -> String {
+    let Some(items) = v.as_array() else {
+        return format!("{v}\n");
+    };
+    let Some(Value::Object(first)) = items.first() else {
+        return "(none)\n".into();
+    };
+    let cols: Vec<&String> = first.keys().collect();
+    let header: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|x| cols.iter().map(|c| s(&x[c.as_str()])).collect())
+        .collect();
+    table(
+        &header.iter().map(String::as_str).collect::<Vec<_>>(),
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn services_table_lines_up() {
+        let v = json!([
+            {"service": {"namespace": "default", "name": "web"}, "origin": "kubernetes", "ips": ["10.0.0.1", "fd00::1"], "pending": null},
+            {"service": {"namespace": "shop", "name": "api"}, "origin": "static", "ips": [], "pending": "pool \"x\" exhausted"},
+        ]);
+        let t = services(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SERVICE      ORIGIN      IPS               PENDING"
+        );
+        assert_eq!(lines[1], "default/web  kubernetes  10.0.0.1,fd00::1");
+        assert_eq!(
+            lines[2],
+            "shop/api     static      -                 pool \"x\" exhausted"
+        );
+    }
+
+    #[test]
+    fn generic_table_handles_empty_and_odd_input() {
+        assert_eq!(generic(&json!([])), "(none)\n");
+        assert_eq!(generic(&json!({"a": 1})), "{\"a\":1}\n");
+        let t = generic(&json!([{"peer": "10.0.0.1", "state": "Established"}]));
+        assert!(t.starts_with("PEER"), "{t}");
+    }
+}
