@@ -73,6 +73,9 @@ impl Ipam {
     pub fn orphans(&self) -> Vec<Allocation> {
         vec![]
     }
+    pub fn all(&self) -> impl Iterator<Item = &Allocation> {
+        std::iter::empty()
+    }
     pub fn usage(&self, _pool: &str) -> Vec<PoolUsage> {
         vec![]
     }
