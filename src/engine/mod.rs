@@ -667,79 +667,118 @@ impl Engine {
 
     /// Allocate or release for every dirty Service; persist in one batch.
     /// Returns the IPs whose holders changed.
-    fn allocate(&mut self, dirty: &BTreeSet<ServiceKey>, step: &mut Step) -> BTreeSet<IpAddr> {
-        let mut batch = StoreBatch::default();
-        let mut before: Vec<(ServiceKey, Vec<Allocation>)> = Vec::new();
-        let mut pending_events = Vec::new();
-        for key in dirty {
-            let held: Vec<Allocation> = self.ipam.allocations_of(key).to_vec();
-            let Some(svc) = self.services.get(key) else {
-                if !held.is_empty() {
-                    let released = self.ipam.release(key);
-                    batch
-                        .remove
-                        .extend(released.iter().map(|a| (a.service.clone(), a.ip)));
-                    pending_events.push(ServiceEvent::Released {
-                        service: key.clone(),
-                        ips: released.iter().map(|a| a.ip).collect(),
-                    });
-                    before.push((key.clone(), held));
-                }
-                self.refused.remove(key);
-                continue;
-            };
-            if !self.settings.leader {
-                // Followers allocate nothing: they mirror what the leader
-                // wrote into the Service's status, so they announce the same
-                // VIPs and their store is warm when they take over.
-                if self.mirror_status(key, &held, &mut batch) {
-                    before.push((key.clone(), held));
-                }
-                continue;
+    /// Allocate or release for one Service, collecting the store changes.
+    fn allocate_one(&mut self, key: &ServiceKey, work: &mut Batch, step: &mut Step) {
+        let held: Vec<Allocation> = self.ipam.allocations_of(key).to_vec();
+        let Some(svc) = self.services.get(key) else {
+            if !held.is_empty() {
+                let released = self.ipam.release(key);
+                work.batch
+                    .remove
+                    .extend(released.iter().map(|a| (a.service.clone(), a.ip)));
+                work.events.push(ServiceEvent::Released {
+                    service: key.clone(),
+                    ips: released.iter().map(|a| a.ip).collect(),
+                });
+                work.before.entry(key.clone()).or_insert(held);
             }
-            let labels = self
-                .namespaces
-                .get(&key.namespace)
-                .cloned()
-                .unwrap_or_default();
-            let result = request_for(svc, &labels).and_then(|req| self.ipam.assign(&req));
-            match result {
-                Ok(assignment) => {
-                    self.refused.remove(key);
-                    if !assignment.changed {
-                        continue;
-                    }
-                    batch.remove.extend(
-                        assignment
-                            .released
-                            .iter()
-                            .map(|a| (a.service.clone(), a.ip)),
-                    );
-                    batch.put.extend(assignment.allocations.iter().cloned());
-                    if !assignment.released.is_empty() {
-                        pending_events.push(ServiceEvent::Released {
-                            service: key.clone(),
-                            ips: assignment.released.iter().map(|a| a.ip).collect(),
-                        });
-                    }
-                    pending_events.push(ServiceEvent::Allocated {
-                        service: key.clone(),
-                        ips: assignment.allocations.iter().map(|a| a.ip).collect(),
-                    });
-                    before.push((key.clone(), held));
+            self.refused.remove(key);
+            return;
+        };
+        if !self.settings.leader {
+            // Followers allocate nothing: they mirror what the leader
+            // wrote into the Service's status, so they announce the same
+            // VIPs and their store is warm when they take over.
+            if self.mirror_status(key, &held, &mut work.batch) {
+                work.before.entry(key.clone()).or_insert(held);
+            }
+            return;
+        }
+        let labels = self
+            .namespaces
+            .get(&key.namespace)
+            .cloned()
+            .unwrap_or_default();
+        let result = request_for(svc, &labels).and_then(|req| self.ipam.assign(&req));
+        match result {
+            Ok(assignment) => {
+                self.refused.remove(key);
+                if !assignment.changed {
+                    return;
                 }
-                Err(reason) => {
-                    if self.refused.get(key) != Some(&reason) {
-                        warn!(service = %key, %reason, "allocation refused; Service stays pending");
-                        step.events.push(ServiceEvent::Refused {
-                            service: key.clone(),
-                            reason: reason.clone(),
-                        });
-                        self.refused.insert(key.clone(), reason);
-                    }
+                work.batch.remove.extend(
+                    assignment
+                        .released
+                        .iter()
+                        .map(|a| (a.service.clone(), a.ip)),
+                );
+                work.batch
+                    .put
+                    .extend(assignment.allocations.iter().cloned());
+                if !assignment.released.is_empty() {
+                    work.events.push(ServiceEvent::Released {
+                        service: key.clone(),
+                        ips: assignment.released.iter().map(|a| a.ip).collect(),
+                    });
+                }
+                work.events.push(ServiceEvent::Allocated {
+                    service: key.clone(),
+                    ips: assignment.allocations.iter().map(|a| a.ip).collect(),
+                });
+                work.before.entry(key.clone()).or_insert(held);
+            }
+            Err(reason) => {
+                if self.refused.get(key) != Some(&reason) {
+                    warn!(service = %key, %reason, "allocation refused; Service stays pending");
+                    step.events.push(ServiceEvent::Refused {
+                        service: key.clone(),
+                        reason: reason.clone(),
+                    });
+                    self.refused.insert(key.clone(), reason);
                 }
             }
         }
+    }
+
+    fn allocate(&mut self, dirty: &BTreeSet<ServiceKey>, step: &mut Step) -> BTreeSet<IpAddr> {
+        let mut work = Batch::default();
+        // Releases first, so that IPs given back in this batch can go to
+        // the Services that ask for them in the same batch.
+        let (gone, present): (Vec<&ServiceKey>, Vec<&ServiceKey>) =
+            dirty.iter().partition(|k| !self.services.contains_key(*k));
+        for key in gone.into_iter().chain(present) {
+            self.allocate_one(key, &mut work, step);
+        }
+        // Any change to who holds what (an IP freed, a sharing key or
+        // ports changed) may let a pending Service fit, and one that then
+        // moves may free what another waits for. Bounded: each pass must
+        // change something.
+        let mut changed = work.batch.len();
+        let mut retried: BTreeSet<ServiceKey> = BTreeSet::new();
+        for _ in 0..8 {
+            if changed == 0 || self.refused.is_empty() {
+                break;
+            }
+            let retry: Vec<ServiceKey> = self
+                .refused
+                .keys()
+                .filter(|k| !retried.contains(*k))
+                .cloned()
+                .collect();
+            let before = work.batch.len();
+            for key in retry {
+                self.allocate_one(&key, &mut work, step);
+                if !self.refused.contains_key(&key) {
+                    retried.insert(key);
+                }
+            }
+            changed = work.batch.len() - before;
+        }
+        let Batch {
+            batch,
+            before,
+            events: pending_events,
+        } = work;
         if batch.is_empty() {
             return BTreeSet::new();
         }
@@ -747,8 +786,16 @@ impl Engine {
             // Undo in memory: nothing outside pier may learn of an
             // allocation that is not on disk.
             error!(error = %e, services = before.len(), "cannot persist allocations; changes undone, retrying on the next event");
+            // Every decision of this batch, refusals included, was made
+            // against a state that is now undone: take them all again.
+            self.retry.extend(dirty.iter().cloned());
+            self.retry.extend(self.refused.keys().cloned());
+            // Release everything first: one Service may have taken an IP
+            // another gave up in the same batch.
+            for key in before.keys() {
+                self.ipam.release(key);
+            }
             for (key, held) in before {
-                self.ipam.release(&key);
                 for a in held {
                     if let Err(reason) = self.ipam.restore(a) {
                         error!(service = %key, %reason, "cannot restore previous allocation in memory");
@@ -895,6 +942,16 @@ fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
             info!(vip = %vip, "withdraw");
         }
     }
+}
+
+/// The changes one step makes, persisted together.
+#[derive(Default)]
+struct Batch {
+    batch: StoreBatch,
+    /// Each changed Service with what it held before the batch (to undo).
+    before: BTreeMap<ServiceKey, Vec<Allocation>>,
+    /// Announced only once the batch is durable.
+    events: Vec<ServiceEvent>,
 }
 
 /// Handles to what the engine publishes.

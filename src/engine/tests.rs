@@ -173,9 +173,11 @@ fn deleted_service_is_released_and_withdrawn() {
     let store = MemoryStore::new();
     let mut e = engine(&store);
     e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
         Input::Service(svc("web")),
         Input::Synced(Origin::Kubernetes),
     ]);
+    assert_eq!(vips(e.desired()), [ip("10.77.0.0")]);
     let step = e.step(vec![Input::ServiceGone(ServiceKey::new("default", "web"))]);
     assert!(
         matches!(&step.events[0], ServiceEvent::Released { ips, .. } if ips == &[ip("10.77.0.0")])
@@ -221,6 +223,7 @@ fn store_failure_publishes_nothing_and_retries() {
     let mut e = engine(&store);
     store.set_fail_writes(true);
     let step = e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
         Input::Service(svc("web")),
         Input::Synced(Origin::Kubernetes),
     ]);
@@ -344,9 +347,10 @@ fn endpoint_change_replans_only_that_service() {
         .unwrap();
     assert_eq!(d.announcements.len(), 2);
     // web's announcement is the very same object: only local was re-planned.
-    let web = d.get(&ip("10.77.0.0")).unwrap();
-    assert!(std::ptr::eq(web, &*before.announcements[0]));
-    let local = d.get(&ip("10.77.0.1")).unwrap();
+    let web_ip = ips_of(&e, "web")[0];
+    let web = d.get(&web_ip).unwrap();
+    assert!(std::ptr::eq(web, before.get(&web_ip).unwrap()));
+    let local = d.get(&ips_of(&e, "local")[0]).unwrap();
     assert_eq!(local.next_hops[0].node, "n2");
 }
 

@@ -1,0 +1,335 @@
+//! What a Service asks for: pool, IPs, families, sharing key — read from
+//! pier's annotations, then the OpenELB/Porter and MetalLB ones and
+//! `spec.loadBalancerIP`, so users can switch without editing Services.
+//!
+//! Precedence: pier's own key wins over every other source of the same
+//! thing. Without it, the other sources must agree; two that disagree are an
+//! `InvalidAnnotation` naming both (guessing which one the user meant would
+//! hand out an IP they did not ask for).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::Refusal;
+use crate::model::{Family, IpFamilyPolicy, PortSpec, Service, ServiceKey};
+
+/// Annotation keys pier reads.
+pub mod annotations {
+    pub const POOL: &str = "pier.io/pool";
+    pub const IP: &str = "pier.io/ip";
+    pub const SHARING_KEY: &str = "pier.io/sharing-key";
+
+    /// Pool, as OpenELB, PorterLB and MetalLB name it.
+    pub const POOL_COMPAT: [&str; 4] = [
+        "eip.openelb.kubesphere.io/v1alpha2",
+        "eip.porter.kubesphere.io/v1alpha2",
+        "metallb.io/address-pool",
+        "metallb.universe.tf/address-pool",
+    ];
+    /// Requested IPs (comma-separated for dual-stack).
+    pub const IP_COMPAT: [&str; 3] = [
+        "eip.openelb.kubesphere.io/v1alpha1",
+        "metallb.io/loadBalancerIPs",
+        "metallb.universe.tf/loadBalancerIPs",
+    ];
+    pub const SHARING_KEY_COMPAT: [&str; 2] = [
+        "metallb.io/allow-shared-ip",
+        "metallb.universe.tf/allow-shared-ip",
+    ];
+
+    /// Prefixes of every key above: a watcher may drop other annotations.
+    pub const PREFIXES: [&str; 5] = [
+        "pier.io/",
+        "eip.openelb.kubesphere.io/",
+        "eip.porter.kubesphere.io/",
+        "metallb.io/",
+        "metallb.universe.tf/",
+    ];
+
+    pub fn is_read_by_pier(key: &str) -> bool {
+        PREFIXES.iter().any(|p| key.starts_with(p))
+    }
+}
+
+/// A Service's request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub service: ServiceKey,
+    pub namespace_labels: BTreeMap<String, String>,
+    /// An explicitly named pool.
+    pub pool: Option<String>,
+    /// Requested IPs, at most one per family.
+    pub ips: Vec<IpAddr>,
+    /// Families that must be allocated, primary first.
+    pub families: Vec<Family>,
+    /// A family allocated only if the chosen pool offers it
+    /// (`PreferDualStack`).
+    pub optional_family: Option<Family>,
+    pub sharing_key: Option<String>,
+    pub ports: Vec<PortSpec>,
+}
+
+/// One value from several possible keys: pier's wins; others must agree.
+fn pick<'a>(
+    svc: &'a Service,
+    own: &'static str,
+    compat: &[&'static str],
+    extra: Option<(&'static str, &'a str)>,
+) -> Result<Option<(&'static str, &'a str)>, Refusal> {
+    if let Some(v) = svc.annotations.get(own) {
+        return Ok(Some((own, v.as_str())));
+    }
+    let mut found: Option<(&'static str, &'a str)> = extra.filter(|(_, v)| !v.trim().is_empty());
+    for key in compat {
+        let Some(v) = svc.annotations.get(*key) else {
+            continue;
+        };
+        match found {
+            Some((k0, v0)) if normalise(v0) != normalise(v) => {
+                return Err(Refusal::InvalidAnnotation {
+                    key: (*key).to_string(),
+                    value: v.clone(),
+                    why: format!("disagrees with {k0}={v0:?}; set {own} to say which one you mean"),
+                })
+            }
+            Some(_) => {}
+            None => found = Some((key, v.as_str())),
+        }
+    }
+    Ok(found)
+}
+
+fn normalise(v: &str) -> Vec<&str> {
+    let mut parts: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    parts.sort_unstable();
+    parts
+}
+
+/// Read what `svc` asks for. `namespace_labels` are its namespace's labels
+/// (for pools with a `namespace_selector`).
+pub fn request_for(
+    svc: &Service,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Result<Request, Refusal> {
+    let pool = pick(svc, annotations::POOL, &annotations::POOL_COMPAT, None)?
+        .map(|(key, v)| {
+            let v = v.trim();
+            if v.is_empty() {
+                Err(Refusal::InvalidAnnotation {
+                    key: key.into(),
+                    value: v.into(),
+                    why: "empty pool name".into(),
+                })
+            } else {
+                Ok(v.to_string())
+            }
+        })
+        .transpose()?;
+    let ips = match pick(
+        svc,
+        annotations::IP,
+        &annotations::IP_COMPAT,
+        svc.load_balancer_ip
+            .as_deref()
+            .map(|v| ("spec.loadBalancerIP", v)),
+    )? {
+        None => Vec::new(),
+        Some((key, v)) => parse_ips(key, v)?,
+    };
+    let sharing_key = pick(
+        svc,
+        annotations::SHARING_KEY,
+        &annotations::SHARING_KEY_COMPAT,
+        None,
+    )?
+    .map(|(_, v)| v.trim().to_string())
+    .filter(|v| !v.is_empty());
+
+    let mut listed: Vec<Family> = Vec::new();
+    for f in &svc.ip_families {
+        if !listed.contains(f) {
+            listed.push(*f);
+        }
+    }
+    if listed.is_empty() {
+        listed.push(Family::V4);
+    }
+    let primary = listed[0];
+    let other = match primary {
+        Family::V4 => Family::V6,
+        Family::V6 => Family::V4,
+    };
+    let (mut families, optional_family) = match svc.ip_family_policy {
+        IpFamilyPolicy::SingleStack => (vec![primary], None),
+        IpFamilyPolicy::PreferDualStack => (vec![primary], Some(other)),
+        IpFamilyPolicy::RequireDualStack => (vec![primary, other], None),
+    };
+    let mut optional_family = optional_family;
+    if !ips.is_empty() {
+        for ip in &ips {
+            let f = Family::of(ip);
+            let allowed = families.contains(&f) || optional_family == Some(f);
+            if !allowed {
+                return Err(Refusal::InvalidAnnotation {
+                    key: "ip".into(),
+                    value: ip.to_string(),
+                    why: format!(
+                        "the Service is {primary} single-stack (spec.ipFamilies/ipFamilyPolicy) but {ip} is {f}"
+                    ),
+                });
+            }
+            if optional_family == Some(f) {
+                // Asked for explicitly: no longer optional.
+                families.push(f);
+                optional_family = None;
+            }
+        }
+    }
+    families.dedup();
+    Ok(Request {
+        service: svc.key.clone(),
+        namespace_labels: namespace_labels.clone(),
+        pool,
+        ips,
+        families,
+        optional_family,
+        sharing_key,
+        ports: svc.ports.clone(),
+    })
+}
+
+fn parse_ips(key: &str, value: &str) -> Result<Vec<IpAddr>, Refusal> {
+    let invalid = |why: String| Refusal::InvalidAnnotation {
+        key: key.into(),
+        value: value.into(),
+        why,
+    };
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ip: IpAddr = part
+            .parse()
+            .map_err(|_| invalid(format!("{part:?} is not an IP address")))?;
+        if let Some(prev) = ips.iter().find(|p| Family::of(p) == Family::of(&ip)) {
+            return Err(invalid(format!(
+                "two {} addresses ({prev} and {ip}): at most one per family",
+                Family::of(&ip)
+            )));
+        }
+        ips.push(ip);
+    }
+    if ips.is_empty() {
+        return Err(invalid("no IP address given".into()));
+    }
+    Ok(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(ann: &[(&str, &str)]) -> Service {
+        let mut s = Service::new(ServiceKey::new("default", "web"));
+        for (k, v) in ann {
+            s.annotations.insert(k.to_string(), v.to_string());
+        }
+        s
+    }
+
+    fn req(s: &Service) -> Result<Request, Refusal> {
+        request_for(s, &BTreeMap::new())
+    }
+
+    #[test]
+    fn every_pool_key_is_read() {
+        for key in std::iter::once(annotations::POOL).chain(annotations::POOL_COMPAT) {
+            let r = req(&svc(&[(key, "public")])).unwrap();
+            assert_eq!(r.pool.as_deref(), Some("public"), "{key}");
+        }
+    }
+
+    #[test]
+    fn every_ip_source_is_read() {
+        for key in std::iter::once(annotations::IP).chain(annotations::IP_COMPAT) {
+            let r = req(&svc(&[(key, "10.0.0.1")])).unwrap();
+            assert_eq!(r.ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()], "{key}");
+        }
+        let mut s = svc(&[]);
+        s.load_balancer_ip = Some("10.0.0.2".into());
+        assert_eq!(req(&s).unwrap().ips[0].to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn sharing_keys_are_read() {
+        for key in std::iter::once(annotations::SHARING_KEY).chain(annotations::SHARING_KEY_COMPAT)
+        {
+            let r = req(&svc(&[(key, "k1")])).unwrap();
+            assert_eq!(r.sharing_key.as_deref(), Some("k1"), "{key}");
+        }
+    }
+
+    #[test]
+    fn pier_wins_and_others_must_agree() {
+        let r = req(&svc(&[
+            (annotations::POOL, "mine"),
+            ("metallb.io/address-pool", "theirs"),
+        ]))
+        .unwrap();
+        assert_eq!(r.pool.as_deref(), Some("mine"));
+        let e = req(&svc(&[
+            ("metallb.io/address-pool", "a"),
+            ("eip.openelb.kubesphere.io/v1alpha2", "b"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.reason(), "InvalidAnnotation");
+        assert!(e.to_string().contains("disagrees"), "{e}");
+        // agreeing duplicates are fine
+        let mut s = svc(&[("metallb.io/loadBalancerIPs", "10.0.0.1")]);
+        s.load_balancer_ip = Some("10.0.0.1".into());
+        assert!(req(&s).is_ok());
+        s.load_balancer_ip = Some("10.0.0.9".into());
+        assert!(req(&s).is_err());
+    }
+
+    #[test]
+    fn bad_ip_values_are_invalid_annotations() {
+        for v in ["not-an-ip", "10.0.0.1,10.0.0.2", "", " , ", "10.0.0.300"] {
+            let e = req(&svc(&[(annotations::IP, v)])).unwrap_err();
+            assert!(matches!(e, Refusal::InvalidAnnotation { .. }), "{v:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn families_follow_policy() {
+        let mut s = svc(&[]);
+        s.ip_families = vec![Family::V6, Family::V4];
+        s.ip_family_policy = IpFamilyPolicy::RequireDualStack;
+        let r = req(&s).unwrap();
+        assert_eq!(r.families, vec![Family::V6, Family::V4]);
+        s.ip_family_policy = IpFamilyPolicy::PreferDualStack;
+        let r = req(&s).unwrap();
+        assert_eq!(
+            (r.families, r.optional_family),
+            (vec![Family::V6], Some(Family::V4))
+        );
+        s.ip_family_policy = IpFamilyPolicy::SingleStack;
+        assert_eq!(req(&s).unwrap().families, vec![Family::V6]);
+        s.ip_families.clear();
+        assert_eq!(req(&s).unwrap().families, vec![Family::V4]);
+    }
+
+    #[test]
+    fn requested_ip_must_fit_the_families() {
+        let e = req(&svc(&[(annotations::IP, "fd00::1")])).unwrap_err();
+        assert!(e.to_string().contains("single-stack"), "{e}");
+        let mut s = svc(&[(annotations::IP, "10.0.0.1, fd00::1")]);
+        s.ip_families = vec![Family::V4, Family::V6];
+        s.ip_family_policy = IpFamilyPolicy::PreferDualStack;
+        let r = req(&s).unwrap();
+        assert_eq!(r.families, vec![Family::V4, Family::V6]);
+        assert_eq!(r.optional_family, None);
+    }
+}
