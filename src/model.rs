@@ -203,10 +203,36 @@ impl IpRange {
     }
 }
 
+impl IpRange {
+    /// The prefix length if the range is exactly one CIDR block.
+    pub fn prefix_len(&self) -> Option<u8> {
+        let bits: u32 = match self.family() {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        let size = self.size();
+        if !size.is_power_of_two() && size != u128::MAX {
+            return None;
+        }
+        let host_bits = if size == u128::MAX {
+            128
+        } else {
+            size.trailing_zeros()
+        };
+        let start = ip_to_u128(&self.start);
+        let aligned = host_bits == 128 || start & ((1u128 << host_bits) - 1) == 0;
+        (aligned && host_bits <= bits).then(|| (bits - host_bits) as u8)
+    }
+}
+
 impl fmt::Display for IpRange {
+    /// `10.0.0.7`, `10.0.0.0/24` where the range is one CIDR block, else
+    /// `10.0.0.10-10.0.0.20`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.start == self.end {
             write!(f, "{}", self.start)
+        } else if let Some(len) = self.prefix_len() {
+            write!(f, "{}/{len}", self.start)
         } else {
             write!(f, "{}-{}", self.start, self.end)
         }
@@ -651,6 +677,17 @@ mod tests {
         assert!("10.0.0.300".parse::<IpRange>().is_err());
         let all: IpRange = "::/0".parse().unwrap();
         assert_eq!(all.size(), u128::MAX);
+        for text in [
+            "10.0.0.0/24",
+            "10.0.0.3-10.0.0.9",
+            "10.0.0.7",
+            "fd66::/64",
+            "::/0",
+            "0.0.0.0/0",
+            "10.0.0.1-10.0.0.2",
+        ] {
+            assert_eq!(text.parse::<IpRange>().unwrap().to_string(), text);
+        }
     }
 
     #[test]

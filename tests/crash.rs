@@ -137,7 +137,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let mut known: BTreeMap<ServiceKey, Vec<IpAddr>> = BTreeMap::new();
-    let rounds = 30;
+    let rounds = 40;
     for round in 0..rounds {
         // Grow the set so every run has new services to allocate.
         let services = 20 + round * 15;

@@ -36,6 +36,37 @@ pub struct GatewayConfig {
     pub state_dir: PathBuf,
     pub api_socket: PathBuf,
     pub metrics_listen: SocketAddr,
+    /// Permission bits of the API socket.
+    pub api_socket_mode: u32,
+    /// Group owning the API socket (members may run `pier status`).
+    pub api_socket_group: Option<String>,
+    /// On stop: withdraw everything, or keep routes and let BGP graceful
+    /// restart hold them at the routers.
+    pub shutdown: Shutdown,
+    /// Set the sysctls pier depends on, or only check them.
+    pub sysctl: SysctlMode,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shutdown {
+    Withdraw,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SysctlMode {
+    Set,
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,11 +77,24 @@ pub struct KubernetesConfig {
     pub load_balancer_class: String,
     pub claim_unclassed: bool,
     pub lease_namespace: String,
+    pub lease_name: String,
+    pub lease_duration_s: u32,
+    pub lease_renew_s: u32,
+    /// Read pools and peers from OpenELB-compatible Eip/BgpConf/BgpPeer objects.
+    pub crds: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BgpConfig {
     pub asn: u32,
+    /// Accept incoming sessions.
+    pub listen: bool,
+    pub listen_port: u16,
+    /// Empty: every address.
+    pub listen_addresses: Vec<IpAddr>,
+    pub graceful_restart: bool,
+    /// Seconds routers keep pier's routes while it restarts (RFC 4724, ≤ 4095).
+    pub restart_time_s: u16,
     pub peers: Vec<PeerConfig>,
 }
 
@@ -64,11 +108,25 @@ pub struct PeerConfig {
     pub passive: bool,
     /// eBGP multihop TTL; `None` = directly connected (TTL 1 for eBGP).
     pub multihop_ttl: Option<u8>,
+    /// Seconds; `None` = hold_time / 3.
+    pub keepalive_s: Option<u16>,
+    pub connect_retry_s: u16,
+    /// RFC 5082: send with TTL 255 and accept only TTL 255.
+    pub gtsm: bool,
+    pub port: u16,
+    /// Our AS towards this peer, if not `bgp.asn`.
+    pub local_asn: Option<u32>,
+    pub source_address: Option<IpAddr>,
+    /// Address families announced to this peer.
+    pub families: Vec<Family>,
+    /// Offer ADD-PATH send (needed for node next hops).
+    pub add_path: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthConfig {
     pub interval_ms: u64,
+    pub timeout_ms: u64,
     pub fall: u32,
     pub rise: u32,
     pub kube_proxy_port: u16,
@@ -78,6 +136,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             interval_ms: 500,
+            timeout_ms: 500,
             fall: 3,
             rise: 2,
             kube_proxy_port: 10256,
