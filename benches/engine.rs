@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use criterion::{criterion_group, BatchSize, Criterion};
 
 use pier::engine::{Engine, EngineSettings, Input, Planner, World};
+use pier::ipam::{request_for, Ipam, Request};
 use pier::model::*;
 use pier::store::{AllocationStore, MemoryStore, SledStore, StoreBatch};
 
@@ -191,7 +192,25 @@ fn allocations(n: usize) -> Vec<Allocation> {
         .collect()
 }
 
+/// An ipam over one IPv6 /64 with `taken` addresses allocated.
+fn v6_ipam(taken: usize) -> (Ipam, Request) {
+    let mut p = pool();
+    p.name = "v6".into();
+    p.ranges = vec!["fd00::/64".parse().unwrap()];
+    let mut ipam = Ipam::new(vec![p]);
+    let mut s = Service::new(ServiceKey::new("bench", "x"));
+    s.ip_families = vec![Family::V6];
+    let mut req = request_for(&s, &BTreeMap::new()).unwrap();
+    for i in 0..taken {
+        req.service = ServiceKey::new("bench", format!("svc-{i}"));
+        ipam.assign(&req).unwrap();
+    }
+    req.service = ServiceKey::new("bench", "probe");
+    (ipam, req)
+}
+
 fn memory_report() {
+    let ((_, _), ipam_mib) = peak_mib(|| v6_ipam(100_000));
     let (c, world_mib) = peak_mib(cluster);
     let world = World {
         services: &c.services,
@@ -302,6 +321,17 @@ fn benches(c: &mut Criterion) {
             let key = s.key.clone();
             black_box(e.step(vec![Input::Service(s)]));
             black_box(e.step(vec![Input::ServiceGone(key)]))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("ipam");
+    let (mut ipam, req) = v6_ipam(100_000);
+    g.bench_function("allocate_and_release_in_a_slash_64_with_100k_taken", |b| {
+        b.iter(|| {
+            let a = ipam.assign(&req).unwrap();
+            black_box(&a);
+            ipam.release(&req.service)
         })
     });
     g.finish();

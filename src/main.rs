@@ -120,7 +120,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_tracing(log_format);
+            init_tracing(log_format.or(match cfg.gateway.log_format {
+                pier::config::LogFormat::Json => Some(LogFormat::Json),
+                pier::config::LogFormat::Text => None,
+            }));
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -183,6 +186,13 @@ fn init_tracing(format: Option<LogFormat>) {
 }
 
 async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
+    // Parts not built yet: say so instead of ignoring the configuration.
+    if cfg.kubernetes.is_some() {
+        warn!("[kubernetes] is configured, but this build has no Kubernetes source yet: running on [[static_services]] only");
+    }
+    if cfg.bgp.is_some() {
+        warn!("[bgp] is configured, but this build has no BGP speaker yet: nothing is announced to peers");
+    }
     let store = SledStore::open(&cfg.gateway.state_dir)?;
     let settings = EngineSettings {
         sources: [Origin::Static].into(),
@@ -208,8 +218,11 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let socket = api::bind_socket(
         &cfg.gateway.api_socket,
         &SocketOptions {
-            mode: 0o660,
-            group: None,
+            mode: cfg.gateway.api_socket_mode,
+            group: match &cfg.gateway.api_socket_group {
+                Some(name) => Some(group_id(name)?),
+                None => None,
+            },
         },
     )?;
     let metrics_listener = api::bind_metrics(cfg.gateway.metrics_listen).await?;
@@ -260,6 +273,19 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.gateway.api_socket);
     info!("stopped");
     Ok(())
+}
+
+/// The numeric id of a group, by name.
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("group name contains a NUL byte")?;
+    // SAFETY: getgrnam reads a NUL-terminated string and returns a pointer to
+    // static storage (or NULL); we read one field before any other call.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        anyhow::bail!("gateway.api_socket_group: no group named {name:?}");
+    }
+    // SAFETY: non-null pointer from getgrnam, see above.
+    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// Re-read the config; on errors keep the running one and log every error.

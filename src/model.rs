@@ -170,8 +170,9 @@ pub enum NextHopMode {
     Gateway,
 }
 
-/// An inclusive range of addresses of one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// An inclusive range of addresses of one family. Serialised as its text
+/// form (`10.0.0.0/24`, `10.0.0.1-10.0.0.9`, `10.0.0.7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpRange {
     pub start: IpAddr,
     pub end: IpAddr,
@@ -280,6 +281,19 @@ impl FromStr for IpRange {
                 .map_err(|_| format!("{s:?} is not an IP address, CIDR or range (a-b)"))?;
             Ok(IpRange { start: ip, end: ip })
         }
+    }
+}
+
+impl Serialize for IpRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

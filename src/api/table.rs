@@ -117,17 +117,7 @@ pub fn pools(v: &Value) -> String {
                     let p = &x["pool"];
                     let ranges: Vec<String> = p["ranges"]
                         .as_array()
-                        .map(|r| {
-                            r.iter()
-                                .map(|r| {
-                                    if r["start"] == r["end"] {
-                                        s(&r["start"])
-                                    } else {
-                                        format!("{}-{}", s(&r["start"]), s(&r["end"]))
-                                    }
-                                })
-                                .collect()
-                        })
+                        .map(|r| r.iter().map(s).collect())
                         .unwrap_or_default();
                     let usage: Vec<String> = x["usage"]
                         .as_array()
