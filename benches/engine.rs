@@ -262,6 +262,10 @@ fn memory_report() {
         "  {:<44} {:>8.1} MiB",
         "sled: persist 10,000 allocations", sled_mib
     );
+    println!(
+        "  {:<44} {:>8.1} MiB",
+        "ipam: /64 pool with 100,000 IPs taken", ipam_mib
+    );
 }
 
 fn benches(c: &mut Criterion) {
