@@ -946,7 +946,6 @@ impl Store {
                     message: e,
                     details: None,
                 })?;
-                let mut doc = doc;
                 Self::check_type(t, &mut doc)?;
                 Self::check_namespace(t, &mut doc)?;
                 (st.write(t, key, old, doc, o, None)?, false)
