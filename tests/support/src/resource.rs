@@ -42,6 +42,42 @@ pub struct ResourceDef {
     pub(crate) status_on_create: StatusOnCreate,
     /// Field-selector keys supported besides metadata.name/metadata.namespace.
     pub(crate) field_labels: &'static [&'static str],
+    /// Where objects are stored: (group, plural). events.k8s.io Events share core Events'.
+    pub(crate) storage: (String, String),
+    /// How stored objects map to this resource's served form.
+    pub(crate) conversion: Conversion,
+}
+
+/// Field renames between the stored form and a served form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Conversion {
+    /// Served as stored (apart from apiVersion).
+    None,
+    /// events.k8s.io/v1 Event over core/v1 Event storage (kube-apiserver's conversion,
+    /// `pkg/apis/events/v1/conversion.go`).
+    EventsV1,
+}
+
+/// (core/v1 field, events.k8s.io/v1 field).
+const EVENT_RENAMES: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn rename(obj: &mut Value, pairs: &[(&str, &str)], forward: bool) {
+    if let Value::Object(m) = obj {
+        for (a, b) in pairs {
+            let (from, to) = if forward { (a, b) } else { (b, a) };
+            if let Some(v) = m.remove(*from) {
+                m.insert(to.to_string(), v);
+            }
+        }
+    }
 }
 
 /// A custom resource to register with [`crate::TestApiServer::register_crd`]; all of
@@ -98,12 +134,40 @@ impl ResourceDef {
         }
     }
 
+    /// apiVersion of the stored form.
+    pub(crate) fn storage_api_version(&self) -> String {
+        match self.conversion {
+            Conversion::EventsV1 => "v1".into(),
+            Conversion::None => self.api_version(self.storage_version()),
+        }
+    }
+
+    /// The served form of a stored object, when it differs by more than apiVersion.
+    pub(crate) fn to_served(&self, stored: &Value) -> Option<Value> {
+        match self.conversion {
+            Conversion::None => None,
+            Conversion::EventsV1 => {
+                let mut v = stored.clone();
+                rename(&mut v, EVENT_RENAMES, true);
+                Some(v)
+            }
+        }
+    }
+
+    /// Converts a served-form object to the stored form in place.
+    pub(crate) fn to_stored(&self, obj: &mut Value) {
+        if self.conversion == Conversion::EventsV1 {
+            rename(obj, EVENT_RENAMES, false);
+        }
+    }
+
     pub(crate) fn storage_version(&self) -> &str {
         self.versions.first().map(String::as_str).unwrap_or("v1")
     }
 
     fn from_custom(c: CustomResource) -> Self {
         ResourceDef {
+            storage: (c.group.clone(), c.plural.clone()),
             singular: c.kind.to_lowercase(),
             group: c.group,
             versions: c.versions,
@@ -120,6 +184,7 @@ impl ResourceDef {
                 StatusOnCreate::Keep
             },
             field_labels: &[],
+            conversion: Conversion::None,
         }
     }
 }
@@ -149,6 +214,8 @@ fn builtin(
         generation: false,
         status_on_create: status,
         field_labels,
+        storage: (group.into(), plural.into()),
+        conversion: Conversion::None,
     }
 }
 
@@ -164,6 +231,19 @@ const EVENT_FIELDS: &[&str] = &[
     "reason",
     "reportingComponent",
     "source",
+    "type",
+];
+/// events.k8s.io/v1 field labels (mapped onto the stored core form by the selector).
+const EVENTS_V1_FIELDS: &[&str] = &[
+    "regarding.kind",
+    "regarding.namespace",
+    "regarding.name",
+    "regarding.uid",
+    "regarding.apiVersion",
+    "regarding.resourceVersion",
+    "regarding.fieldPath",
+    "reason",
+    "reportingController",
     "type",
 ];
 const SERVICE_FIELDS: &[&str] = &["spec.clusterIP", "spec.type"];
@@ -269,8 +349,20 @@ impl Registry {
                 &[],
             ),
         ];
+        let defs = defs.into_iter().map(|mut d| {
+            match (d.group.as_str(), d.plural.as_str()) {
+                ("events.k8s.io", "events") => {
+                    d.storage = (String::new(), "events".into());
+                    d.conversion = Conversion::EventsV1;
+                    d.field_labels = EVENTS_V1_FIELDS;
+                }
+                ("discovery.k8s.io", "endpointslices") => d.generation = true,
+                _ => {}
+            }
+            Arc::new(d)
+        });
         Registry {
-            defs: defs.into_iter().map(Arc::new).collect(),
+            defs: defs.collect(),
         }
     }
 

@@ -220,7 +220,15 @@ impl FieldSelector {
                     "field label not supported: {key}"
                 )));
             }
-            reqs.push((key.to_string(), eq, value.trim().to_string()));
+            // events.k8s.io/v1 names map onto the stored core/v1 Event form.
+            let key = if let Some(rest) = key.strip_prefix("regarding.") {
+                format!("involvedObject.{rest}")
+            } else if key == "reportingController" {
+                "reportingComponent".to_string()
+            } else {
+                key.to_string()
+            };
+            reqs.push((key, eq, value.trim().to_string()));
         }
         Ok(FieldSelector { reqs })
     }

@@ -1072,9 +1072,10 @@ fn watch_line(kind: &str, obj: &impl serde::Serialize) -> Bytes {
     Bytes::from(v)
 }
 
-fn view<'a>(obj: &'a Value, api_version: &'a str) -> ObjectView<'a> {
+fn view<'a>(obj: &'a Value, def: &'a ResourceDef, api_version: &'a str) -> ObjectView<'a> {
     ObjectView {
         obj,
+        def,
         api_version,
         strip_type: false,
     }
@@ -1171,7 +1172,7 @@ impl WatchStream {
     /// The event a watcher with this target and selectors sees for a change, if any:
     /// objects entering or leaving the selection appear as ADDED or DELETED.
     fn translate<'e>(&self, ev: &'e crate::store::Event) -> Option<(EventType, &'e Value)> {
-        if ev.res.0 != self.t.def.group || ev.res.1 != self.t.def.plural {
+        if ev.res != self.t.def.storage {
             return None;
         }
         if self.t.namespace.as_ref().is_some_and(|ns| *ns != ev.key.0) {
@@ -1216,7 +1217,7 @@ impl WatchStream {
         };
         for obj in &start.initial {
             if !self
-                .send(watch_line("ADDED", &view(obj, &api_version)))
+                .send(watch_line("ADDED", &view(obj, &self.t.def, &api_version)))
                 .await
             {
                 return;
@@ -1252,7 +1253,10 @@ impl WatchStream {
                     last_rv = ev.rv;
                     if let Some((kind, obj)) = self.translate(ev) {
                         if !self
-                            .send(watch_line(kind.as_str(), &view(obj, &api_version)))
+                            .send(watch_line(
+                                kind.as_str(),
+                                &view(obj, &self.t.def, &api_version),
+                            ))
                             .await
                         {
                             return;

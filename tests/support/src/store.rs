@@ -69,7 +69,7 @@ pub(crate) struct Target {
 
 impl Target {
     fn res(&self) -> ResKey {
-        (self.def.group.clone(), self.def.plural.clone())
+        self.def.storage.clone()
     }
     fn is_status(&self) -> bool {
         self.subresource.as_deref() == Some("status")
@@ -233,36 +233,53 @@ fn spec_view(obj: &Value, without_status: bool) -> Map<String, Value> {
 /// built-in list): serialized straight from the stored value, without a copy.
 pub(crate) struct ObjectView<'a> {
     pub(crate) obj: &'a Value,
+    pub(crate) def: &'a ResourceDef,
     pub(crate) api_version: &'a str,
     pub(crate) strip_type: bool,
 }
 
 impl Serialize for ObjectView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(converted) = self.def.to_served(self.obj) {
+            let m = match &converted {
+                Value::Object(m) => m,
+                other => return other.serialize(s),
+            };
+            return serialize_object(m, self.api_version, self.strip_type, s);
+        }
         let Value::Object(m) = self.obj else {
             return self.obj.serialize(s);
         };
-        let mut out = s.serialize_map(None)?;
-        if !self.strip_type {
-            if let Some(k) = m.get("kind") {
-                out.serialize_entry("kind", k)?;
-            }
-            out.serialize_entry("apiVersion", self.api_version)?;
-        }
-        for (k, v) in m {
-            if k != "apiVersion" && k != "kind" {
-                out.serialize_entry(k, v)?;
-            }
-        }
-        out.end()
+        serialize_object(m, self.api_version, self.strip_type, s)
     }
 }
 
-/// A copy of `obj` with `apiVersion` set for the requested version.
-pub(crate) fn render(obj: &Value, api_version: &str) -> Value {
-    let mut v = obj.clone();
+fn serialize_object<S: Serializer>(
+    m: &Map<String, Value>,
+    api_version: &str,
+    strip_type: bool,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut out = s.serialize_map(None)?;
+    if !strip_type {
+        if let Some(k) = m.get("kind") {
+            out.serialize_entry("kind", k)?;
+        }
+        out.serialize_entry("apiVersion", api_version)?;
+    }
+    for (k, v) in m {
+        if k != "apiVersion" && k != "kind" {
+            out.serialize_entry(k, v)?;
+        }
+    }
+    out.end()
+}
+
+/// A copy of a stored object in the form served at `version` of `def`.
+pub(crate) fn render(obj: &Value, def: &ResourceDef, version: &str) -> Value {
+    let mut v = def.to_served(obj).unwrap_or_else(|| obj.clone());
     if let Value::Object(m) = &mut v {
-        m.insert("apiVersion".into(), Value::from(api_version));
+        m.insert("apiVersion".into(), Value::from(def.api_version(version)));
     }
     v
 }
@@ -458,7 +475,7 @@ impl Store {
         st.tables
             .get(&t.res())
             .and_then(|tab| tab.get(&key))
-            .map(|o| render(o, &t.def.api_version(&t.version)))
+            .map(|o| render(o, &t.def, &t.version))
             .ok_or_else(|| t.not_found())
     }
 
@@ -571,6 +588,7 @@ impl Store {
             .into_iter()
             .map(|obj| ObjectView {
                 obj,
+                def: &t.def,
                 api_version: &api_version,
                 strip_type: t.def.builtin,
             })
@@ -587,13 +605,12 @@ impl Store {
     /// Objects of a resource (direct access for tests), in key order.
     pub(crate) fn list_values(&self, t: &Target) -> Vec<Value> {
         let st = self.lock();
-        let api_version = t.def.api_version(&t.version);
         st.tables
             .get(&t.res())
             .map(|tab| {
                 tab.iter()
                     .filter(|(k, _)| t.namespace.as_ref().is_none_or(|ns| &k.0 == ns))
-                    .map(|(_, v)| render(v, &api_version))
+                    .map(|(_, v)| render(v, &t.def, &t.version))
                     .collect()
             })
             .unwrap_or_default()
@@ -696,35 +713,44 @@ impl Store {
         })
     }
 
+    /// Checks apiVersion/kind against the target and converts the object to its stored
+    /// form (storage apiVersion; field renames for converted kinds).
     fn check_type(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
         let want = t.def.api_version(&t.version);
-        let Value::Object(m) = obj else {
+        let storage = t.def.storage_api_version();
+        if !obj.is_object() {
             return Err(ApiError::bad_request(
                 "the request body must be a JSON object",
             ));
-        };
-        let storage = t.def.api_version(t.def.storage_version());
-        match m.get("apiVersion").and_then(Value::as_str) {
-            // The storage version is accepted too: internal writes carry it.
-            Some(v) if v != want && v != storage => {
+        }
+        let given = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(v) = given.as_deref() {
+            // The storage form is accepted too: internal writes carry it.
+            if v != want && v != storage {
                 return Err(ApiError::bad_request(format!(
                     "the API version in the data ({v}) does not match the expected API version ({want})"
-                )))
+                )));
             }
-            _ => {}
         }
-        match m.get("kind").and_then(Value::as_str) {
-            Some(k) if k != t.def.kind => {
+        if let Some(k) = obj.get("kind").and_then(Value::as_str) {
+            if k != t.def.kind {
                 return Err(ApiError::bad_request(format!(
                     "the kind in the data ({k}) does not match the expected kind ({})",
                     t.def.kind
-                )))
+                )));
             }
-            _ => {}
         }
-        // Stored in the storage version (conversion strategy None: only apiVersion changes).
-        m.insert("apiVersion".into(), Value::from(storage));
-        m.insert("kind".into(), Value::from(t.def.kind.as_str()));
+        let already_stored = storage != want && given.as_deref() == Some(storage.as_str());
+        if !already_stored {
+            t.def.to_stored(obj);
+        }
+        if let Value::Object(m) = obj {
+            m.insert("apiVersion".into(), Value::from(storage));
+            m.insert("kind".into(), Value::from(t.def.kind.as_str()));
+        }
         Ok(())
     }
 
@@ -824,7 +850,7 @@ impl Store {
             write_managed(&mut obj, &entries);
         }
         if o.dry_run {
-            return Ok(render(&obj, &t.def.api_version(&t.version)));
+            return Ok(render(&obj, &t.def, &t.version));
         }
         let out = st.commit(t, key, Some(obj), EventType::Added);
         drop(st);
@@ -885,7 +911,6 @@ impl Store {
                 _ => format!("error decoding patch: {e}"),
             })
         })?;
-        let api_version = t.def.api_version(&t.version);
         let key = (
             t.namespace.clone().unwrap_or_default(),
             t.name().to_string(),
@@ -939,7 +964,7 @@ impl Store {
             }
             (_, None) => return Err(t.not_found()),
             (PatchType::Json, Some(old)) => {
-                let mut doc = render(&old, &api_version);
+                let mut doc = render(&old, &t.def, &t.version);
                 patch::json_patch(&mut doc, &patch).map_err(|e| ApiError {
                     code: 422,
                     reason: "Invalid",
@@ -954,7 +979,7 @@ impl Store {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("a merge patch must be a JSON object"));
                 }
-                let mut doc = render(&old, &api_version);
+                let mut doc = render(&old, &t.def, &t.version);
                 patch::merge_patch(&mut doc, &patch);
                 Self::check_type(t, &mut doc)?;
                 Self::check_namespace(t, &mut doc)?;
@@ -1004,7 +1029,6 @@ impl Store {
                 &format!("Precondition failed: ResourceVersion in precondition: {r}, ResourceVersion in object meta: {have_rv}"),
             ));
         }
-        let api_version = t.def.api_version(&t.version);
         let has_finalizers = meta(&old)
             .and_then(|m| m.get("finalizers"))
             .and_then(Value::as_array)
@@ -1012,7 +1036,7 @@ impl Store {
         if has_finalizers {
             // Finalizers hold the object: mark it and let the update that clears them delete it.
             if meta(&old).is_some_and(|m| m.contains_key("deletionTimestamp")) || dry_run {
-                return Ok(Deleted::Object(render(&old, &api_version)));
+                return Ok(Deleted::Object(render(&old, &t.def, &t.version)));
             }
             let mut new = (*old).clone();
             let m = meta_mut(&mut new);
@@ -1024,7 +1048,7 @@ impl Store {
             return Ok(Deleted::Object(out));
         }
         if dry_run {
-            return Ok(Deleted::Object(render(&old, &api_version)));
+            return Ok(Deleted::Object(render(&old, &t.def, &t.version)));
         }
         let out = st.commit(t, key, None, EventType::Deleted);
         drop(st);
@@ -1318,7 +1342,7 @@ impl State {
                 Arc::new(o)
             }
         };
-        let out = render(&stored, &t.def.api_version(&t.version));
+        let out = render(&stored, &t.def, &t.version);
         self.history.push_back(Arc::new(Event {
             rv,
             res,
@@ -1414,10 +1438,10 @@ impl State {
         }
         if obj == *old {
             // kube-apiserver skips writes that change nothing: same resourceVersion, no event.
-            return Ok(render(&old, &t.def.api_version(&t.version)));
+            return Ok(render(&old, &t.def, &t.version));
         }
         if o.dry_run {
-            return Ok(render(&obj, &t.def.api_version(&t.version)));
+            return Ok(render(&obj, &t.def, &t.version));
         }
         let terminating = meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
         let no_finalizers = meta(&obj)

@@ -556,6 +556,24 @@ async fn leases_events_endpointslices() {
     let events = api.list("events.k8s.io/v1", "Event", Some("default"));
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["reason"], "IPAllocated");
+    assert_eq!(events[0]["regarding"]["name"], "web");
+    assert_eq!(
+        events[0]["series"]["count"], 2,
+        "the repeat became a series"
+    );
+    // One storage: the same Event through core/v1, with kube-apiserver's field mapping.
+    let as_core = api.list("v1", "Event", Some("default"));
+    assert_eq!(as_core.len(), 1);
+    assert_eq!(as_core[0]["involvedObject"]["name"], "web");
+    assert_eq!(as_core[0]["message"], "10.0.0.1");
+    assert_eq!(as_core[0]["reportingComponent"], "pier");
+    let ev_api: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let by_regarding = ev_api
+        .list(&ListParams::default().fields("regarding.name=web,reportingController=pier"))
+        .await
+        .unwrap();
+    assert_eq!(by_regarding.items.len(), 1);
 
     // core/v1 Events with a field selector.
     let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
@@ -571,7 +589,7 @@ async fn leases_events_endpointslices() {
         .list(&ListParams::default().fields("involvedObject.name=web,reason=IPAllocated"))
         .await
         .unwrap();
-    assert_eq!(found.items.len(), 1);
+    assert_eq!(found.items.len(), 2, "the Recorder's event and this one");
 
     // EndpointSlices by service-name label.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
@@ -582,7 +600,17 @@ async fn leases_events_endpointslices() {
         "ports": [{"port": 8080, "protocol": "TCP"}],
     }))
     .unwrap();
-    slices.create(&PostParams::default(), &s).await.unwrap();
+    let created = slices.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    let bumped = slices
+        .patch(
+            "web-abc",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"endpoints": [{"addresses": ["10.1.0.6"], "nodeName": "n1"}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bumped.metadata.generation, Some(2));
     let got = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name in (web)"))
         .await
