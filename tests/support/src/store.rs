@@ -1094,9 +1094,13 @@ impl Store {
                 name: Some(name),
                 ..t.clone()
             };
-            match self.delete(&one, None, None, false) {
-                Ok(Deleted::Object(v)) => items.push(v),
-                Ok(Deleted::Status(_)) | Err(_) => {}
+            let before = self.get(&one);
+            match (self.delete(&one, None, None, false), before) {
+                (Ok(Deleted::Object(v)), _) => items.push(v),
+                // Built-in kinds answer a single delete with a Status; the collection
+                // response lists the objects.
+                (Ok(Deleted::Status(_)), Ok(v)) => items.push(v),
+                _ => {}
             }
         }
         let rv = self.resource_version();
@@ -1644,5 +1648,314 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::new(1000)
+    }
+
+    fn target(
+        s: &Store,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Target {
+        let (def, version) = s.lock().registry.by_kind(api_version, kind).unwrap();
+        Target {
+            def,
+            version,
+            namespace: ns.map(str::to_string),
+            name: name.map(str::to_string),
+            subresource: None,
+        }
+    }
+
+    fn opts(manager: &str) -> WriteOpts {
+        WriteOpts {
+            manager: manager.into(),
+            ..Default::default()
+        }
+    }
+
+    fn cm(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"k": "v"}})
+    }
+
+    fn list_json(s: &Store, t: &Target, o: &ListOpts) -> Value {
+        serde_json::from_slice(&s.list(t, o).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn noop_update_keeps_resource_version_and_emits_nothing() {
+        let s = store();
+        let created = s.create_object(cm("a"), "t").unwrap();
+        let rv = s.resource_version();
+        let t = target(&s, "v1", "ConfigMap", Some("default"), Some("a"));
+        let same = s.update(&t, created.clone(), &opts("t")).unwrap();
+        assert_eq!(
+            same["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
+        assert_eq!(s.resource_version(), rv);
+        assert!(s.events_since(rv, 10).unwrap().is_empty());
+        let mut changed = created.clone();
+        changed["data"]["k"] = json!("w");
+        s.update(&t, changed, &opts("t")).unwrap();
+        let evs = s.events_since(rv, 10).unwrap();
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].kind, EventType::Modified);
+        assert_eq!(evs[0].prev.as_ref().unwrap()["data"]["k"], "v");
+    }
+
+    #[test]
+    fn exact_list_and_continue_reconstruct_snapshots() {
+        let s = store();
+        for n in ["a", "b", "c", "d"] {
+            s.create_object(cm(n), "t").unwrap();
+        }
+        let snap = s.resource_version();
+        let t = target(&s, "v1", "ConfigMap", Some("default"), None);
+        let first = list_json(
+            &s,
+            &t,
+            &ListOpts {
+                limit: Some(2),
+                ..Default::default()
+            },
+        );
+        assert_eq!(first["items"].as_array().unwrap().len(), 2);
+        assert!(
+            first["items"][0].get("kind").is_none(),
+            "built-in list items carry no kind"
+        );
+        let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+        // Changes after the snapshot: delete c, add bb, modify d.
+        let one = |n: &str| target(&s, "v1", "ConfigMap", Some("default"), Some(n));
+        s.delete(&one("c"), None, None, false).unwrap();
+        s.create_object(cm("bb"), "t").unwrap();
+        let mut d = s.get(&one("d")).unwrap();
+        d["data"]["k"] = json!("new");
+        s.update(&one("d"), d, &opts("t")).unwrap();
+        let rest = list_json(
+            &s,
+            &t,
+            &ListOpts {
+                continue_token: Some(token.clone()),
+                ..Default::default()
+            },
+        );
+        let names: Vec<&str> = rest["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["c", "d"]);
+        assert_eq!(rest["items"][1]["data"]["k"], "v");
+        assert!(rest["metadata"].get("continue").is_none());
+        let exact = list_json(
+            &s,
+            &t,
+            &ListOpts {
+                resource_version: Some(snap.to_string()),
+                rv_match: Some("Exact".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(exact["items"].as_array().unwrap().len(), 4);
+        assert_eq!(exact["metadata"]["resourceVersion"], snap.to_string());
+        let now = list_json(&s, &t, &ListOpts::default());
+        assert_eq!(now["items"].as_array().unwrap().len(), 4);
+        s.compact();
+        let err = s
+            .list(
+                &t,
+                &ListOpts {
+                    continue_token: Some(token),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((err.code, err.reason), (410, "Expired"));
+        let err = s
+            .list(
+                &t,
+                &ListOpts {
+                    resource_version: Some(snap.to_string()),
+                    rv_match: Some("Exact".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 410);
+        assert!(s
+            .list(
+                &t,
+                &ListOpts {
+                    continue_token: Some("garbage!".into()),
+                    ..Default::default()
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn history_window_bounds_watches() {
+        let s = Store::new(3);
+        let start = s.resource_version();
+        for n in ["a", "b", "c", "d", "e"] {
+            s.create_object(cm(n), "t").unwrap();
+        }
+        let t = target(&s, "v1", "ConfigMap", Some("default"), None);
+        let w = |rv: u64| WatchOpts {
+            resource_version: Some(rv.to_string()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.watch_start(&t, &w(start)).err().map(|e| e.code),
+            Some(410)
+        );
+        let recent = s.resource_version() - 3;
+        assert!(s.watch_start(&t, &w(recent)).is_ok());
+        assert_eq!(s.events_since(recent, 100).unwrap().len(), 3);
+        assert!(s.events_since(recent - 1, 100).is_err());
+        let init = s.watch_start(&t, &WatchOpts::default()).unwrap();
+        assert_eq!(init.initial.len(), 5);
+        assert_eq!(init.from_rv, s.resource_version());
+    }
+
+    #[test]
+    fn apply_shares_equal_values_conflicts_on_different_ones() {
+        let s = store();
+        let t = target(&s, "v1", "ConfigMap", Some("default"), Some("a"));
+        let cfg = |v: &str| {
+            serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": v}})).unwrap()
+        };
+        let (_, created) = s
+            .patch(&t, PatchType::Apply, &cfg("1"), &opts("one"))
+            .unwrap();
+        assert!(created);
+        // Same value from another manager: shared ownership, no conflict.
+        s.patch(&t, PatchType::Apply, &cfg("1"), &opts("two"))
+            .unwrap();
+        let err = s
+            .patch(&t, PatchType::Apply, &cfg("2"), &opts("two"))
+            .unwrap_err();
+        assert_eq!(err.code, 409);
+        assert!(
+            err.message.contains("conflict with \"one\": .data.k"),
+            "{}",
+            err.message
+        );
+        let forced = WriteOpts {
+            force: true,
+            ..opts("two")
+        };
+        let (v, _) = s.patch(&t, PatchType::Apply, &cfg("2"), &forced).unwrap();
+        assert_eq!(v["data"]["k"], "2");
+        let managers: Vec<&str> = v["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            managers,
+            vec!["two"],
+            "the forced field left manager one with nothing"
+        );
+    }
+
+    #[test]
+    fn service_defaults_and_status_rules() {
+        let s = store();
+        let created = s
+            .create_object(
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                       "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]},
+                       "status": {"loadBalancer": {"ingress": [{"ip": "1.1.1.1"}]}}}),
+                "t",
+            )
+            .unwrap();
+        assert_eq!(
+            created["status"],
+            json!({"loadBalancer": {}}),
+            "status dropped on create"
+        );
+        assert_eq!(created["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+        assert_eq!(created["spec"]["clusterIPs"].as_array().unwrap().len(), 2);
+        assert_eq!(created["spec"]["ports"][0]["targetPort"], 80);
+        assert!(created.get("metadata").unwrap().get("generation").is_none());
+        let node_port = created["spec"]["ports"][0]["nodePort"].clone();
+        // A PUT that omits the allocations keeps them.
+        let t = target(&s, "v1", "Service", Some("default"), Some("web"));
+        let mut put = created.clone();
+        put["spec"] = json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]});
+        put["status"] = json!({"loadBalancer": {"ingress": [{"ip": "2.2.2.2"}]}});
+        let updated = s.update(&t, put, &opts("t")).unwrap();
+        assert_eq!(updated["spec"]["clusterIP"], created["spec"]["clusterIP"]);
+        assert_eq!(updated["spec"]["ports"][0]["nodePort"], node_port);
+        assert_eq!(
+            updated["status"],
+            json!({"loadBalancer": {}}),
+            "main PUT keeps status"
+        );
+        let mut st = updated.clone();
+        st["status"] = json!({"loadBalancer": {"ingress": [{"ip": "3.3.3.3"}]}});
+        st["spec"]["type"] = json!("ClusterIP");
+        let ts = Target {
+            subresource: Some("status".into()),
+            ..t.clone()
+        };
+        let w = s.update(&ts, st, &opts("t")).unwrap();
+        assert_eq!(w["spec"]["type"], "LoadBalancer", "status PUT keeps spec");
+        assert_eq!(w["status"]["loadBalancer"]["ingress"][0]["ip"], "3.3.3.3");
+        // Stale update.
+        let err = s.update(&t, updated, &opts("t")).unwrap_err();
+        assert_eq!((err.code, err.reason), (409, "Conflict"));
+    }
+
+    #[test]
+    fn generate_name_dry_run_and_namespace_checks() {
+        let s = store();
+        let t = target(&s, "v1", "ConfigMap", Some("default"), None);
+        let v = s
+            .create(&t, json!({"metadata": {"generateName": "x-"}}), &opts("t"))
+            .unwrap();
+        let name = v["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("x-") && name.len() == 7, "{name}");
+        let rv = s.resource_version();
+        let dry = WriteOpts {
+            dry_run: true,
+            ..opts("t")
+        };
+        s.create(&t, cm("dry"), &dry).unwrap();
+        assert_eq!(s.resource_version(), rv);
+        let other = Target {
+            namespace: Some("elsewhere".into()),
+            ..t.clone()
+        };
+        assert_eq!(
+            s.create(&other, cm("a"), &opts("t")).unwrap_err().code,
+            400,
+            "namespace mismatch"
+        );
+        let mut body = cm("a");
+        body["metadata"]["namespace"] = json!("elsewhere");
+        assert_eq!(
+            s.create(&other, body, &opts("t")).unwrap_err().code,
+            404,
+            "no such namespace"
+        );
+        let mut wrong = cm("b");
+        wrong["apiVersion"] = json!("v2");
+        assert_eq!(s.create(&t, wrong, &opts("t")).unwrap_err().code, 400);
+        assert_eq!(s.create(&t, json!([1]), &opts("t")).unwrap_err().code, 400);
     }
 }
