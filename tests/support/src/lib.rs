@@ -23,11 +23,13 @@
 //!
 //! ## Resources
 //! core/v1 `namespaces` (+status), `nodes` (+status), `services` (+status), `events`,
-//! `configmaps`; `events.k8s.io/v1` `events` (stored apart from core Events);
+//! `configmaps`; `events.k8s.io/v1` `events` (the same objects as core Events, with
+//! kube-apiserver's field mapping);
 //! `discovery.k8s.io/v1` `endpointslices`; `coordination.k8s.io/v1` `leases`; and custom
 //! resources registered at run time with [`TestApiServer::register_crd`] (namespaced or
 //! cluster-scoped, optional status subresource, several served versions sharing one storage
-//! with conversion strategy `None`). Discovery: `/version`, `/api`, `/api/v1`, `/apis`,
+//! with conversion strategy `None`; [`CustomResource::openelb`] gives OpenELB's Eip,
+//! BgpConf and BgpPeer). Discovery: `/version`, `/api`, `/api/v1`, `/apis`,
 //! `/apis/{group}`, `/apis/{group}/{version}`; `/healthz`, `/livez`, `/readyz`.
 //!
 //! ## Protocol behaviour
@@ -76,7 +78,9 @@
 //! [`set_available`](TestApiServer::set_available) (outage),
 //! [`compact`](TestApiServer::compact) (old resourceVersions → 410),
 //! [`set_history_window`](TestApiServer::set_history_window),
-//! [`deny`](TestApiServer::deny) (403 with RBAC wording), [`set_latency`](TestApiServer::set_latency).
+//! [`deny`](TestApiServer::deny) (403 with RBAC wording),
+//! [`fail_next`](TestApiServer::fail_next) (429/500/503/504 for the next n requests),
+//! [`set_latency`](TestApiServer::set_latency).
 //! Request log: [`requests`](TestApiServer::requests), [`count_requests`](TestApiServer::count_requests).
 //!
 //! TLS and authentication: [`ServerOptions`] `tls` (generated CA, server certificate with

@@ -111,6 +111,28 @@ impl CustomResource {
         }
     }
 
+    /// OpenELB's CRDs as pier's annotation compatibility needs them:
+    /// `network.kubesphere.io` `Eip`, `BgpConf`, `BgpPeer`, cluster-scoped, served at
+    /// v1alpha2 (storage) and v1alpha1, with a status subresource.
+    pub fn openelb() -> Vec<CustomResource> {
+        [
+            ("Eip", "eips"),
+            ("BgpConf", "bgpconfs"),
+            ("BgpPeer", "bgppeers"),
+        ]
+        .into_iter()
+        .map(|(kind, plural)| {
+            CustomResource::new(
+                "network.kubesphere.io",
+                &["v1alpha2", "v1alpha1"],
+                kind,
+                plural,
+            )
+            .cluster_scoped()
+        })
+        .collect()
+    }
+
     /// Make it cluster-scoped.
     pub fn cluster_scoped(mut self) -> Self {
         self.namespaced = false;

@@ -159,6 +159,10 @@ impl LabelSelector {
         Ok(LabelSelector { reqs })
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
     /// Whether an object's `metadata.labels` satisfy the selector.
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         let labels = obj.get("metadata").and_then(|m| m.get("labels"));
@@ -231,6 +235,10 @@ impl FieldSelector {
             reqs.push((key, eq, value.trim().to_string()));
         }
         Ok(FieldSelector { reqs })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
     }
 
     /// The single `metadata.name=X` requirement, if that is what it is (lets a get-like

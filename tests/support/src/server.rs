@@ -106,9 +106,18 @@ struct Denial {
     resource: String,
 }
 
+#[derive(Clone, Debug)]
+struct Fault {
+    verb: String,
+    resource: String,
+    code: u16,
+    remaining: usize,
+}
+
 struct Runtime {
     latency: Duration,
     denials: Vec<Denial>,
+    faults: Vec<Fault>,
     bookmark_interval: Duration,
     available: bool,
 }
@@ -176,6 +185,7 @@ impl TestApiServer {
             runtime: Mutex::new(Runtime {
                 latency: Duration::ZERO,
                 denials: vec![],
+                faults: vec![],
                 bookmark_interval: opts.bookmark_interval,
                 available: true,
             }),
@@ -420,9 +430,24 @@ impl TestApiServer {
         });
     }
 
-    /// Removes every denial.
+    /// Removes every denial and pending injected failure.
     pub fn allow_all(&self) {
-        lock(&self.shared.runtime).denials.clear();
+        let mut rt = lock(&self.shared.runtime);
+        rt.denials.clear();
+        rt.faults.clear();
+    }
+
+    /// Answers the next `times` requests of `verb` on `resource` (same syntax as
+    /// [`Self::deny`]) with an error of HTTP status `code`: 429 TooManyRequests (with
+    /// `Retry-After: 1`), 500 InternalError, 503 ServiceUnavailable, 504 Timeout, or any
+    /// other code as InternalError. For retry and backoff tests.
+    pub fn fail_next(&self, verb: &str, resource: &str, code: u16, times: usize) {
+        lock(&self.shared.runtime).faults.push(Fault {
+            verb: verb.into(),
+            resource: resource.into(),
+            code,
+            remaining: times,
+        });
     }
 
     /// Delays every response (and the start of every watch) by `latency`.
@@ -767,25 +792,63 @@ fn authorized(shared: &Shared, req: &Request<Incoming>, client_cert: bool) -> bo
     matches!((bearer, &shared.token), (Some(b), Some(t)) if b.trim() == t)
 }
 
+/// RBAC-style rule match: verb or `*`; resource `plural[.group][/sub]` or `*`. A rule
+/// without a subresource does not cover subresources.
+fn rule_matches(rule_verb: &str, rule_resource: &str, verb: &str, t: &Target) -> bool {
+    if rule_verb != "*" && rule_verb != verb {
+        return false;
+    }
+    if rule_resource == "*" {
+        return true;
+    }
+    let (res, sub) = match rule_resource.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (rule_resource, None),
+    };
+    let (plural, group) = match res.split_once('.') {
+        Some((p, g)) => (p, Some(g)),
+        None => (res, None),
+    };
+    plural == t.def.plural
+        && group.is_none_or(|g| g == t.def.group)
+        && sub == t.subresource.as_deref()
+}
+
 fn denied(rules: &[Denial], verb: &str, t: &Target) -> bool {
-    rules.iter().any(|d| {
-        if d.verb != "*" && d.verb != verb {
-            return false;
-        }
-        if d.resource == "*" {
-            return true;
-        }
-        let (res, sub) = match d.resource.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (d.resource.as_str(), None),
-        };
-        let (plural, group) = match res.split_once('.') {
-            Some((p, g)) => (p, Some(g)),
-            None => (res, None),
-        };
-        plural == t.def.plural
-            && group.is_none_or(|g| g == t.def.group)
-            && sub == t.subresource.as_deref()
+    rules
+        .iter()
+        .any(|d| rule_matches(&d.verb, &d.resource, verb, t))
+}
+
+/// Takes one pending injected failure for this request, if any.
+fn injected_failure(faults: &mut Vec<Fault>, verb: &str, t: &Target) -> Option<ApiError> {
+    let f = faults
+        .iter_mut()
+        .find(|f| f.remaining > 0 && rule_matches(&f.verb, &f.resource, verb, t))?;
+    f.remaining -= 1;
+    let code = f.code;
+    faults.retain(|f| f.remaining > 0);
+    let (reason, message) = match code {
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "The server is currently unable to handle the request",
+        ),
+        504 => (
+            "Timeout",
+            "The server was unable to return a response in the time allotted",
+        ),
+        _ => ("InternalError", "Internal error occurred: injected failure"),
+    };
+    let details = (code == 429).then(|| json!({"retryAfterSeconds": 1}));
+    Some(ApiError {
+        code,
+        reason,
+        message: message.into(),
+        details,
     })
 }
 
@@ -878,6 +941,17 @@ async fn handle_inner(
             &shared.user,
         );
         return (error_response(&e), verb.into());
+    }
+    let failure = injected_failure(&mut lock(&shared.runtime).faults, verb, &t);
+    if let Some(e) = failure {
+        let mut r = error_response(&e);
+        if e.code == 429 {
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+        }
+        return (r, verb.into());
     }
     let resp = match serve_verb(shared, req, &q, t, verb, bookmark_interval).await {
         Ok(r) => r,

@@ -540,6 +540,9 @@ impl Store {
         let mut last_key: Option<ObjKey> = None;
         let mut more = false;
         let name_only = o.fields.only_name().map(str::to_string);
+        // kube-apiserver reports remainingItemCount only for lists without selectors.
+        let unfiltered = o.labels.is_empty() && o.fields.is_empty();
+        let mut remaining: u64 = 0;
         loop {
             // Merge the two ordered sequences; the overlay wins on equal keys.
             let next: Option<(&ObjKey, Option<&Arc<Value>>)> = match (cur.peek(), ovl.peek()) {
@@ -570,7 +573,11 @@ impl Store {
             }
             if o.limit.is_some_and(|l| l > 0 && items.len() >= l) {
                 more = true;
-                break;
+                if !unfiltered {
+                    break;
+                }
+                remaining += 1;
+                continue;
             }
             last_key = Some(key.clone());
             items.push(obj);
@@ -582,6 +589,9 @@ impl Store {
                     "continue".into(),
                     Value::from(encode_continue(snapshot_rv, k)),
                 );
+                if unfiltered {
+                    m.insert("remainingItemCount".into(), Value::from(remaining));
+                }
             }
         }
         let views: Vec<ObjectView<'_>> = items

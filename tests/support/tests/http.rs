@@ -363,3 +363,52 @@ async fn legacy_watch_path_and_single_object_watch() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["object"]["metadata"]["name"], "b");
 }
+
+#[tokio::test]
+async fn injected_failures_then_recovery() {
+    let (api, client) = start().await;
+    api.fail_next("get", "namespaces", 429, 1);
+    api.fail_next("*", "namespaces", 503, 1);
+    api.fail_next("list", "services", 500, 1);
+    // kube retries 429/503/504 by itself (honouring Retry-After): one call, three attempts.
+    let (code, _) = get(&client, "/api/v1/namespaces/default").await;
+    assert_eq!(code, 200);
+    let statuses: Vec<u16> = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/default")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![429, 503, 200]);
+    // 500 is not retried: the caller sees the Status.
+    let (code, v) = get(&client, "/api/v1/namespaces/default/services").await;
+    assert_eq!((code, v["reason"].as_str()), (500, Some("InternalError")));
+    let (code, _) = get(&client, "/api/v1/namespaces/default/services").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn openelb_crds_are_served() {
+    let (api, client) = start().await;
+    for crd in CustomResource::openelb() {
+        api.register_crd(crd);
+    }
+    for v in ["v1alpha1", "v1alpha2"] {
+        let (code, doc) = get(&client, &format!("/apis/network.kubesphere.io/{v}")).await;
+        assert_eq!(code, 200);
+        let names: Vec<&str> = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for n in ["eips", "bgpconfs", "bgppeers", "eips/status"] {
+            assert!(names.contains(&n), "{n} in {names:?}");
+        }
+    }
+    api.create(json!({"apiVersion": "network.kubesphere.io/v1alpha1", "kind": "BgpPeer", "metadata": {"name": "p"}, "spec": {"conf": {"peerAs": 65001}}}))
+        .unwrap();
+    let (_, v) = get(&client, "/apis/network.kubesphere.io/v1alpha2/bgppeers/p").await;
+    assert_eq!(v["apiVersion"], "network.kubesphere.io/v1alpha2");
+    assert_eq!(v["spec"]["conf"]["peerAs"], 65001);
+}

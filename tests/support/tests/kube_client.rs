@@ -478,6 +478,7 @@ async fn pagination_and_expired_continue() {
         .await
         .unwrap();
     assert_eq!(first.items.len(), 3);
+    assert_eq!(first.metadata.remaining_item_count, Some(4));
     let token = first.metadata.continue_.clone().unwrap();
     // A change after the first page does not show in later pages (consistent snapshot).
     api.delete("v1", "Service", Some("default"), "p5").unwrap();
