@@ -1194,6 +1194,7 @@ fn start_watch(
         fields,
         resource_version: q.get("resourceVersion").map(str::to_string),
         send_initial_events,
+        no_initial_events: q.get("sendInitialEvents") == Some("false"),
     };
     let timeout = match q.get("timeoutSeconds") {
         Some(s) => Duration::from_secs(

@@ -121,6 +121,9 @@ pub(crate) struct WatchOpts {
     pub(crate) fields: FieldSelector,
     pub(crate) resource_version: Option<String>,
     pub(crate) send_initial_events: bool,
+    /// `sendInitialEvents=false` given explicitly: no synthetic ADDED events even
+    /// without a resourceVersion (KEP-3157 "start at most recent").
+    pub(crate) no_initial_events: bool,
 }
 
 /// What a new watch starts from.
@@ -632,6 +635,12 @@ impl Store {
             None | Some("") | Some("0") => None,
             Some(s) => Some(parse_rv(s)?),
         };
+        if rv.is_none() && o.no_initial_events {
+            return Ok(WatchStart {
+                initial: vec![],
+                from_rv: st.rv,
+            });
+        }
         match rv {
             Some(rv) if !o.send_initial_events => {
                 if rv < st.floor {
@@ -1838,6 +1847,16 @@ mod tests {
         let init = s.watch_start(&t, &WatchOpts::default()).unwrap();
         assert_eq!(init.initial.len(), 5);
         assert_eq!(init.from_rv, s.resource_version());
+        let none = s
+            .watch_start(
+                &t,
+                &WatchOpts {
+                    no_initial_events: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(none.initial.is_empty());
     }
 
     #[test]
