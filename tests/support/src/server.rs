@@ -251,7 +251,9 @@ impl TestApiServer {
             }
         }
         if let Some(tok) = &self.shared.token {
-            user.push_str(&format!("    token: {tok}\n"));
+            // A JSON string is valid YAML and quotes any character safely.
+            let quoted = serde_json::to_string(tok).unwrap_or_default();
+            user.push_str(&format!("    token: {quoted}\n"));
         }
         let user_block = if user.is_empty() {
             "  user: {}\n".to_string()

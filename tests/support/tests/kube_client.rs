@@ -832,6 +832,29 @@ async fn https_with_token_and_client_certificate() {
     }
 }
 
+#[tokio::test]
+async fn plain_http_kubeconfig() {
+    install_crypto();
+    let api = TestApiServer::start().await.unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "pier-testapi-plain-{}.kubeconfig",
+        std::process::id()
+    ));
+    api.kubeconfig(&path).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let config = Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(config.default_namespace, "default");
+    let client = Client::try_from(config).unwrap();
+    let nss: Api<Namespace> = Api::all(client);
+    assert_eq!(
+        nss.list(&ListParams::default()).await.unwrap().items.len(),
+        4
+    );
+}
+
 fn pem_to_der(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64_decode(&b64)
