@@ -24,6 +24,10 @@ enum Op {
         port: u8,
     },
     Delete(u8),
+    /// Service `i`'s endpoints: ready on the nodes of bitmask `mask`.
+    Endpoints(u8, u8),
+    /// Node `n` becomes ready or not.
+    NodeReady(u8, bool),
     /// Switch to pool layout `0..3`.
     Pools(u8),
     StoreFails(bool),
@@ -35,6 +39,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..12, proptest::option::of(0u8..2), proptest::option::weighted(0.3, 0u8..12), any::<bool>(), proptest::option::weighted(0.3, 0u8..2), 0u8..3)
             .prop_map(|(i, pool, ip, dual, sharing, port)| Op::Upsert { i, pool, ip, dual, sharing, port }),
         2 => (0u8..12).prop_map(Op::Delete),
+        2 => (0u8..12, 0u8..8).prop_map(|(i, m)| Op::Endpoints(i, m)),
+        1 => (0u8..3, any::<bool>()).prop_map(|(n, r)| Op::NodeReady(n, r)),
         1 => (0u8..3).prop_map(Op::Pools),
         1 => any::<bool>().prop_map(Op::StoreFails),
         1 => Just(Op::Restart),
@@ -106,6 +112,10 @@ fn service(
         s.annotations
             .insert(annotations::SHARING_KEY.into(), format!("key{k}"));
     }
+    if port == 2 {
+        s.traffic_policy = TrafficPolicy::Local;
+        s.health_check_node_port = Some(30000 + i as u16);
+    }
     if dual && ip.is_none() {
         s.ip_families = vec![Family::V4, Family::V6];
         s.ip_family_policy = IpFamilyPolicy::PreferDualStack;
@@ -121,6 +131,37 @@ fn settings() -> EngineSettings {
     }
 }
 
+fn node(n: u8, ready: bool) -> Node {
+    Node {
+        name: format!("node{n}"),
+        ready,
+        labels: BTreeMap::new(),
+        internal_ips: vec![
+            format!("192.168.0.{}", n + 1).parse().unwrap(),
+            format!("fd00::{}", n + 1).parse().unwrap(),
+        ],
+        external_ips: vec![],
+    }
+}
+
+fn slice(i: u8, mask: u8) -> EndpointSlice {
+    EndpointSlice {
+        name: format!("s{i}-abc"),
+        service: ServiceKey::new("ns", format!("s{i}")),
+        endpoints: (0..3u8)
+            .filter(|n| mask & (1 << n) != 0)
+            .map(|n| Endpoint {
+                ready: true,
+                node_name: Some(format!("node{n}")),
+            })
+            .collect(),
+    }
+}
+
+fn nodes() -> Vec<Input> {
+    (0..3).map(|n| Input::Node(node(n, true))).collect()
+}
+
 struct World {
     store: MemoryStore,
     engine: Engine,
@@ -132,7 +173,9 @@ impl World {
     fn new() -> Self {
         let store = MemoryStore::new();
         let mut engine = Engine::new(Box::new(store.clone()), layout(0), settings()).unwrap();
-        engine.step(vec![Input::Synced(Origin::Kubernetes)]);
+        let mut inputs = nodes();
+        inputs.push(Input::Synced(Origin::Kubernetes));
+        engine.step(inputs);
         World {
             store,
             engine,
@@ -164,6 +207,12 @@ impl World {
                 self.services.remove(&key);
                 self.engine.step(vec![Input::ServiceGone(key)]);
             }
+            Op::Endpoints(i, mask) => {
+                self.engine.step(vec![Input::Slice(slice(*i, *mask))]);
+            }
+            Op::NodeReady(n, ready) => {
+                self.engine.step(vec![Input::Node(node(*n, *ready))]);
+            }
             Op::Pools(n) => {
                 self.layout = *n;
                 self.engine.step(vec![Input::Pools(layout(*n))]);
@@ -188,13 +237,8 @@ impl World {
                     settings(),
                 )
                 .unwrap();
-                let mut fresh: Vec<Input> = self
-                    .services
-                    .values()
-                    .rev()
-                    .cloned()
-                    .map(Input::Service)
-                    .collect();
+                let mut fresh: Vec<Input> = nodes();
+                fresh.extend(self.services.values().rev().cloned().map(Input::Service));
                 fresh.push(Input::Synced(Origin::Kubernetes));
                 engine.step(fresh);
                 self.engine = engine;
@@ -204,6 +248,12 @@ impl World {
     }
 
     fn check(&self) {
+        // The probe targets kept incrementally are those of the plan.
+        assert_eq!(
+            self.engine.probe_targets(),
+            &self.engine.probe_targets_from_scratch(),
+            "incremental probe targets differ from a full computation"
+        );
         let allocs = self.allocations();
         // No IP to two Services unless they share a key and no port.
         let mut by_ip: BTreeMap<IpAddr, Vec<&Allocation>> = BTreeMap::new();

@@ -20,15 +20,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::ipam::{request_for, Ipam, Refusal};
 use crate::model::{
-    Allocation, Announcement, Desired, EndpointSlice, HealthView, Node, Origin, Pool, ProbeTarget,
-    Service, ServiceKey,
+    Allocation, Announcement, Desired, EndpointSlice, Family, HealthView, Node, Origin, Pool,
+    ProbeTarget, Service, ServiceKey,
 };
 use crate::store::{AllocationStore, StoreBatch, StoreError};
 
 pub mod plan;
 pub mod source;
 
-pub use plan::{Planner, Unannounced, World};
+pub use plan::{Planner, ProbeNeeds, Unannounced, World};
 
 /// A change reported by a source.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +203,9 @@ pub struct Engine {
     adopted: bool,
     desired: Arc<Desired>,
     probe_targets: BTreeSet<ProbeTarget>,
+    /// Each Service's share of the probe targets, with reference counts
+    /// over all Services, so a change costs only that Service's share.
+    probes: ProbeBook,
 }
 
 impl Engine {
@@ -253,6 +256,7 @@ impl Engine {
             adopted: false,
             desired: Arc::new(Desired::default()),
             probe_targets: BTreeSet::new(),
+            probes: ProbeBook::default(),
         })
     }
 
@@ -261,6 +265,24 @@ impl Engine {
     }
 
     /// True once every source delivered its initial list.
+    /// The probe targets the plan depends on, as kept incrementally.
+    pub fn probe_targets(&self) -> &BTreeSet<ProbeTarget> {
+        &self.probe_targets
+    }
+
+    /// The same, computed from scratch (for tests of the incremental form).
+    pub fn probe_targets_from_scratch(&self) -> BTreeSet<ProbeTarget> {
+        let world = World {
+            services: &self.services,
+            nodes: &self.nodes,
+            endpoints: &self.endpoints,
+            pools: &self.pools,
+            health: &self.health,
+            kube_proxy_port: self.settings.kube_proxy_port,
+        };
+        plan::probe_targets(&world, &self.by_vip)
+    }
+
     pub fn synced(&self) -> bool {
         self.awaiting.is_empty()
     }
@@ -424,6 +446,7 @@ impl Engine {
         }
         let touched = self.allocate(&dirty, &mut step);
         self.replan(replan_all, &touched, &dirty, &mut step);
+        self.update_probes(replan_all, &touched, &dirty, &mut step);
         step
     }
 
@@ -905,6 +928,17 @@ impl Engine {
             });
             step.desired = Some(self.desired.clone());
         }
+    }
+
+    /// Keep the probe targets current: only the Services whose share may
+    /// have changed are recomputed.
+    fn update_probes(
+        &mut self,
+        all: bool,
+        touched: &BTreeSet<IpAddr>,
+        dirty: &BTreeSet<ServiceKey>,
+        step: &mut Step,
+    ) {
         let world = World {
             services: &self.services,
             nodes: &self.nodes,
@@ -913,8 +947,36 @@ impl Engine {
             health: &self.health,
             kube_proxy_port: self.settings.kube_proxy_port,
         };
-        if all || changed || !dirty.is_empty() {
-            let targets = plan::probe_targets(&world, &self.by_vip);
+        let mut needs_changed = false;
+        if all {
+            self.probes = ProbeBook::default();
+            for key in self.services.keys() {
+                self.probes
+                    .update(&world, key, self.ipam.allocations_of(key));
+            }
+            needs_changed = true;
+        } else {
+            let mut keys: BTreeSet<&ServiceKey> = dirty.iter().collect();
+            for vip in touched {
+                if let Some(on_vip) = self.by_vip.get(vip) {
+                    keys.extend(on_vip.iter().map(|a| &a.service));
+                }
+            }
+            for key in keys {
+                let allocs = if self.services.contains_key(key) {
+                    self.ipam.allocations_of(key)
+                } else {
+                    &[]
+                };
+                needs_changed |= self.probes.update(&world, key, allocs);
+            }
+        }
+        if needs_changed {
+            let mut targets: BTreeSet<ProbeTarget> = self.probes.counts.keys().cloned().collect();
+            targets.extend(plan::cluster_probe_targets(
+                &world,
+                self.probes.cluster.keys(),
+            ));
             if targets != self.probe_targets {
                 self.probe_targets = targets.clone();
                 step.probe_targets = Some(targets);
@@ -923,23 +985,100 @@ impl Engine {
     }
 }
 
-/// One log line per announced, changed or withdrawn VIP.
-fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
-    let old_map: BTreeMap<IpAddr, &Announcement> = old.iter().map(|a| (a.vip, &**a)).collect();
-    let new_map: BTreeMap<IpAddr, &Announcement> = new.iter().map(|a| (a.vip, &**a)).collect();
-    for (vip, a) in &new_map {
-        let hops: Vec<String> = a.next_hops.iter().map(|h| h.address.to_string()).collect();
-        match old_map.get(vip) {
-            None => {
-                info!(vip = %vip, pool = %a.pool, mode = ?a.mode, next_hops = ?hops, services = ?a.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "announce")
+/// Each Service's share of the probe targets, with reference counts over
+/// all Services, so one Service's change costs only its own share.
+#[derive(Default)]
+struct ProbeBook {
+    needs: BTreeMap<ServiceKey, ProbeNeeds>,
+    counts: BTreeMap<ProbeTarget, usize>,
+    cluster: BTreeMap<(String, Family), usize>,
+}
+
+impl ProbeBook {
+    /// Recompute the share of the Service holding `allocs` (none when it
+    /// is gone); true when the union changed (a target or a (pool, family)
+    /// appeared or went away).
+    fn update(&mut self, world: &World<'_>, key: &ServiceKey, allocs: &[Allocation]) -> bool {
+        let new = if allocs.is_empty() {
+            ProbeNeeds::default()
+        } else {
+            plan::service_probe_needs(world, allocs)
+        };
+        let old = if new.is_empty() {
+            self.needs.remove(key).unwrap_or_default()
+        } else {
+            match self.needs.insert(key.clone(), new.clone()) {
+                Some(old) if old == new => return false,
+                old => old.unwrap_or_default(),
             }
-            Some(o) if o != a => debug!(vip = %vip, next_hops = ?hops, "announcement changed"),
-            _ => {}
+        };
+        let targets = count_diff(&mut self.counts, &old.targets, &new.targets);
+        let cluster = count_diff(&mut self.cluster, &old.cluster, &new.cluster);
+        targets || cluster
+    }
+}
+
+/// Move reference counts from `old` to `new`; true when a key appeared or
+/// disappeared.
+fn count_diff<T: Ord + Clone>(
+    counts: &mut BTreeMap<T, usize>,
+    old: &BTreeSet<T>,
+    new: &BTreeSet<T>,
+) -> bool {
+    let mut changed = false;
+    for gone in old.difference(new) {
+        if let Some(n) = counts.get_mut(gone) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(gone);
+                changed = true;
+            }
         }
     }
-    for vip in old_map.keys() {
-        if !new_map.contains_key(vip) {
-            info!(vip = %vip, "withdraw");
+    for came in new.difference(old) {
+        let n = counts.entry(came.clone()).or_insert(0);
+        *n += 1;
+        changed |= *n == 1;
+    }
+    changed
+}
+
+/// One log line per announced, changed or withdrawn VIP. Both lists are
+/// sorted by VIP: a merge walk, skipping shared (unchanged) entries by
+/// pointer, so a one-VIP change costs no formatting for the others.
+fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
+    let announce = |a: &Announcement| {
+        if tracing::enabled!(tracing::Level::INFO) {
+            let hops: Vec<String> = a.next_hops.iter().map(|h| h.address.to_string()).collect();
+            let services: Vec<String> = a.services.iter().map(|s| s.to_string()).collect();
+            info!(vip = %a.vip, pool = %a.pool, mode = ?a.mode, next_hops = ?hops, services = ?services, "announce");
+        }
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if o.vip == n.vip => {
+                if !Arc::ptr_eq(o, n) && o != n && tracing::enabled!(tracing::Level::DEBUG) {
+                    let hops: Vec<String> =
+                        n.next_hops.iter().map(|h| h.address.to_string()).collect();
+                    debug!(vip = %n.vip, next_hops = ?hops, "announcement changed");
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(o), Some(n)) if o.vip < n.vip => {
+                info!(vip = %o.vip, "withdraw");
+                i += 1;
+            }
+            (Some(o), None) => {
+                info!(vip = %o.vip, "withdraw");
+                i += 1;
+            }
+            (_, Some(n)) => {
+                announce(n);
+                j += 1;
+            }
+            (None, None) => break,
         }
     }
 }

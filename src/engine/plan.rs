@@ -351,65 +351,106 @@ fn intersect(a: &[NextHop], b: &[NextHop]) -> Arc<[NextHop]> {
     a.iter().filter(|h| b.contains(h)).cloned().collect()
 }
 
-/// What the health prober must check: every candidate next hop's kube-proxy
-/// endpoint (one per node address, not one per Service), each Local
-/// Service's `healthCheckNodePort` on its endpoint nodes, and static
-/// services' next hops. Independent of current health, so a failed node
-/// keeps being probed and can come back.
-pub fn probe_targets(
-    world: &World<'_>,
-    holders: &BTreeMap<IpAddr, Vec<Allocation>>,
-) -> BTreeSet<ProbeTarget> {
-    let mut targets = BTreeSet::new();
-    let mut cluster_done: BTreeSet<(&str, Family)> = BTreeSet::new();
-    for (vip, on_vip) in holders {
-        let family = Family::of(vip);
-        for alloc in on_vip {
-            let (Some(svc), Some(pool)) = (
-                world.services.get(&alloc.service),
-                world.pools.get(&alloc.pool),
-            ) else {
-                continue;
-            };
-            if let Some(addrs) = &svc.static_next_hops {
-                if let Some(port) = svc.static_probe_port {
-                    targets.extend(
-                        addrs
-                            .iter()
-                            .filter(|a| Family::of(a) == family)
-                            .map(|a| kube_proxy_target(*a, port)),
-                    );
-                }
-                continue;
-            }
-            if cluster_done.insert((pool.name.as_str(), family)) {
-                targets.extend(
-                    world
-                        .nodes
-                        .values()
-                        .filter_map(|n| candidate_address(n, pool, family))
-                        .map(|a| kube_proxy_target(a, world.kube_proxy_port)),
+/// What one Service needs probed: its own targets (the nodes of a Local
+/// Service's ready endpoints on its `healthCheckNodePort`, or a static
+/// Service's nodes), and the (pool, family) pairs whose nodes' kube-proxy
+/// it relies on. Kept per Service by the engine, so one Service's change
+/// costs only its own share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeNeeds {
+    pub targets: BTreeSet<ProbeTarget>,
+    pub cluster: BTreeSet<(String, Family)>,
+}
+
+impl ProbeNeeds {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.cluster.is_empty()
+    }
+}
+
+/// The probe needs of the Service holding `allocs`.
+pub fn service_probe_needs(world: &World<'_>, allocs: &[Allocation]) -> ProbeNeeds {
+    let mut needs = ProbeNeeds::default();
+    for alloc in allocs {
+        let family = Family::of(&alloc.ip);
+        let (Some(svc), Some(pool)) = (
+            world.services.get(&alloc.service),
+            world.pools.get(&alloc.pool),
+        ) else {
+            continue;
+        };
+        if let Some(addrs) = &svc.static_next_hops {
+            if let Some(port) = svc.static_probe_port {
+                needs.targets.extend(
+                    addrs
+                        .iter()
+                        .filter(|a| Family::of(a) == family)
+                        .map(|a| kube_proxy_target(*a, port)),
                 );
             }
-            if let (TrafficPolicy::Local, Some(port)) =
-                (svc.traffic_policy, svc.health_check_node_port)
-            {
-                for node in ready_endpoint_nodes(world, &svc.key) {
-                    if let Some(a) = world
-                        .nodes
-                        .get(node)
-                        .and_then(|n| candidate_address(n, pool, family))
-                    {
-                        targets.insert(ProbeTarget {
-                            address: a,
-                            port,
-                            path: HEALTH_CHECK_NODE_PORT_PATH.into(),
-                        });
-                    }
+            continue;
+        }
+        needs.cluster.insert((pool.name.clone(), family));
+        if let (TrafficPolicy::Local, Some(port)) = (svc.traffic_policy, svc.health_check_node_port)
+        {
+            for node in ready_endpoint_nodes(world, &svc.key) {
+                if let Some(a) = world
+                    .nodes
+                    .get(node)
+                    .and_then(|n| candidate_address(n, pool, family))
+                {
+                    needs.targets.insert(ProbeTarget {
+                        address: a,
+                        port,
+                        path: HEALTH_CHECK_NODE_PORT_PATH.into(),
+                    });
                 }
             }
         }
     }
+    needs
+}
+
+/// kube-proxy's health endpoint on every candidate node of each
+/// (pool, family): one probe per node, however many Services use it.
+pub fn cluster_probe_targets<'a>(
+    world: &World<'_>,
+    pairs: impl IntoIterator<Item = &'a (String, Family)>,
+) -> BTreeSet<ProbeTarget> {
+    let mut targets = BTreeSet::new();
+    for (pool, family) in pairs {
+        let Some(pool) = world.pools.get(pool) else {
+            continue;
+        };
+        targets.extend(
+            world
+                .nodes
+                .values()
+                .filter_map(|n| candidate_address(n, pool, *family))
+                .map(|a| kube_proxy_target(a, world.kube_proxy_port)),
+        );
+    }
+    targets
+}
+
+/// Every probe the plan depends on, computed from scratch (the engine keeps
+/// the same result incrementally; tests compare the two).
+pub fn probe_targets(
+    world: &World<'_>,
+    holders: &BTreeMap<IpAddr, Vec<Allocation>>,
+) -> BTreeSet<ProbeTarget> {
+    let mut by_service: BTreeMap<&ServiceKey, Vec<Allocation>> = BTreeMap::new();
+    for a in holders.values().flatten() {
+        by_service.entry(&a.service).or_default().push(a.clone());
+    }
+    let mut targets = BTreeSet::new();
+    let mut cluster = BTreeSet::new();
+    for allocs in by_service.values() {
+        let needs = service_probe_needs(world, allocs);
+        targets.extend(needs.targets);
+        cluster.extend(needs.cluster);
+    }
+    targets.extend(cluster_probe_targets(world, &cluster));
     targets
 }
 
