@@ -12,3 +12,4 @@ pub mod ipam;
 pub mod model;
 pub mod route;
 pub mod store;
+pub mod watch;

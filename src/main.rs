@@ -124,6 +124,9 @@ fn main() -> ExitCode {
                 pier::config::LogFormat::Json => Some(LogFormat::Json),
                 pier::config::LogFormat::Text => None,
             }));
+            // One TLS crypto provider for the whole process, chosen here:
+            // kube's and plain rustls's defaults differ.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -187,17 +190,29 @@ fn init_tracing(format: Option<LogFormat>) {
 
 async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     // Parts not built yet: say so instead of ignoring the configuration.
-    if cfg.kubernetes.is_some() {
-        warn!("[kubernetes] is configured, but this build has no Kubernetes source yet: running on [[static_services]] only");
-    }
     if cfg.bgp.is_some() {
         warn!("[bgp] is configured, but this build has no BGP speaker yet: nothing is announced to peers");
     }
+    // The Kubernetes API first: an unreachable server, a bad certificate or
+    // a missing RBAC verb stops pier here, with one clear message.
+    let kube = match &cfg.kubernetes {
+        Some(k) => {
+            let client = pier::watch::connect(k).await?;
+            pier::watch::preflight(&client, k).await?;
+            Some((client, k.clone()))
+        }
+        None => None,
+    };
     let store = SledStore::open(&cfg.gateway.state_dir)?;
+    let mut sources: std::collections::BTreeSet<Origin> = [Origin::Static].into();
+    if kube.is_some() {
+        sources.insert(Origin::Kubernetes);
+    }
     let settings = EngineSettings {
-        sources: [Origin::Static].into(),
+        sources,
         kube_proxy_port: cfg.health.kube_proxy_port,
-        leader: true,
+        // With Kubernetes, the lease decides; static services need none.
+        leader: kube.is_none(),
     };
     let engine = Engine::new(Box::new(store), cfg.pools.clone(), settings)
         .context("cannot load allocations")?;
@@ -207,6 +222,8 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
     let (targets_tx, _targets_rx) = watch::channel(Default::default());
     let (states_tx, _states_rx) = watch::channel(Arc::new(Vec::new()));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let api_ctx = ApiContext {
         engine: query_tx,
         metrics: metrics.clone(),
@@ -235,7 +252,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         EngineOutputs {
             desired: desired_tx,
             probe_targets: targets_tx,
-            events: None,
+            events: kube.as_ref().map(|_| events_tx),
             states: states_tx,
             metrics,
         },
@@ -243,6 +260,39 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
     for input in source::static_inputs(&cfg) {
         input_tx.send(input).await.context("engine stopped")?;
+    }
+    let mut kube_tasks = Vec::new();
+    let mut lease_task = None;
+    if let Some((client, k)) = kube {
+        let id = pier::watch::lease::identity();
+        let (leader_tx, leader_rx) = watch::channel(false);
+        kube_tasks.push(pier::watch::status::spawn(
+            client.clone(),
+            events_rx,
+            leader_rx,
+            id.clone(),
+        ));
+        lease_task = Some(tokio::spawn(pier::watch::lease::run(
+            client.clone(),
+            k.lease_namespace.clone(),
+            k.lease_name.clone(),
+            pier::watch::lease::Elector::new(
+                id,
+                std::time::Duration::from_secs(k.lease_duration_s.into()),
+                std::time::Duration::from_secs(k.lease_renew_s.into()),
+            ),
+            input_tx.clone(),
+            leader_tx,
+            stop_rx,
+        )));
+        kube_tasks.extend(pier::watch::spawn(
+            client,
+            pier::watch::ClaimRule {
+                load_balancer_class: k.load_balancer_class.clone(),
+                claim_unclassed: k.claim_unclassed,
+            },
+            input_tx.clone(),
+        ));
     }
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -267,6 +317,15 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                 info!(generation = d.generation, vips = d.announcements.len(), "desired state published");
             }
         }
+    }
+    // Give the lease up (another gateway takes over at once), then stop
+    // the watches and the engine.
+    stop_tx.send_replace(true);
+    if let Some(t) = lease_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), t).await;
+    }
+    for t in &kube_tasks {
+        t.abort();
     }
     drop(input_tx);
     engine_task.await.context("engine task failed")?;

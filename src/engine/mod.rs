@@ -88,6 +88,12 @@ pub enum ServiceEvent {
     },
     /// The store could not be written; the change was undone and is retried.
     StoreFailed { service: ServiceKey, error: String },
+    /// The leader wants `status.loadBalancer.ingress` to hold exactly these
+    /// IPs (primary family first); the Service's status differs.
+    StatusWanted {
+        service: ServiceKey,
+        ips: Vec<IpAddr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,7 +453,60 @@ impl Engine {
         let touched = self.allocate(&dirty, &mut step);
         self.replan(replan_all, &touched, &dirty, &mut step);
         self.update_probes(replan_all, &touched, &dirty, &mut step);
+        self.status_wanted(&touched, &dirty, &mut step);
         step
+    }
+
+    /// The leader asks for the status of every changed Kubernetes Service
+    /// whose `status.loadBalancer.ingress` differs from what it holds. A
+    /// Service holding nothing gets no request: a conflicting IP in its
+    /// status is reported, not cleared.
+    fn status_wanted(
+        &self,
+        touched: &BTreeSet<IpAddr>,
+        dirty: &BTreeSet<ServiceKey>,
+        step: &mut Step,
+    ) {
+        if !self.settings.leader {
+            return;
+        }
+        let mut keys: BTreeSet<&ServiceKey> = dirty.iter().collect();
+        for vip in touched {
+            if let Some(on_vip) = self.by_vip.get(vip) {
+                keys.extend(on_vip.iter().map(|a| &a.service));
+            }
+        }
+        for key in keys {
+            let Some(svc) = self.services.get(key) else {
+                continue;
+            };
+            if svc.origin != Origin::Kubernetes {
+                continue;
+            }
+            let held = self.ipam.allocations_of(key);
+            if held.is_empty() {
+                continue;
+            }
+            // Primary family first, as the Service lists its families.
+            let mut ips: Vec<IpAddr> = held.iter().map(|a| a.ip).collect();
+            ips.sort_by_key(|ip| {
+                let fam = Family::of(ip);
+                svc.ip_families
+                    .iter()
+                    .position(|f| *f == fam)
+                    .unwrap_or(usize::MAX)
+            });
+            let mut have = svc.status_ips.clone();
+            have.sort();
+            let mut want = ips.clone();
+            want.sort();
+            if have != want {
+                step.events.push(ServiceEvent::StatusWanted {
+                    service: key.clone(),
+                    ips,
+                });
+            }
+        }
     }
 
     fn absorb(
@@ -1098,7 +1157,7 @@ pub struct EngineOutputs {
     pub desired: watch::Sender<Arc<Desired>>,
     pub probe_targets: watch::Sender<BTreeSet<ProbeTarget>>,
     /// Service events (for status and Events writers); dropped if nobody listens.
-    pub events: Option<mpsc::Sender<ServiceEvent>>,
+    pub events: Option<mpsc::UnboundedSender<ServiceEvent>>,
     /// Service states (IPs and pending reasons), republished after every
     /// step that changed an allocation or a plan.
     pub states: watch::Sender<Arc<Vec<ServiceState>>>,
@@ -1160,8 +1219,10 @@ pub async fn run(
         }
         if let Some(tx) = &out.events {
             for ev in step.events {
-                if tx.try_send(ev).is_err() {
-                    debug!("service event dropped: receiver busy or gone");
+                // Unbounded: status writes must not be lost; the writer
+                // coalesces them per Service.
+                if tx.send(ev).is_err() {
+                    debug!("service event dropped: writer gone");
                 }
             }
         }

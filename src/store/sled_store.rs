@@ -47,10 +47,23 @@ impl SledStore {
                 open_err(format!("cannot lock {}: {e}", lock_path.display()))
             });
         }
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+        // pier.lock is ours, so no other process has the database open; a
+        // lock error from sled here is this process's previous handle,
+        // whose background flusher is still finishing (a reopen within one
+        // process). Wait for it briefly.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        };
         let tree = db.open_tree(TREE).map_err(|e| open_err(e.to_string()))?;
         match db.get(META_FORMAT).map_err(|e| open_err(e.to_string()))? {
             Some(v) => {

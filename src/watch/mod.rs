@@ -1,0 +1,302 @@
+//! The Kubernetes source: a remote client from a kubeconfig, watches of
+//! Services, EndpointSlices, Nodes and Namespaces feeding the engine, the
+//! status and Event writer, and the leader lease.
+//!
+//! Relists (a 410 Gone, a restarted watch) are absorbed here: objects not
+//! seen again by the end of the relist are reported gone, the rest are
+//! re-sent unchanged, so a relist by itself changes no allocation.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node as KNode, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::ListParams;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::KubernetesConfig;
+use crate::engine::Input;
+use crate::model::{Origin, ServiceKey};
+
+pub mod convert;
+pub mod lease;
+pub mod status;
+
+pub use convert::ClaimRule;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    #[error("cannot {verb} {resource}: {message}")]
+    Api {
+        verb: &'static str,
+        resource: String,
+        message: String,
+    },
+}
+
+/// Make the client from the configured kubeconfig (and context).
+pub async fn connect(cfg: &KubernetesConfig) -> Result<Client, WatchError> {
+    let path = cfg.kubeconfig.display().to_string();
+    let err = |message: String| WatchError::Kubeconfig {
+        path: path.clone(),
+        message,
+    };
+    let kc =
+        kube::config::Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| err(e.to_string()))?;
+    let options = kube::config::KubeConfigOptions {
+        context: cfg.context.clone(),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kc, &options)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    info!(server = %config.cluster_url, "Kubernetes API configured");
+    Client::try_from(config).map_err(|e| err(e.to_string()))
+}
+
+/// Explain a failed call in one line an operator can act on.
+pub fn explain(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "forbidden by RBAC ({}); apply packaging/rbac.yaml and bind it to pier's identity",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 401 => format!(
+            "unauthorized ({}): the kubeconfig's credentials were rejected",
+            s.message
+        ),
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => {
+            // Walk the source chain: TLS and connection errors hide there.
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            msg
+        }
+    }
+}
+
+/// One list of each resource pier needs, so a wrong URL, a bad certificate
+/// or a missing RBAC verb stops pier at start with a message naming the
+/// resource and verb, instead of a watch retrying in the background.
+pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), WatchError> {
+    let lp = ListParams::default().limit(1);
+    async fn list<K>(api: Api<K>, lp: &ListParams, resource: &str) -> Result<(), WatchError>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug,
+    {
+        api.list(lp).await.map(|_| ()).map_err(|e| WatchError::Api {
+            verb: "list",
+            resource: resource.to_string(),
+            message: explain(&e),
+        })
+    }
+    list(Api::<KService>::all(client.clone()), &lp, "services").await?;
+    list(
+        Api::<KSlice>::all(client.clone()),
+        &lp,
+        "endpointslices.discovery.k8s.io",
+    )
+    .await?;
+    list(Api::<KNode>::all(client.clone()), &lp, "nodes").await?;
+    list(Api::<Namespace>::all(client.clone()), &lp, "namespaces").await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease_namespace);
+    if let Err(e) = leases.get_opt(&cfg.lease_name).await {
+        return Err(WatchError::Api {
+            verb: "get",
+            resource: format!(
+                "leases.coordination.k8s.io {}/{}",
+                cfg.lease_namespace, cfg.lease_name
+            ),
+            message: explain(&e),
+        });
+    }
+    Ok(())
+}
+
+/// What the source sends for one object: its key, and the input for the
+/// engine, or `None` when the object exists but is not pier's (then it is
+/// reported gone if it was pier's before).
+type Classified<Key> = Option<(Key, Option<Input>)>;
+
+/// Feed one watch stream into the engine, absorbing relists. `done` fires
+/// after the first complete list has been sent.
+async fn pump<K, Key, S>(
+    resource: &'static str,
+    stream: S,
+    classify: impl Fn(&K) -> Classified<Key>,
+    gone: impl Fn(Key) -> Input,
+    tx: mpsc::Sender<Input>,
+    mut done: Option<oneshot::Sender<()>>,
+) where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+    Key: Ord + Clone + Debug,
+{
+    let mut known: BTreeSet<Key> = BTreeSet::new();
+    let mut relist: Option<BTreeSet<Key>> = None;
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        let mut out: Vec<Input> = Vec::new();
+        let upsert = |obj: &K, known: &mut BTreeSet<Key>, seen: Option<&mut BTreeSet<Key>>| {
+            let Some((key, input)) = classify(obj) else {
+                return Vec::new();
+            };
+            match input {
+                Some(input) => {
+                    if let Some(seen) = seen {
+                        seen.insert(key.clone());
+                    }
+                    known.insert(key);
+                    vec![input]
+                }
+                None if known.remove(&key) => vec![gone(key)],
+                None => Vec::new(),
+            }
+        };
+        match ev {
+            Ok(Event::Init) => {
+                debug!(resource, "listing");
+                relist = Some(BTreeSet::new());
+            }
+            Ok(Event::InitApply(obj)) => {
+                out = upsert(&obj, &mut known, relist.as_mut());
+            }
+            Ok(Event::Apply(obj)) => {
+                out = upsert(&obj, &mut known, None);
+            }
+            Ok(Event::Delete(obj)) => {
+                if let Some((key, _)) = classify(&obj) {
+                    if known.remove(&key) {
+                        out.push(gone(key));
+                    }
+                }
+            }
+            Ok(Event::InitDone) => {
+                let seen = relist.take().unwrap_or_default();
+                let stale: Vec<Key> = known.difference(&seen).cloned().collect();
+                for key in stale {
+                    known.remove(&key);
+                    out.push(gone(key));
+                }
+                debug!(resource, objects = known.len(), "list complete");
+                if let Some(d) = done.take() {
+                    let _ = d.send(());
+                }
+            }
+            Err(e) => {
+                warn!(resource, error = %e, "watch failed; retrying with backoff (announcements unchanged)");
+            }
+        }
+        for input in out {
+            if tx.send(input).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// Start the four watches; `Synced(Kubernetes)` is sent once each has
+/// delivered its first complete list.
+pub fn spawn(client: Client, claim: ClaimRule, tx: mpsc::Sender<Input>) -> Vec<JoinHandle<()>> {
+    let claim = Arc::new(claim);
+    let mut handles = Vec::new();
+    let mut dones = Vec::new();
+
+    let (d, r) = oneshot::channel();
+    dones.push(r);
+    let rule = claim.clone();
+    let stream = watcher(Api::<KService>::all(client.clone()), watch_config()).default_backoff();
+    handles.push(tokio::spawn(pump(
+        "services",
+        stream,
+        move |s: &KService| {
+            let key = convert::service_key(s)?;
+            let input = rule
+                .claims(s)
+                .then(|| convert::service(s).map(Input::Service))
+                .flatten();
+            Some((key, input))
+        },
+        Input::ServiceGone,
+        tx.clone(),
+        Some(d),
+    )));
+
+    let (d, r) = oneshot::channel();
+    dones.push(r);
+    let stream = watcher(Api::<KSlice>::all(client.clone()), watch_config()).default_backoff();
+    handles.push(tokio::spawn(pump(
+        "endpointslices",
+        stream,
+        |s: &KSlice| {
+            let sl = convert::slice(s)?;
+            Some((
+                (sl.service.clone(), sl.name.clone()),
+                Some(Input::Slice(sl)),
+            ))
+        },
+        |(service, name): (ServiceKey, String)| Input::SliceGone { service, name },
+        tx.clone(),
+        Some(d),
+    )));
+
+    let (d, r) = oneshot::channel();
+    dones.push(r);
+    let stream = watcher(Api::<KNode>::all(client.clone()), watch_config()).default_backoff();
+    handles.push(tokio::spawn(pump(
+        "nodes",
+        stream,
+        |n: &KNode| {
+            let node = convert::node(n)?;
+            Some((node.name.clone(), Some(Input::Node(node))))
+        },
+        Input::NodeGone,
+        tx.clone(),
+        Some(d),
+    )));
+
+    let (d, r) = oneshot::channel();
+    dones.push(r);
+    let stream = watcher(Api::<Namespace>::all(client), watch_config()).default_backoff();
+    handles.push(tokio::spawn(pump(
+        "namespaces",
+        stream,
+        |ns: &Namespace| {
+            let (name, labels) = convert::namespace(ns)?;
+            Some((name.clone(), Some(Input::Namespace { name, labels })))
+        },
+        Input::NamespaceGone,
+        tx.clone(),
+        Some(d),
+    )));
+
+    handles.push(tokio::spawn(async move {
+        for r in dones {
+            if r.await.is_err() {
+                return;
+            }
+        }
+        info!("initial list of Services, EndpointSlices, Nodes and Namespaces complete");
+        let _ = tx.send(Input::Synced(Origin::Kubernetes)).await;
+    }));
+    handles
+}

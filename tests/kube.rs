@@ -1,0 +1,460 @@
+//! The real `pier` binary against the wire-compatible test API server:
+//! allocation into status, Events, release when a Service stops being
+//! pier's, pending with a reason, stability across restarts and a lost
+//! store, relists that change nothing, leader failover between two
+//! gateways, and clear start-up errors (RBAC, unreachable server).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pier_testapi::{ServerOptions, TestApiServer};
+use serde_json::{json, Value};
+
+struct Pier {
+    child: Child,
+}
+
+impl Drop for Pier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pier {
+    fn start(config: &Path) -> Pier {
+        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "pier=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pier");
+        Pier { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send SIGTERM and wait for a clean exit.
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, name: &str, kubeconfig: &Path, lease: (u32, u32)) -> PathBuf {
+    let state = dir.join(format!("state-{name}"));
+    let text = format!(
+        r#"[gateway]
+router_id = "10.66.0.2"
+state_dir = "{state}"
+api_socket = "{dir}/{name}.sock"
+metrics_listen = "127.0.0.1:0"
+
+[kubernetes]
+kubeconfig = "{kc}"
+load_balancer_class = "pier.io/gateway"
+claim_unclassed = true
+lease_namespace = "pier-system"
+lease_duration_s = {dur}
+lease_renew_s = {renew}
+
+[[pools]]
+name = "public"
+addresses = ["10.77.0.0/24", "fd66:0:0:77::/64"]
+"#,
+        state = state.display(),
+        dir = dir.display(),
+        kc = kubeconfig.display(),
+        dur = lease.0,
+        renew = lease.1,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn setup(opts: ServerOptions) -> (TestApiServer, tempfile::TempDir, PathBuf) {
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"pier-system"}}))
+        .unwrap();
+    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop"}}))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.kubeconfig(&kc).unwrap();
+    (api, dir, kc)
+}
+
+fn lb(name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
+    })
+}
+
+fn ingress(api: &TestApiServer, name: &str) -> Vec<Value> {
+    api.get("v1", "Service", Some("shop"), name)
+        .and_then(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn ips(api: &TestApiServer, name: &str) -> Vec<String> {
+    ingress(api, name)
+        .iter()
+        .filter_map(|i| i["ip"].as_str().map(String::from))
+        .collect()
+}
+
+/// Wait for a condition the daemon must bring about (generous bound: this
+/// checks behaviour, not speed).
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn events(api: &TestApiServer, reason: &str, name: &str) -> Vec<Value> {
+    api.list("events.k8s.io/v1", "Event", Some("shop"))
+        .into_iter()
+        .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+        .collect()
+}
+
+fn status_writes(api: &TestApiServer) -> usize {
+    api.count_requests(|r| r.path.ends_with("/status") && r.method == "PATCH")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allocate_status_events_release_and_pending_reason() {
+    let (api, dir, kc) = setup(ServerOptions {
+        tls: true,
+        bearer_token: Some("s3cret".into()),
+        ..Default::default()
+    })
+    .await;
+    let cfg = config(dir.path(), "a", &kc, (4, 1));
+    let _pier = Pier::start(&cfg);
+
+    api.create(lb("web", json!({}))).unwrap();
+    let ing = until("web's status", || {
+        let i = ingress(&api, "web");
+        (!i.is_empty()).then_some(i)
+    })
+    .await;
+    assert_eq!(ing.len(), 1);
+    assert_eq!(ing[0]["ipMode"], "VIP");
+    let web_ip = ing[0]["ip"].as_str().unwrap().to_string();
+    assert!(web_ip.starts_with("10.77.0."), "{web_ip}");
+    until("IPAllocated event", || {
+        (!events(&api, "IPAllocated", "web").is_empty()).then_some(())
+    })
+    .await;
+
+    // Another Service asks for the same IP without a sharing key: pending,
+    // with the reason as a Warning Event, and no status.
+    api.create(lb("thief", json!({"pier.io/ip": web_ip})))
+        .unwrap();
+    let ev = until("AllocationFailed event", || {
+        events(&api, "AllocationFailed", "thief").pop()
+    })
+    .await;
+    assert_eq!(ev["type"], "Warning");
+    let note = ev["note"].as_str().unwrap();
+    assert!(note.contains("taken by shop/web"), "{note}");
+    assert!(ips(&api, "thief").is_empty());
+
+    // An invalid annotation is its own reason.
+    api.create(lb("typo", json!({"pier.io/ip": "10.77.0.300"})))
+        .unwrap();
+    until("InvalidAnnotation event", || {
+        events(&api, "InvalidAnnotation", "typo").pop()
+    })
+    .await;
+
+    // web stops being pier's: its IP is released, the status pier wrote is
+    // cleared (another controller's entry stays), and thief gets the IP.
+    let mut web = api.get("v1", "Service", Some("shop"), "web").unwrap();
+    web["status"]["loadBalancer"]["ingress"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"hostname": "other.example"}));
+    api.update_status(web).unwrap();
+    let mut web = api.get("v1", "Service", Some("shop"), "web").unwrap();
+    web["spec"]["loadBalancerClass"] = json!("someone-else");
+    api.update(web).unwrap();
+    until("web's IP cleared", || {
+        let i = ingress(&api, "web");
+        (i.len() == 1 && i[0]["hostname"] == "other.example").then_some(())
+    })
+    .await;
+    until("IPReleased event", || {
+        events(&api, "IPReleased", "web").pop()
+    })
+    .await;
+    until("thief gets the freed IP", || {
+        (ips(&api, "thief") == vec![web_ip.clone()]).then_some(())
+    })
+    .await;
+
+    // Deleting a Service gives its IP back.
+    api.delete("v1", "Service", Some("shop"), "thief").unwrap();
+    api.create(lb("next", json!({}))).unwrap();
+    until("next takes the lowest free IP", || {
+        (ips(&api, "next") == vec![web_ip.clone()]).then_some(())
+    })
+    .await;
+
+    // packaging/rbac.yaml grants exactly what pier used (give the leader
+    // time to renew its lease once).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let granted = rbac_grants();
+    let used = used_verbs(&api);
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(
+        missing.is_empty(),
+        "pier used verbs rbac.yaml does not grant: {missing:?}"
+    );
+    let unused: Vec<_> = granted
+        .difference(&used)
+        // Only sent when an Event repeats (the Recorder patches its series).
+        .filter(|(r, v)| !(r == "events" && v == "patch"))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "rbac.yaml grants verbs pier did not use: {unused:?}"
+    );
+}
+
+/// (resource, verb) pairs the ClusterRole and Role in packaging/rbac.yaml grant.
+fn rbac_grants() -> std::collections::BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/rbac.yaml"))
+        .unwrap();
+    let list = |l: &str| -> Vec<String> {
+        let inner = l.split_once('[').unwrap().1.split_once(']').unwrap().0;
+        inner
+            .split(',')
+            .map(|x| x.trim().trim_matches('"').to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    let mut resources = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("#") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("resources:") {
+            resources = list(rest);
+        } else if let Some(rest) = line.strip_prefix("verbs:") {
+            for r in &resources {
+                for v in list(rest) {
+                    out.insert((r.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (resource, verb) pairs of every request pier made.
+fn used_verbs(api: &TestApiServer) -> std::collections::BTreeSet<(String, String)> {
+    api.requests()
+        .into_iter()
+        .filter(|r| !r.verb.is_empty())
+        .filter_map(|r| {
+            let parts: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+            // /api/v1/... or /apis/group/version/...
+            let rest = match parts.first() {
+                Some(&"api") => &parts[2..],
+                Some(&"apis") => &parts[3..],
+                _ => return None,
+            };
+            let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+                &rest[2..]
+            } else {
+                rest
+            };
+            let resource = match rest {
+                [res, _name, sub] => format!("{res}/{sub}"),
+                [res, ..] => res.to_string(),
+                [] => return None,
+            };
+            Some((resource, r.verb))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_lost_store_and_relist_keep_every_ip() {
+    let (api, dir, kc) = setup(ServerOptions::default()).await;
+    let cfg = config(dir.path(), "a", &kc, (4, 1));
+    let pier = Pier::start(&cfg);
+    // Create in an order that is not the IPs' order.
+    for i in (0..20).rev() {
+        api.create(lb(&format!("s{i:02}"), json!({}))).unwrap();
+    }
+    let before: Vec<Vec<String>> = until("20 Services allocated", || {
+        let all: Vec<Vec<String>> = (0..20).map(|i| ips(&api, &format!("s{i:02}"))).collect();
+        all.iter().all(|v| v.len() == 1).then_some(all)
+    })
+    .await;
+
+    // A relist after 410 Gone changes nothing: no status write.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = status_writes(&api);
+    api.compact();
+    api.drop_watches();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let relists = api.count_requests(|r| r.verb == "list" && r.path.ends_with("/services"));
+    assert!(relists >= 2, "the watch should have listed again");
+    assert_eq!(status_writes(&api), writes, "a relist wrote status");
+
+    // SIGKILL, lose the store entirely, restart: the IPs come back from
+    // the Services' status, none moves.
+    pier.kill();
+    std::fs::remove_dir_all(dir.path().join("state-a")).unwrap();
+    let _pier = Pier::start(&cfg);
+    api.create(lb("later", json!({}))).unwrap();
+    until("the new Service allocated", || {
+        (!ips(&api, "later").is_empty()).then_some(())
+    })
+    .await;
+    let after: Vec<Vec<String>> = (0..20).map(|i| ips(&api, &format!("s{i:02}"))).collect();
+    assert_eq!(before, after);
+    let later = ips(&api, "later");
+    assert!(
+        !before.iter().any(|v| v == &later),
+        "the new Service got an IP already held: {later:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_gateway_takes_over_when_the_leader_dies() {
+    let (api, dir, kc) = setup(ServerOptions::default()).await;
+    let a = Pier::start(&config(dir.path(), "a", &kc, (2, 1)));
+    api.create(lb("one", json!({}))).unwrap();
+    let one = until("one allocated", || {
+        let v = ips(&api, "one");
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    let b = Pier::start(&config(dir.path(), "b", &kc, (2, 1)));
+    let holder = |api: &TestApiServer| {
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("pier-system"),
+            "pier",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    };
+    let first = until("a lease holder", || holder(&api)).await;
+    assert!(
+        first.ends_with(&format!("_{}", a.child.id())),
+        "a started first and should lead: {first}"
+    );
+    a.kill();
+    let second = until("b takes the lease", || {
+        holder(&api).filter(|h| h.ends_with(&format!("_{}", b.child.id())))
+    })
+    .await;
+    assert_ne!(first, second);
+    api.create(lb("two", json!({}))).unwrap();
+    let two = until("two allocated by the new leader", || {
+        let v = ips(&api, "two");
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert_ne!(one, two, "the new leader reused a held IP");
+    assert_eq!(ips(&api, "one"), one, "the leader change moved an IP");
+    b.stop();
+    // A clean stop gives the lease up.
+    until("lease released", || (holder(&api).is_none()).then_some(())).await;
+}
+
+fn run_to_exit(cfg: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pier"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_rbac_verb_stops_pier_with_one_clear_message() {
+    let (api, dir, kc) = setup(ServerOptions::default()).await;
+    api.deny("list", "services");
+    let cfg = config(dir.path(), "a", &kc, (4, 1));
+    let (code, err) = tokio::task::spawn_blocking(move || run_to_exit(&cfg))
+        .await
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot list services"), "{err}");
+    assert!(err.contains("forbidden"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server_and_wrong_ca_stop_pier() {
+    let (api, dir, kc) = setup(ServerOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    // A kubeconfig whose CA is not the server's.
+    let text = std::fs::read_to_string(&kc).unwrap();
+    let other = TestApiServer::start_with(ServerOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let other_ca = other.kubeconfig_yaml();
+    let ca_line = |t: &str| {
+        t.lines()
+            .find(|l| l.contains("certificate-authority-data"))
+            .unwrap()
+            .to_string()
+    };
+    let wrong = text.replace(&ca_line(&text), &ca_line(&other_ca));
+    let bad_kc = dir.path().join("wrong-ca");
+    std::fs::write(&bad_kc, wrong).unwrap();
+    let cfg = config(dir.path(), "a", &bad_kc, (4, 1));
+    let (code, err) = tokio::task::spawn_blocking(move || run_to_exit(&cfg))
+        .await
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot list services"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "the message should say the certificate is the problem: {err}"
+    );
+
+    // Nothing listening.
+    let port = api.addr().port();
+    drop(api);
+    let closed = text.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:9");
+    let closed_kc = dir.path().join("closed");
+    std::fs::write(&closed_kc, closed).unwrap();
+    let cfg = config(dir.path(), "b", &closed_kc, (4, 1));
+    let (code, err) = tokio::task::spawn_blocking(move || run_to_exit(&cfg))
+        .await
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot list services"), "{err}");
+}
