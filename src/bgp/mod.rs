@@ -1,1 +1,4 @@
-//! (to be built)
+//! pier's BGP speaker: the pure FSM (`fsm`), the codec (`codec`), and the
+//! session I/O and Adj-RIB-Out built on them.
+
+pub mod fsm;
