@@ -195,7 +195,7 @@ impl Fsm {
             .min()
     }
 
-    fn to_idle(&mut self, now: Duration, why: String, out: &mut Vec<Action>) {
+    fn go_idle(&mut self, now: Duration, why: String, out: &mut Vec<Action>) {
         let was = self.state;
         self.state = State::Idle;
         self.hold_at = None;
@@ -215,7 +215,7 @@ impl Fsm {
 
     fn fail(&mut self, now: Duration, n: Notification, why: String, out: &mut Vec<Action>) {
         out.push(Action::SendNotification(n));
-        self.to_idle(now, why, out);
+        self.go_idle(now, why, out);
     }
 
     fn start_attempt(&mut self, now: Duration, out: &mut Vec<Action>) {
@@ -244,7 +244,7 @@ impl Fsm {
                     notif::CEASE_ADMIN_SHUTDOWN,
                     Vec::new(),
                 )));
-                self.to_idle(now, "administrative stop".into(), &mut out);
+                self.go_idle(now, "administrative stop".into(), &mut out);
                 self.connect_at = None;
             }
             (Connect | Active, Event::TcpConnected) => {
@@ -266,7 +266,7 @@ impl Fsm {
             }
             (Idle | Active, Event::TcpFailed(_)) => {}
             (_, Event::TcpFailed(why)) => {
-                self.to_idle(now, format!("connection lost: {why}"), &mut out)
+                self.go_idle(now, format!("connection lost: {why}"), &mut out)
             }
             (OpenSent, Event::Open(open)) => match self.check_open(&open) {
                 Err(n) => {
@@ -297,7 +297,7 @@ impl Fsm {
             }
             (_, Event::Notification(n)) => {
                 let why = format!("NOTIFICATION received: error {}/{}", n.code, n.subcode);
-                self.to_idle(now, why, &mut out);
+                self.go_idle(now, why, &mut out);
             }
             (Idle | Connect | Active, Event::Malformed(_)) => {}
             (_, Event::Malformed(n)) => {
