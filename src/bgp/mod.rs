@@ -1,4 +1,5 @@
 //! pier's BGP speaker: the pure FSM (`fsm`), the codec (`codec`), and the
 //! session I/O and Adj-RIB-Out built on them.
 
+pub mod codec;
 pub mod fsm;
