@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use pier::api::{self, client, metrics::Metrics, table, ApiContext, SocketOptions};
+use pier::bgp::speaker::Speaker;
 use pier::config::Config;
 use pier::engine::{self, source, Engine, EngineOutputs, EngineSettings, Input};
 use pier::model::{Desired, Origin};
@@ -189,10 +190,6 @@ fn init_tracing(format: Option<LogFormat>) {
 }
 
 async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
-    // Parts not built yet: say so instead of ignoring the configuration.
-    if cfg.bgp.is_some() {
-        warn!("[bgp] is configured, but this build has no BGP speaker yet: nothing is announced to peers");
-    }
     // The Kubernetes API first: an unreachable server, a bad certificate or
     // a missing RBAC verb stops pier here, with one clear message.
     let kube = match &cfg.kubernetes {
@@ -217,6 +214,18 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let engine = Engine::new(Box::new(store), cfg.pools.clone(), settings)
         .context("cannot load allocations")?;
     let metrics = Metrics::new();
+    // A restart within the graceful-restart time after a graceful stop sets
+    // the Restart State bit, so routers keep forwarding meanwhile.
+    let gr_marker = cfg.gateway.state_dir.join("bgp-graceful-stop");
+    let restarting = cfg.bgp.as_ref().is_some_and(|b| {
+        b.graceful_restart
+            && std::fs::metadata(&gr_marker)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() < b.restart_time_s.into())
+    });
+    let _ = std::fs::remove_file(&gr_marker);
     let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
     let (query_tx, query_rx) = mpsc::channel(64);
     let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
@@ -224,13 +233,31 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let (states_tx, _states_rx) = watch::channel(Arc::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut speaker = match &cfg.bgp {
+        Some(b) => Some(
+            Speaker::start(
+                b,
+                cfg.gateway.router_id,
+                restarting,
+                desired_rx.clone(),
+                Some(metrics.clone()),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let board = speaker.as_ref().map(|s| s.board());
     let api_ctx = ApiContext {
         engine: query_tx,
         metrics: metrics.clone(),
         started: std::time::Instant::now(),
-        peers: None,
+        peers: board.clone().map(|b| {
+            Arc::new(move || serde_json::to_value(b.snapshot()).unwrap_or_default())
+                as api::Reporter
+        }),
         routes: None,
-        ready_extra: None,
+        ready_extra: board
+            .map(|b| Arc::new(move || b.all_attempted()) as Arc<dyn Fn() -> bool + Send + Sync>),
     };
     let socket = api::bind_socket(
         &cfg.gateway.api_socket,
@@ -308,6 +335,11 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                     for input in reload_inputs(&cfg, &new) {
                         input_tx.send(input).await.context("engine stopped")?;
                     }
+                    if let (Some(sp), Some(b)) = (speaker.as_mut(), new.bgp.as_ref()) {
+                        if let Err(e) = sp.reconfigure(b, new.gateway.router_id).await {
+                            warn!("SIGHUP: BGP peers not changed: {e}");
+                        }
+                    }
                     cfg = new;
                 }
             }
@@ -326,6 +358,15 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     }
     for t in &kube_tasks {
         t.abort();
+    }
+    if let Some(sp) = speaker {
+        let graceful = cfg.gateway.shutdown == pier::config::Shutdown::Keep
+            && cfg.bgp.as_ref().is_some_and(|b| b.graceful_restart);
+        if graceful {
+            let _ = std::fs::write(&gr_marker, b"");
+        }
+        info!(graceful, "stopping BGP sessions");
+        sp.shutdown(graceful).await;
     }
     drop(input_tx);
     engine_task.await.context("engine task failed")?;

@@ -3,3 +3,6 @@
 
 pub mod codec;
 pub mod fsm;
+pub mod rib;
+pub mod socket;
+pub mod speaker;

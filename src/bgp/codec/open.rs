@@ -386,14 +386,16 @@ impl Open {
         };
         let params = match params {
             Some(p) if r.is_empty() => p,
-            _ => return Err(err(
-                OPEN_UNSPECIFIC,
-                format!(
+            _ => {
+                return Err(err(
+                    OPEN_UNSPECIFIC,
+                    format!(
                     "OPEN optional parameters length {} does not match the {} octets that follow",
                     opt_len,
                     body.len().saturating_sub(10)
                 ),
-            )),
+                ))
+            }
         };
         let mut p = Reader::new(params);
         let mut capabilities = Vec::new();

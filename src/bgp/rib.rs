@@ -1,0 +1,546 @@
+//! Adj-RIB-Out: what one peer has been told, and the difference to send
+//! when the engine publishes a new [`Desired`]. Pure: no I/O.
+//!
+//! Paths per VIP depend on what the session negotiated ([`PeerView`]):
+//! - `bgp` pools with `next_hop = "nodes"` and ADD-PATH send negotiated for
+//!   the family: one path per node, next hop = that node, path id stable per
+//!   (VIP, node address) — derived from the address, so a restarted pier
+//!   sends the same ids (graceful restart replaces, not duplicates, paths).
+//! - the same without ADD-PATH: one path with pier as next hop (the peer could
+//!   keep only one of several paths anyway), flagged in `fallback_self`.
+//! - `next_hop = "self"`: one path with pier as next hop.
+//! - `l2` pools are not announced by BGP.
+
+use super::codec::{
+    pack_announce, pack_withdraw, AfiSafi, AsPath, Attribute, Context, EncodeError, Nlri, Origin,
+};
+use crate::model::{AnnounceMode, Announcement, Desired};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+/// What shapes one peer's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub local_asn: u32,
+    /// eBGP: pier's AS in AS_PATH, no LOCAL_PREF. iBGP: empty AS_PATH,
+    /// LOCAL_PREF (default 100).
+    pub ebgp: bool,
+    /// Families both sides negotiated.
+    pub families: Vec<AfiSafi>,
+    /// Families where the peer receives several paths (ADD-PATH).
+    pub add_path: Vec<AfiSafi>,
+    /// pier's own next hop per family (the session's local address, or the
+    /// configured source address).
+    pub self_v4: Option<Ipv4Addr>,
+    pub self_v6: Option<Ipv6Addr>,
+}
+
+/// Attributes of one path, shared by the many NLRI packed together.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PathAttrs {
+    pub next_hop: IpAddr,
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<(u32, u32, u32)>,
+    pub local_pref: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Path {
+    id: u32,
+    attrs: Arc<PathAttrs>,
+}
+
+/// What to send: announcements (new or changed paths) and withdrawals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub announce: Vec<(Nlri, Arc<PathAttrs>)>,
+    pub withdraw: Vec<Nlri>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.announce.is_empty() && self.withdraw.is_empty()
+    }
+}
+
+/// Why a VIP could not be sent to this peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skipped {
+    /// The family was not negotiated with the peer.
+    Family(IpAddr),
+    /// pier has no address of the VIP's family to use as next hop.
+    NoSelfAddress(IpAddr),
+}
+
+#[derive(Debug, Clone)]
+pub struct AdjRibOut {
+    view: PeerView,
+    routes: BTreeMap<IpAddr, Vec<Path>>,
+    last: Desired,
+    /// At least one `next_hop = "nodes"` VIP was sent with pier as next
+    /// hop because the peer did not negotiate ADD-PATH for its family.
+    pub fallback_self: bool,
+    /// VIPs left out, with why (for `pier peers`).
+    pub skipped: BTreeMap<IpAddr, Skipped>,
+    paths: usize,
+}
+
+/// A path id derived from the next hop (FNV-1a), never 0, so that it is the
+/// same after a restart.
+fn path_id_for(next_hop: &IpAddr) -> u32 {
+    let bytes: Vec<u8> = match next_hop {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+impl AdjRibOut {
+    pub fn new(view: PeerView) -> AdjRibOut {
+        AdjRibOut {
+            view,
+            routes: BTreeMap::new(),
+            last: Desired::default(),
+            fallback_self: false,
+            skipped: BTreeMap::new(),
+            paths: 0,
+        }
+    }
+
+    pub fn view(&self) -> &PeerView {
+        &self.view
+    }
+
+    /// Paths currently announced.
+    pub fn len(&self) -> usize {
+        self.paths
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths == 0
+    }
+
+    fn family_of(ip: &IpAddr) -> AfiSafi {
+        if ip.is_ipv4() {
+            AfiSafi::IPV4_UNICAST
+        } else {
+            AfiSafi::IPV6_UNICAST
+        }
+    }
+
+    /// The paths this peer should have for one announcement.
+    fn paths_for(&mut self, a: &Announcement) -> Vec<Path> {
+        let family = Self::family_of(&a.vip);
+        self.skipped.remove(&a.vip);
+        if matches!(a.mode, AnnounceMode::L2 { .. }) {
+            return Vec::new();
+        }
+        if !self.view.families.contains(&family) {
+            self.skipped.insert(a.vip, Skipped::Family(a.vip));
+            return Vec::new();
+        }
+        let attrs = |next_hop: IpAddr| PathAttrs {
+            next_hop,
+            communities: a.bgp.communities.iter().map(|c| c.0).collect(),
+            large_communities: a
+                .bgp
+                .large_communities
+                .iter()
+                .map(|c| (c.0, c.1, c.2))
+                .collect(),
+            local_pref: if self.view.ebgp {
+                None
+            } else {
+                Some(a.bgp.local_pref.unwrap_or(100))
+            },
+        };
+        let add_path = self.view.add_path.contains(&family);
+        if a.mode == AnnounceMode::BgpNodes && add_path {
+            let mut out: Vec<Path> = Vec::with_capacity(a.next_hops.len());
+            for nh in a
+                .next_hops
+                .iter()
+                .filter(|n| n.address.is_ipv4() == a.vip.is_ipv4())
+            {
+                let mut id = path_id_for(&nh.address);
+                while out.iter().any(|p| p.id == id) {
+                    id = id.wrapping_add(1).max(1);
+                }
+                out.push(Path {
+                    id,
+                    attrs: Arc::new(attrs(nh.address)),
+                });
+            }
+            out.sort_by_key(|p| p.id);
+            return out;
+        }
+        if a.mode == AnnounceMode::BgpNodes {
+            self.fallback_self = true;
+        }
+        let me = match a.vip {
+            IpAddr::V4(_) => self.view.self_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.view.self_v6.map(IpAddr::V6),
+        };
+        let Some(me) = me else {
+            self.skipped.insert(a.vip, Skipped::NoSelfAddress(a.vip));
+            return Vec::new();
+        };
+        vec![Path {
+            id: 1,
+            attrs: Arc::new(attrs(me)),
+        }]
+    }
+
+    fn nlri(&self, vip: IpAddr, id: u32) -> Nlri {
+        let family = Self::family_of(&vip);
+        Nlri {
+            prefix: host_prefix(vip),
+            path_id: self.view.add_path.contains(&family).then_some(id),
+        }
+    }
+
+    /// Sets one VIP's paths, recording the difference.
+    fn set(&mut self, vip: IpAddr, new: Vec<Path>, out: &mut Changes) {
+        let old = self.routes.remove(&vip).unwrap_or_default();
+        let family = Self::family_of(&vip);
+        let add_path = self.view.add_path.contains(&family);
+        for p in &old {
+            let still = new.iter().any(|n| n.id == p.id);
+            // Without ADD-PATH an announcement replaces the one path.
+            if !still && (add_path || new.is_empty()) {
+                out.withdraw.push(self.nlri(vip, p.id));
+            }
+        }
+        for p in &new {
+            if !old.iter().any(|o| o == p) {
+                out.announce.push((self.nlri(vip, p.id), p.attrs.clone()));
+            }
+        }
+        self.paths = self.paths + new.len() - old.len();
+        if !new.is_empty() {
+            self.routes.insert(vip, new);
+        }
+    }
+
+    /// Moves the table to `desired` and returns what the peer must be sent.
+    /// Walks both plans by VIP and skips announcements shared with the last
+    /// plan, so one change among 100,000 VIPs costs a pointer comparison per
+    /// VIP, not a path computation.
+    pub fn update(&mut self, desired: &Desired) -> Changes {
+        let mut out = Changes::default();
+        let old = std::mem::take(&mut self.last.announcements);
+        let new = &desired.announcements;
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            match (old.get(i), new.get(j)) {
+                (Some(o), Some(n)) if o.vip == n.vip => {
+                    if !Arc::ptr_eq(o, n) && o != n {
+                        let paths = self.paths_for(n);
+                        self.set(n.vip, paths, &mut out);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.vip < n.vip => {
+                    self.skipped.remove(&o.vip);
+                    self.set(o.vip, Vec::new(), &mut out);
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    self.skipped.remove(&o.vip);
+                    self.set(o.vip, Vec::new(), &mut out);
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    let paths = self.paths_for(n);
+                    self.set(n.vip, paths, &mut out);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        self.last = desired.clone();
+        out
+    }
+
+    /// Every path in the table, as announcements (for the initial table and
+    /// ROUTE-REFRESH).
+    pub fn full(&self) -> Changes {
+        let mut out = Changes::default();
+        for (vip, paths) in &self.routes {
+            for p in paths {
+                out.announce.push((self.nlri(*vip, p.id), p.attrs.clone()));
+            }
+        }
+        out
+    }
+
+    /// Encodes `changes` as few UPDATE messages as the size limit allows:
+    /// withdrawals first, then announcements grouped by attributes.
+    pub fn encode(&self, changes: &Changes, ctx: &Context) -> Result<Vec<Vec<u8>>, EncodeError> {
+        let mut msgs = Vec::new();
+        let (mut w4, mut w6): (Vec<Nlri>, Vec<Nlri>) = (Vec::new(), Vec::new());
+        for n in &changes.withdraw {
+            if n.prefix.addr().is_ipv4() {
+                w4.push(*n)
+            } else {
+                w6.push(*n)
+            }
+        }
+        if !w4.is_empty() {
+            msgs.extend(pack_withdraw(AfiSafi::IPV4_UNICAST, &w4, ctx)?);
+        }
+        if !w6.is_empty() {
+            msgs.extend(pack_withdraw(AfiSafi::IPV6_UNICAST, &w6, ctx)?);
+        }
+        let mut groups: BTreeMap<&PathAttrs, Vec<Nlri>> = BTreeMap::new();
+        for (n, attrs) in &changes.announce {
+            groups.entry(attrs).or_default().push(*n);
+        }
+        for (attrs, nlri) in groups {
+            let family = if attrs.next_hop.is_ipv4() && nlri[0].prefix.addr().is_ipv4() {
+                AfiSafi::IPV4_UNICAST
+            } else {
+                AfiSafi::IPV6_UNICAST
+            };
+            let mut list = vec![
+                Attribute::Origin(Origin::Igp),
+                Attribute::AsPath(if self.view.ebgp {
+                    AsPath::sequence(vec![self.view.local_asn])
+                } else {
+                    AsPath::default()
+                }),
+            ];
+            if let Some(lp) = attrs.local_pref {
+                list.push(Attribute::LocalPref(lp));
+            }
+            if !attrs.communities.is_empty() {
+                list.push(Attribute::Communities(attrs.communities.clone()));
+            }
+            if !attrs.large_communities.is_empty() {
+                list.push(Attribute::LargeCommunities(attrs.large_communities.clone()));
+            }
+            msgs.extend(pack_announce(family, &[attrs.next_hop], &list, &nlri, ctx)?);
+        }
+        Ok(msgs)
+    }
+
+    /// The paths held for one VIP: (path id, next hop), for status.
+    pub fn paths_of(&self, vip: &IpAddr) -> Vec<(u32, IpAddr)> {
+        self.routes
+            .get(vip)
+            .map(|ps| ps.iter().map(|p| (p.id, p.attrs.next_hop)).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BgpAttributes, Community, NextHop, ServiceKey};
+
+    fn view(add_path: bool) -> PeerView {
+        PeerView {
+            local_asn: 65010,
+            ebgp: true,
+            families: vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST],
+            add_path: if add_path {
+                vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST]
+            } else {
+                vec![]
+            },
+            self_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            self_v6: None,
+        }
+    }
+
+    fn ann(vip: &str, mode: AnnounceMode, hops: &[&str]) -> Arc<Announcement> {
+        Arc::new(Announcement {
+            vip: vip.parse().unwrap(),
+            pool: "p".into(),
+            mode,
+            next_hops: hops
+                .iter()
+                .map(|h| NextHop {
+                    node: h.to_string(),
+                    address: h.parse().unwrap(),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            bgp: BgpAttributes {
+                communities: vec![Community(0xfdea_0001)],
+                ..BgpAttributes::default()
+            },
+            services: vec![ServiceKey::new("default", "web")],
+            ports: vec![],
+        })
+    }
+
+    fn desired(gen: u64, anns: Vec<Arc<Announcement>>) -> Desired {
+        let mut anns = anns;
+        anns.sort_by_key(|a| a.vip);
+        Desired {
+            generation: gen,
+            announcements: anns,
+        }
+    }
+
+    #[test]
+    fn add_path_sends_one_path_per_node_with_stable_ids() {
+        let mut rib = AdjRibOut::new(view(true));
+        let d1 = desired(
+            1,
+            vec![ann(
+                "192.0.2.10",
+                AnnounceMode::BgpNodes,
+                &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+            )],
+        );
+        let c = rib.update(&d1);
+        assert_eq!(c.announce.len(), 3);
+        assert!(c.withdraw.is_empty());
+        let ids: Vec<u32> = c.announce.iter().map(|(n, _)| n.path_id.unwrap()).collect();
+        assert_eq!(rib.len(), 3);
+        // A node leaves: exactly its path is withdrawn, others untouched.
+        let d2 = desired(
+            2,
+            vec![ann(
+                "192.0.2.10",
+                AnnounceMode::BgpNodes,
+                &["10.0.0.11", "10.0.0.13"],
+            )],
+        );
+        let c = rib.update(&d2);
+        assert!(c.announce.is_empty(), "{c:?}");
+        assert_eq!(c.withdraw.len(), 1);
+        let gone = c.withdraw[0].path_id.unwrap();
+        assert_eq!(gone, path_id_for(&"10.0.0.12".parse().unwrap()));
+        assert!(ids.contains(&gone));
+        // A fresh table (pier restarted) gives the same ids.
+        let mut again = AdjRibOut::new(view(true));
+        let c2 = again.update(&d1);
+        let mut ids2: Vec<u32> = c2
+            .announce
+            .iter()
+            .map(|(n, _)| n.path_id.unwrap())
+            .collect();
+        let mut ids = ids;
+        ids.sort();
+        ids2.sort();
+        assert_eq!(ids, ids2);
+        // Everything withdrawn when the VIP goes.
+        let c = rib.update(&desired(3, vec![]));
+        assert_eq!(c.withdraw.len(), 2);
+        assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn without_add_path_nodes_fall_back_to_self() {
+        let mut rib = AdjRibOut::new(view(false));
+        let c = rib.update(&desired(
+            1,
+            vec![ann(
+                "192.0.2.10",
+                AnnounceMode::BgpNodes,
+                &["10.0.0.11", "10.0.0.12"],
+            )],
+        ));
+        assert_eq!(c.announce.len(), 1);
+        assert_eq!(c.announce[0].0.path_id, None);
+        assert_eq!(
+            c.announce[0].1.next_hop,
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        assert!(rib.fallback_self);
+        // Node change: nothing to send (next hop is pier either way).
+        let c = rib.update(&desired(
+            2,
+            vec![ann("192.0.2.10", AnnounceMode::BgpNodes, &["10.0.0.11"])],
+        ));
+        assert!(c.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn self_mode_family_gaps_and_l2() {
+        let mut rib = AdjRibOut::new(view(true));
+        let c = rib.update(&desired(
+            1,
+            vec![
+                ann("192.0.2.20", AnnounceMode::BgpSelf, &["10.0.0.11"]),
+                ann("2001:db8::20", AnnounceMode::BgpSelf, &["fd00::11"]),
+                ann(
+                    "192.0.2.30",
+                    AnnounceMode::L2 {
+                        interface: "eth0".into(),
+                    },
+                    &["10.0.0.11"],
+                ),
+            ],
+        ));
+        assert_eq!(c.announce.len(), 1);
+        assert_eq!(c.announce[0].0.path_id, Some(1));
+        assert_eq!(
+            rib.skipped.get(&"2001:db8::20".parse().unwrap()),
+            Some(&Skipped::NoSelfAddress("2001:db8::20".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn encode_packs_and_round_trips() {
+        use crate::bgp::codec::{decode, Message};
+        let mut rib = AdjRibOut::new(view(true));
+        let anns: Vec<_> = (0..2000u32)
+            .map(|i| {
+                ann(
+                    &Ipv4Addr::from(0xc000_0200 + i).to_string(),
+                    AnnounceMode::BgpNodes,
+                    &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+                )
+            })
+            .collect();
+        let c = rib.update(&desired(1, anns));
+        let ctx = Context {
+            four_octet_as: true,
+            add_path: vec![AfiSafi::IPV4_UNICAST],
+            extended_message: false,
+        };
+        let msgs = rib.encode(&c, &ctx).unwrap();
+        // 6000 paths of 9 octets in 4 KiB messages, three attribute groups.
+        assert!(msgs.len() <= 18, "{} messages", msgs.len());
+        let mut n = 0;
+        for m in &msgs {
+            let Message::Update(u) = decode(m, &ctx).unwrap().message else {
+                panic!()
+            };
+            n += u.announced().len();
+            let Some(Attribute::AsPath(p)) = u.attribute(2) else {
+                panic!()
+            };
+            assert_eq!(p, &AsPath::sequence(vec![65010]));
+        }
+        assert_eq!(n, 6000);
+        assert_eq!(rib.full().announce.len(), 6000);
+    }
+
+    #[test]
+    fn unchanged_plans_send_nothing() {
+        let mut rib = AdjRibOut::new(view(true));
+        let a = ann("192.0.2.10", AnnounceMode::BgpNodes, &["10.0.0.11"]);
+        rib.update(&desired(1, vec![a.clone()]));
+        // Same content in a new allocation: compared by value.
+        let b = ann("192.0.2.10", AnnounceMode::BgpNodes, &["10.0.0.11"]);
+        assert!(rib.update(&desired(2, vec![b])).is_empty());
+        assert!(rib.update(&desired(3, vec![a])).is_empty());
+    }
+}

@@ -1,0 +1,255 @@
+//! pier's BGP speaker against real routers (BIRD 2, FRR, GoBGP from
+//! Debian's packages) in network namespaces: the real `pier` binary on
+//! static services peers with a router on a LAN shared with three "nodes";
+//! the router's kernel table must get the VIP as one ECMP route over the
+//! nodes.
+
+#[path = "common/netlab.rs"]
+mod netlab;
+
+use netlab::{must, path_str, wait_for, Lab};
+use std::time::Duration;
+
+const PIER: &str = env!("CARGO_BIN_EXE_pier");
+
+/// Router .1, pier .2, nodes .11-.13 on 10.0.0.0/24 and fd00::/64.
+fn lan(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.host("r", &["10.0.0.1/24", "fd00::1/64"]);
+    lab.host("gw", &["10.0.0.2/24", "fd00::2/64"]);
+    for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        let v4 = format!("10.0.0.{}/24", 11 + i);
+        let v6 = format!("fd00::{}/64", 11 + i);
+        lab.host(n, &[&v4, &v6]);
+    }
+    lab
+}
+
+struct PierOpts<'a> {
+    peer_asn: u32,
+    local_asn: u32,
+    extra_peer: &'a str,
+    nodes: &'a [&'a str],
+    shutdown: &'a str,
+}
+
+impl Default for PierOpts<'_> {
+    fn default() -> Self {
+        PierOpts {
+            peer_asn: 65000,
+            local_asn: 65010,
+            extra_peer: "",
+            nodes: &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+            shutdown: "withdraw",
+        }
+    }
+}
+
+fn pier_config(lab: &Lab, o: &PierOpts) -> std::path::PathBuf {
+    let nodes: Vec<String> = o.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let nodes6: Vec<String> = o
+        .nodes
+        .iter()
+        .map(|n| format!("\"fd00::{}\"", n.rsplit('.').next().unwrap()))
+        .collect();
+    let text = format!(
+        r#"[gateway]
+router_id = "10.0.0.2"
+state_dir = "{dir}/state"
+api_socket = "{dir}/pier.sock"
+metrics_listen = "127.0.0.1:0"
+shutdown = "{shutdown}"
+
+[bgp]
+asn = {local}
+restart_time_s = 60
+
+[[bgp.peers]]
+address = "10.0.0.1"
+asn = {peer}
+hold_time = 9
+connect_retry_s = 1
+{extra}
+
+[[pools]]
+name = "public"
+addresses = ["192.0.2.0/24"]
+mode = "bgp"
+next_hop = "nodes"
+communities = ["65010:100"]
+large_communities = ["65010:1:2"]
+
+[[pools]]
+name = "public6"
+addresses = ["2001:db8:77::/64"]
+mode = "bgp"
+next_hop = "nodes"
+
+[[static_services]]
+name = "demo/web"
+pool = "public"
+ip = "192.0.2.10"
+ports = ["80/tcp"]
+nodes = [{nodes}]
+health = "none"
+
+[[static_services]]
+name = "demo/web6"
+pool = "public6"
+ip = "2001:db8:77::10"
+ports = ["80/tcp"]
+nodes = [{nodes6}]
+health = "none"
+"#,
+        dir = path_str(&lab.dir),
+        shutdown = o.shutdown,
+        local = o.local_asn,
+        peer = o.peer_asn,
+        extra = o.extra_peer,
+        nodes = nodes.join(", "),
+        nodes6 = nodes6.join(", "),
+    );
+    lab.write("pier.toml", &text)
+}
+
+fn start_pier(lab: &mut Lab, cfg: &std::path::Path) {
+    let cfg = path_str(cfg);
+    lab.spawn("gw", "pier", &[PIER, "run", "--config", &cfg]);
+}
+
+fn bird_config(lab: &Lab, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"log "{dir}/bird-log" all;
+router id 10.0.0.1;
+protocol device {{ scan time 1; }}
+protocol kernel k4 {{ ipv4 {{ export all; import none; }}; merge paths on; }}
+protocol kernel k6 {{ ipv6 {{ export all; import none; }}; merge paths on; }}
+protocol bgp pier {{
+  local 10.0.0.1 as 65000;
+  neighbor 10.0.0.2 as 65010;
+  passive on;
+  hold time 9;
+  {extra}
+  ipv4 {{ import all; export none; add paths rx; }};
+  ipv6 {{ import all; export none; add paths rx; }};
+}}
+"#,
+        dir = path_str(&lab.dir)
+    );
+    lab.write("bird.conf", &text)
+}
+
+fn start_bird(lab: &mut Lab, conf: &std::path::Path) {
+    let conf = path_str(conf);
+    let sock = path_str(&lab.dir.join("bird.ctl"));
+    lab.spawn("r", "bird", &["bird", "-f", "-c", &conf, "-s", &sock]);
+}
+
+fn birdc(lab: &Lab, cmd: &str) -> String {
+    let sock = path_str(&lab.dir.join("bird.ctl"));
+    lab.try_sh("r", &format!("birdc -s {sock} {cmd}")).1
+}
+
+/// The gateways of the router's kernel route to `prefix`, sorted.
+fn kernel_gateways(lab: &Lab, family: &str, prefix: &str) -> Vec<String> {
+    let (_, out) = lab.try_sh("r", &format!("ip {family} -j route show {prefix}"));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    let mut gws = Vec::new();
+    for r in v.as_array().into_iter().flatten() {
+        if let Some(g) = r.get("gateway").and_then(|g| g.as_str()) {
+            gws.push(g.to_string());
+        }
+        for nh in r
+            .get("nexthops")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(g) = nh.get("gateway").and_then(|g| g.as_str()) {
+                gws.push(g.to_string());
+            }
+        }
+    }
+    gws.sort();
+    gws
+}
+
+fn wait_gateways(lab: &Lab, family: &str, prefix: &str, want: &[&str], what: &str) {
+    wait_for(what, Duration::from_secs(30), || {
+        let g = kernel_gateways(lab, family, prefix);
+        if g == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{g:?}\nbird: {}\npier log:\n{}",
+                birdc(lab, "show route all"),
+                lab.log("pier")
+            ))
+        }
+    });
+}
+
+#[test]
+fn bird_ecmp_over_add_path_withdraw_and_attributes() {
+    if !netlab::prerequisites("bird_ecmp", &["ip", "bird", "birdc"]) {
+        return;
+    }
+    let mut lab = lan("b1");
+    let bird = bird_config(&lab, "");
+    start_bird(&mut lab, &bird);
+    let cfg = pier_config(&lab, &PierOpts::default());
+    start_pier(&mut lab, &cfg);
+
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        "an IPv4 ECMP route over three nodes",
+    );
+    wait_gateways(
+        &lab,
+        "-6",
+        "2001:db8:77::10",
+        &["fd00::11", "fd00::12", "fd00::13"],
+        "an IPv6 ECMP route over three nodes",
+    );
+    // Communities and large communities as BIRD sees them.
+    let all = birdc(&lab, "show route 192.0.2.10/32 all");
+    assert!(all.contains("(65010,100)"), "{all}");
+    assert!(all.contains("(65010, 1, 2)"), "{all}");
+    assert!(all.contains("BGP.as_path: 65010"), "{all}");
+
+    // A node leaves: its path is withdrawn, the others stay.
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            nodes: &["10.0.0.11", "10.0.0.13"],
+            ..PierOpts::default()
+        },
+    );
+    assert!(cfg.exists());
+    lab.signal("pier", libc::SIGHUP);
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.11", "10.0.0.13"],
+        "the departed node's path withdrawn",
+    );
+    // pier stops with shutdown = "withdraw": Cease, the router drops the routes.
+    lab.stop("pier");
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &[],
+        "routes gone after pier stopped",
+    );
+    let log = must(&["cat", &path_str(&lab.dir.join("bird-log"))]);
+    assert!(
+        log.contains("Administrative shutdown")
+            || log.contains("Received: Administrative shutdown"),
+        "{log}"
+    );
+}
