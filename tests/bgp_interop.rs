@@ -253,3 +253,123 @@ fn bird_ecmp_over_add_path_withdraw_and_attributes() {
         "{log}"
     );
 }
+
+/// FRR's zebra and bgpd in the router namespace, with their own sockets.
+fn start_frr(lab: &mut Lab, extra_neighbor: &str) {
+    let dir = path_str(&lab.dir);
+    let conf = format!(
+        r#"frr defaults traditional
+hostname r
+log file {dir}/frr-log debugging
+!
+router bgp 65000
+ bgp router-id 10.0.0.1
+ no bgp ebgp-requires-policy
+ no bgp default ipv4-unicast
+ neighbor 10.0.0.2 remote-as 65010
+ neighbor 10.0.0.2 timers 3 9
+ neighbor 10.0.0.2 timers connect 1
+ {extra_neighbor}
+ address-family ipv4 unicast
+  neighbor 10.0.0.2 activate
+  maximum-paths 8
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor 10.0.0.2 activate
+  maximum-paths 8
+ exit-address-family
+!
+"#
+    );
+    lab.write("frr.conf", &conf);
+    must(&["chmod", "0777", &dir]);
+    let _ = std::process::Command::new("chown").args(["-R", "frr:frr", &dir]).output();
+    let common = |pid: &str| {
+        vec![
+            "-u".to_string(),
+            "frr".into(),
+            "-g".into(),
+            "frr".into(),
+            "-f".into(),
+            format!("{dir}/frr.conf"),
+            "-i".into(),
+            format!("{dir}/{pid}"),
+            "-z".into(),
+            format!("{dir}/zserv.api"),
+            "--vty_socket".into(),
+            dir.clone(),
+        ]
+    };
+    let mut zebra = vec!["/usr/lib/frr/zebra".to_string()];
+    zebra.extend(common("zebra.pid"));
+    let zebra: Vec<&str> = zebra.iter().map(|s| s.as_str()).collect();
+    lab.spawn("r", "zebra", &zebra);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut bgpd = vec!["/usr/lib/frr/bgpd".to_string()];
+    bgpd.extend(common("bgpd.pid"));
+    let bgpd: Vec<&str> = bgpd.iter().map(|s| s.as_str()).collect();
+    lab.spawn("r", "bgpd", &bgpd);
+}
+
+fn vtysh(lab: &Lab, cmd: &str) -> String {
+    let dir = path_str(&lab.dir);
+    lab.try_sh("r", &format!("vtysh --vty_socket {dir} -c '{cmd}'")).1
+}
+
+#[test]
+fn frr_ecmp_ipv4_ipv6_and_hold_timer() {
+    if !netlab::prerequisites("frr_ecmp", &["ip", "bgpd", "zebra", "vtysh"]) {
+        return;
+    }
+    let mut lab = lan("f1");
+    start_frr(&mut lab, "");
+    let cfg = pier_config(&lab, &PierOpts::default());
+    start_pier(&mut lab, &cfg);
+    let frr_state = |lab: &Lab| vtysh(lab, "show bgp neighbors 10.0.0.2") + &vtysh(lab, "show bgp ipv4 unicast") + &lab.log("pier");
+    wait_for("FRR ECMP route over three nodes", Duration::from_secs(40), || {
+        let g = kernel_gateways(&lab, "-4", "192.0.2.10");
+        if g == ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
+            Ok(())
+        } else {
+            Err(format!("{g:?}\n{}", frr_state(&lab)))
+        }
+    });
+    wait_for("FRR IPv6 ECMP route", Duration::from_secs(20), || {
+        let g = kernel_gateways(&lab, "-6", "2001:db8:77::10");
+        if g == ["fd00::11", "fd00::12", "fd00::13"] {
+            Ok(())
+        } else {
+            Err(format!("{g:?}\n{}", vtysh(&lab, "show bgp ipv6 unicast")))
+        }
+    });
+    let detail = vtysh(&lab, "show bgp ipv4 unicast 192.0.2.10/32");
+    assert!(detail.contains("65010:100"), "{detail}");
+    assert!(detail.contains("65010:1:2"), "{detail}");
+    let nb = vtysh(&lab, "show bgp neighbors 10.0.0.2");
+    assert!(nb.contains("4 Byte AS: advertised and received"), "{nb}");
+
+    // Freeze pier (SIGSTOP): no keepalives; FRR's hold timer (9 s) expires
+    // and it drops the routes.
+    lab.signal("pier", libc::SIGSTOP);
+    wait_for("FRR hold timer expiry", Duration::from_secs(20), || {
+        let g = kernel_gateways(&lab, "-4", "192.0.2.10");
+        if g.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{g:?}"))
+        }
+    });
+    let nb = vtysh(&lab, "show bgp neighbors 10.0.0.2");
+    assert!(nb.to_lowercase().contains("hold timer expired") || nb.contains("Hold Timer Expired"), "{nb}");
+    // Thawed, pier sees its session gone (or FRR's NOTIFICATION) and
+    // re-establishes; the routes come back.
+    lab.signal("pier", libc::SIGCONT);
+    wait_for("re-sync after hold timer expiry", Duration::from_secs(40), || {
+        let g = kernel_gateways(&lab, "-4", "192.0.2.10");
+        if g.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{g:?}\n{}", frr_state(&lab)))
+        }
+    });
+}
