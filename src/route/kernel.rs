@@ -176,23 +176,24 @@ pub fn parse_route(msg: &RouteMessage) -> Option<(IpNet, BTreeSet<IpAddr>)> {
     Some((dst, hops))
 }
 
-fn message(dst: IpNet, next_hops: &BTreeSet<IpAddr>) -> Result<RouteMessage, RouteError> {
-    fn bad(dst: IpNet) -> impl Fn(&dyn std::fmt::Display) -> RouteError {
-        move |e| RouteError::InvalidRoute {
-            dst,
-            detail: e.to_string(),
-        }
+/// rtnetlink's builder error type is not exported; keep its text.
+fn invalid<E: std::fmt::Display>(dst: IpNet) -> impl Fn(E) -> RouteError {
+    move |e| RouteError::InvalidRoute {
+        dst,
+        detail: e.to_string(),
     }
-    let bad = |e| bad(dst)(&e);
+}
+
+fn message(dst: IpNet, next_hops: &BTreeSet<IpAddr>) -> Result<RouteMessage, RouteError> {
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.addr(), dst.prefix_len())
-        .map_err(bad)?
+        .map_err(invalid(dst))?
         .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
     match next_hops.len() {
         0 => {}
         1 => {
             if let Some(g) = next_hops.iter().next() {
-                b = b.gateway(*g).map_err(bad)?;
+                b = b.gateway(*g).map_err(invalid(dst))?;
             }
         }
         _ => {
@@ -204,7 +205,7 @@ fn message(dst: IpNet, next_hops: &BTreeSet<IpAddr>) -> Result<RouteMessage, Rou
                 .iter()
                 .map(|g| RouteNextHopBuilder::new(af).via(*g).map(|h| h.build()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(bad)?;
+                .map_err(invalid(dst))?;
             b = b.multipath(hops);
         }
     }

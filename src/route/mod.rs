@@ -51,7 +51,7 @@ use rtnetlink::{Handle, MulticastGroup};
 use tokio::task::JoinHandle;
 
 use crate::config::SysctlMode;
-use crate::model::{AnnounceMode, Desired};
+use crate::model::Desired;
 
 pub use kernel::{Conflict, RouteOp, RouteTable};
 pub use nft::{Counter, VipCounters};
@@ -136,29 +136,29 @@ pub struct Report {
     pub deleted: usize,
     /// Destinations where a route pier does not own blocks pier's.
     pub conflicts: Vec<Conflict>,
+    /// Changes the kernel refused, with its reason; retried at the next
+    /// repair.
+    pub failed: Vec<(IpNet, String)>,
     /// VIPs in the nft table.
     pub firewalled_vips: usize,
 }
+
+/// The task reading route multicast events, and its messages.
+type RouteEvents = (
+    JoinHandle<()>,
+    UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+);
 
 /// Level-triggered owner of pier's kernel routes and nft table.
 pub struct RouteActuator {
     config: RouteConfig,
     handle: Handle,
     connection: JoinHandle<()>,
-    events: Option<(
-        JoinHandle<()>,
-        UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-    )>,
+    events: Option<RouteEvents>,
     last: Arc<Desired>,
 }
 
-fn open_events() -> Result<
-    (
-        JoinHandle<()>,
-        UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-    ),
-    RouteError,
-> {
+fn open_events() -> Result<RouteEvents, RouteError> {
     let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
@@ -215,6 +215,16 @@ impl RouteActuator {
     }
 
     async fn converge(&mut self) -> Result<Report, RouteError> {
+        let mut report = self.converge_routes().await?;
+        let fw = nft::firewall(&self.last);
+        nft::apply(&fw).await?;
+        report.firewalled_vips = fw.len();
+        Ok(report)
+    }
+
+    /// Kernel routes only (after a route event: the nft table is not
+    /// concerned).
+    async fn converge_routes(&mut self) -> Result<Report, RouteError> {
         let desired = self.last.clone();
         let want = kernel::desired_routes(&desired);
         let current = kernel::dump(&self.handle).await?;
@@ -225,10 +235,20 @@ impl RouteActuator {
             ..Report::default()
         };
         for op in &ops {
-            if let Some(c) = kernel::execute(&self.handle, op).await? {
-                tracing::warn!(dst = %c.dst, "{}", c.detail);
-                report.conflicts.push(c);
-                continue;
+            match kernel::execute(&self.handle, op).await {
+                Ok(None) => {}
+                Ok(Some(c)) => {
+                    tracing::warn!(dst = %c.dst, "{}", c.detail);
+                    report.conflicts.push(c);
+                    continue;
+                }
+                // One bad route (a next hop not on a connected subnet, say)
+                // must not hold up the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, "route change failed");
+                    report.failed.push((op.dst(), e.to_string()));
+                    continue;
+                }
             }
             match op {
                 RouteOp::Add { .. } => report.added += 1,
@@ -236,9 +256,6 @@ impl RouteActuator {
                 RouteOp::Delete { .. } => report.deleted += 1,
             }
         }
-        let fw = nft::firewall(&desired);
-        nft::apply(&fw).await?;
-        report.firewalled_vips = fw.len();
         Ok(report)
     }
 
@@ -252,12 +269,19 @@ impl RouteActuator {
         stop: impl Future<Output = ()>,
     ) {
         tokio::pin!(stop);
-        let mut tick = tokio::time::interval(self.config.repair_interval);
+        let period = self.config.repair_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let first = desired.borrow_and_update().clone();
         self.last = first;
+        let mut routes_only = false;
         loop {
-            let result = self.converge().await;
+            let result = if routes_only {
+                self.converge_routes().await
+            } else {
+                self.converge().await
+            };
+            routes_only = false;
             match result {
                 Ok(r) if r.added + r.replaced + r.deleted > 0 => tracing::info!(
                     generation = r.generation,
@@ -300,6 +324,7 @@ impl RouteActuator {
                             if let Some((_, rx)) = self.events.as_mut() {
                                 while rx.try_recv().is_ok() {}
                             }
+                            routes_only = true;
                             break;
                         }
                         Some(_) => {}
@@ -368,5 +393,5 @@ pub fn forwards_any(desired: &Desired) -> bool {
     desired
         .announcements
         .iter()
-        .any(|a| !matches!(a.mode, AnnounceMode::BgpNodes))
+        .any(|a| a.mode.gateway_forwards())
 }
