@@ -467,20 +467,38 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     node.ip(&["addr", "add", "10.0.2.12/24", "dev", "n0"]);
     node.ip(&["addr", "add", "10.77.0.10/32", "dev", "lo"]);
     node.ip(&["route", "add", "default", "via", "10.0.2.1"]);
+    for (ns, addr, dev) in [
+        (&client, "fd00:1::2/64", "c0"),
+        (&gw, "fd00:1::1/64", "g0"),
+        (&gw, "fd00:2::1/64", "g1"),
+        (&node, "fd00:2::11/64", "n0"),
+        (&node, "fd66::10/128", "lo"),
+    ] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"]);
+    node.ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
 
     let vip = "10.77.0.10";
     let d = desired(
         1,
-        vec![announcement(
-            vip,
-            &["10.0.2.11", "10.0.2.12"],
-            &[
-                ("8080/tcp", &[]),
-                ("5353/udp", &[]),
-                ("8443/tcp", &["192.0.2.0/24"]),
-                ("8444/tcp", &["10.0.1.0/24"]),
-            ],
-        )],
+        vec![
+            announcement(
+                vip,
+                &["10.0.2.11", "10.0.2.12"],
+                &[
+                    ("8080/tcp", &[]),
+                    ("5353/udp", &[]),
+                    ("8443/tcp", &["192.0.2.0/24"]),
+                    ("8444/tcp", &["10.0.1.0/24"]),
+                ],
+            ),
+            announcement(
+                "fd66::10",
+                &["fd00:2::11"],
+                &[("8080/tcp", &[]), ("8443/tcp", &["2001:db8::/32"])],
+            ),
+        ],
     );
     block_on_in(&gw, async {
         let mut act = RouteActuator::start(config(&["g0", "g1"]))
@@ -518,6 +536,8 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
             vip_addr(8443),
             vip_addr(8444),
             "10.0.2.11:9000".parse().expect("addr"),
+            "[fd66::10]:8080".parse().expect("addr"),
+            "[fd66::10]:8443".parse().expect("addr"),
         ],
         vip_addr(5353),
         stop.clone(),
@@ -538,11 +558,23 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
             tcp_ok(vip_addr(8443), drop_timeout),
             tcp_ok("10.0.2.11:9000".parse().expect("addr"), ok_timeout),
             udp_echo,
+            tcp_ok("[fd66::10]:8080".parse().expect("addr"), ok_timeout),
+            tcp_ok("[fd66::10]:8443".parse().expect("addr"), drop_timeout),
         )
     });
     stop.store(true, Ordering::SeqCst);
     let _ = server.join();
-    let (allowed, allowed_src, undeclared, wrong_src, not_vip, udp) = results;
+    let (allowed, allowed_src, undeclared, wrong_src, not_vip, udp, v6_allowed, v6_wrong_src) =
+        results;
+    v6_allowed.expect("[fd66::10]:8080/tcp is declared: must arrive");
+    let e = v6_wrong_src.expect_err("[fd66::10]:8443 allows only 2001:db8::/32: must be dropped");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "dropped, not refused by the node: {e}"
+    );
     allowed.expect("8080/tcp is declared: must arrive");
     allowed_src.expect("8444/tcp allows 10.0.1.0/24: must arrive");
     let e = undeclared.expect_err("8081/tcp is not declared: must be dropped");
@@ -576,6 +608,14 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     assert!(c.dropped.packets >= 2, "{c:?}");
     assert!(source_drops.packets >= 1, "{source_drops:?}");
     assert!(port_drops.packets >= 1, "{port_drops:?}");
+    let c6 = counters
+        .get(&ip("fd66::10"))
+        .copied()
+        .expect("IPv6 VIP counters");
+    assert!(
+        c6.accepted.packets >= 2 && c6.dropped.packets >= 1,
+        "{c6:?}"
+    );
 
     // A second actuator (a restart) finds the state and removes it.
     block_on_in(&gw, async {
