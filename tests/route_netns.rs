@@ -626,3 +626,49 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     });
     assert!(gw.pier_routes().is_empty());
 }
+
+/// Not a speed assertion: prints how long 10,000 VIPs take to install,
+/// re-check and remove (`cargo test --test route_netns -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn scale_10k_vips_prints_timings() {
+    if !prerequisites("scale_10k_vips_prints_timings") {
+        return;
+    }
+    let gw = Ns::new("gw");
+    gw.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    gw.ip(&["link", "set", "d0", "up"]);
+    gw.ip(&["link", "set", "d1", "up"]);
+    gw.ip(&["addr", "add", "10.0.2.1/24", "dev", "d0"]);
+    let anns: Vec<Arc<Announcement>> = (0..10_000u32)
+        .map(|i| {
+            let vip = std::net::Ipv4Addr::from(0x0a4d_0000 + i).to_string();
+            announcement(
+                &vip,
+                &["10.0.2.11", "10.0.2.12", "10.0.2.13"],
+                &[("80/tcp", &[]), ("443/tcp", &["192.0.2.0/24"])],
+            )
+        })
+        .collect();
+    let d = desired(1, anns);
+    block_on_in(&gw, async {
+        let mut act = RouteActuator::start(config(&["d0"])).await.expect("start");
+        let t = Instant::now();
+        let r = act.apply(&d).await.expect("apply");
+        eprintln!("apply 10k VIPs: {:?} ({} added)", t.elapsed(), r.added);
+        let t = Instant::now();
+        let r = act.repair().await.expect("repair");
+        eprintln!(
+            "repair, nothing to change: {:?} ({} changes)",
+            t.elapsed(),
+            r.added + r.replaced + r.deleted
+        );
+        let t = Instant::now();
+        let c = route::counters().await.expect("counters");
+        eprintln!("counters for {} VIPs: {:?}", c.len(), t.elapsed());
+        let t = Instant::now();
+        act.shutdown(false).await.expect("shutdown");
+        eprintln!("remove all: {:?}", t.elapsed());
+    });
+    assert!(gw.pier_routes().is_empty());
+}

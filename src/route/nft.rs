@@ -22,8 +22,8 @@
 //! ```
 //!
 //! The rule count is fixed; VIPs only add set elements and counters. Every
-//! apply flushes the chains, sets and maps and refills them in the same
-//! transaction, so a failure leaves the previous table in place. Per-VIP
+//! apply flushes the chains, recreates the sets and maps and refills them in
+//! the same transaction, so a failure leaves the previous table in place. Per-VIP
 //! counter objects survive an apply (re-adding an existing counter keeps its
 //! value); counters of VIPs that are gone are deleted.
 
@@ -179,20 +179,31 @@ pub fn render(fw: &Firewall, existing_counters: &BTreeSet<String>, fresh: bool) 
         let _ = writeln!(out, "table inet {TABLE} {{}}");
         let _ = writeln!(out, "delete table inet {TABLE}");
     }
-    let _ = writeln!(out, "table inet {TABLE} {{");
+    // (kind, name, declaration) of every set and map.
+    let mut sets: Vec<(&str, String, String)> = Vec::new();
     for f in [&V4, &V6] {
         let (s, t) = (f.suffix, f.addr_type);
-        let _ = writeln!(out, "\tset vips{s} {{ type {t}; }}");
-        let _ = writeln!(
-            out,
-            "\tset ports{s} {{ type {t} . inet_proto . inet_service; }}"
-        );
-        let _ = writeln!(
-            out,
-            "\tset allow{s} {{ type {t} . inet_proto . inet_service . {t}; flags interval; }}"
-        );
-        let _ = writeln!(out, "\tmap accepted{s} {{ type {t} : counter; }}");
-        let _ = writeln!(out, "\tmap dropped{s} {{ type {t} : counter; }}");
+        sets.push(("set", format!("vips{s}"), format!("type {t};")));
+        sets.push((
+            "set",
+            format!("ports{s}"),
+            format!("type {t} . inet_proto . inet_service;"),
+        ));
+        sets.push((
+            "set",
+            format!("allow{s}"),
+            format!("type {t} . inet_proto . inet_service . {t}; flags interval;"),
+        ));
+        sets.push((
+            "map",
+            format!("accepted{s}"),
+            format!("type {t} : counter;"),
+        ));
+        sets.push(("map", format!("dropped{s}"), format!("type {t} : counter;")));
+    }
+    let _ = writeln!(out, "table inet {TABLE} {{");
+    for (kind, name, decl) in &sets {
+        let _ = writeln!(out, "\t{kind} {name} {{ {decl} }}");
     }
     let _ = writeln!(out, "\tcounter dropped_source {{}}");
     let _ = writeln!(out, "\tcounter dropped_port {{}}");
@@ -206,13 +217,12 @@ pub fn render(fw: &Firewall, existing_counters: &BTreeSet<String>, fresh: bool) 
     for chain in ["forward", "vip4", "vip6"] {
         let _ = writeln!(out, "flush chain inet {TABLE} {chain}");
     }
-    for s in ['4', '6'] {
-        for set in ["vips", "ports", "allow"] {
-            let _ = writeln!(out, "flush set inet {TABLE} {set}{s}");
-        }
-        for map in ["accepted", "dropped"] {
-            let _ = writeln!(out, "flush map inet {TABLE} {map}{s}");
-        }
+    // Sets are recreated rather than flushed: refilling a flushed interval
+    // set in one transaction costs the kernel ~10 s at 20,000 elements,
+    // a new one ~0.1 s. Nothing refers to them once the chains are flushed.
+    for (kind, name, decl) in &sets {
+        let _ = writeln!(out, "delete {kind} inet {TABLE} {name}");
+        let _ = writeln!(out, "add {kind} inet {TABLE} {name} {{ {decl} }}");
     }
     let wanted: BTreeSet<String> = fw
         .keys()
@@ -531,16 +541,26 @@ table inet pier {
 flush chain inet pier forward
 flush chain inet pier vip4
 flush chain inet pier vip6
-flush set inet pier vips4
-flush set inet pier ports4
-flush set inet pier allow4
-flush map inet pier accepted4
-flush map inet pier dropped4
-flush set inet pier vips6
-flush set inet pier ports6
-flush set inet pier allow6
-flush map inet pier accepted6
-flush map inet pier dropped6
+delete set inet pier vips4
+add set inet pier vips4 { type ipv4_addr; }
+delete set inet pier ports4
+add set inet pier ports4 { type ipv4_addr . inet_proto . inet_service; }
+delete set inet pier allow4
+add set inet pier allow4 { type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }
+delete map inet pier accepted4
+add map inet pier accepted4 { type ipv4_addr : counter; }
+delete map inet pier dropped4
+add map inet pier dropped4 { type ipv4_addr : counter; }
+delete set inet pier vips6
+add set inet pier vips6 { type ipv6_addr; }
+delete set inet pier ports6
+add set inet pier ports6 { type ipv6_addr . inet_proto . inet_service; }
+delete set inet pier allow6
+add set inet pier allow6 { type ipv6_addr . inet_proto . inet_service . ipv6_addr; flags interval; }
+delete map inet pier accepted6
+add map inet pier accepted6 { type ipv6_addr : counter; }
+delete map inet pier dropped6
+add map inet pier dropped6 { type ipv6_addr : counter; }
 delete counter inet pier a_0a4d0063
 delete counter inet pier d_0a4d0063
 add counter inet pier a_0a4d000a
