@@ -372,10 +372,17 @@ fn routes_are_installed_replaced_repaired_and_removed() {
         let installed = route::installed_routes().await.expect("installed");
         assert_eq!(installed.len(), 2);
 
-        // A VIP that goes away loses its route.
+        // The table deleted by hand, then a VIP goes away: the incremental
+        // transaction (deleting that VIP's counters, now gone) fails and the
+        // table is recreated whole; the VIP also loses its route.
+        gw.exec(&["nft", "delete", "table", "inet", "pier"]);
         let one = desired(3, vec![two.announcements[0].clone()]);
         let r = act.apply(&one).await.expect("apply 3");
         assert_eq!(r.deleted, 1, "{r:?}");
+        let vips = gw.exec(&["nft", "list", "set", "inet", "pier", "vips4"]);
+        assert!(vips.contains("10.77.0.10"), "{vips}");
+        let vips6 = gw.exec(&["nft", "list", "set", "inet", "pier", "vips6"]);
+        assert!(!vips6.contains("fd66::10"), "{vips6}");
 
         act.shutdown(false).await.expect("shutdown");
     });

@@ -33,7 +33,7 @@ pub mod kernel;
 pub mod nft;
 pub mod sysctl;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -156,6 +156,9 @@ pub struct RouteActuator {
     connection: JoinHandle<()>,
     events: Option<RouteEvents>,
     last: Arc<Desired>,
+    /// Counter objects in `inet pier` after the last successful nft apply
+    /// (`None`: unknown, read it).
+    nft_counters: Option<BTreeSet<String>>,
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
@@ -199,6 +202,7 @@ impl RouteActuator {
             connection,
             events,
             last: Arc::new(Desired::default()),
+            nft_counters: None,
         })
     }
 
@@ -217,7 +221,8 @@ impl RouteActuator {
     async fn converge(&mut self) -> Result<Report, RouteError> {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
-        nft::apply(&fw).await?;
+        let known = self.nft_counters.take();
+        self.nft_counters = Some(nft::apply(&fw, known.as_ref()).await?);
         report.firewalled_vips = fw.len();
         Ok(report)
     }

@@ -224,10 +224,7 @@ pub fn render(fw: &Firewall, existing_counters: &BTreeSet<String>, fresh: bool) 
         let _ = writeln!(out, "delete {kind} inet {TABLE} {name}");
         let _ = writeln!(out, "add {kind} inet {TABLE} {name} {{ {decl} }}");
     }
-    let wanted: BTreeSet<String> = fw
-        .keys()
-        .flat_map(|vip| [counter_name('a', vip), counter_name('d', vip)])
-        .collect();
+    let wanted = counter_names(fw);
     for stale in existing_counters.difference(&wanted) {
         if parse_counter_name(stale).is_some() && !fresh {
             let _ = writeln!(out, "delete counter inet {TABLE} {stale}");
@@ -431,21 +428,33 @@ pub async fn read_counters() -> Result<BTreeMap<String, Counter>, RouteError> {
     }
 }
 
-/// Make pier's table equal to `fw` in one transaction. When the incremental
-/// transaction fails (a table with another layout), retry once with the
-/// table recreated.
-pub async fn apply(fw: &Firewall) -> Result<(), RouteError> {
-    let existing: BTreeSet<String> = read_counters().await?.into_keys().collect();
+/// Per-VIP counter names wanted for `fw`.
+pub fn counter_names(fw: &Firewall) -> BTreeSet<String> {
+    fw.keys()
+        .flat_map(|vip| [counter_name('a', vip), counter_name('d', vip)])
+        .collect()
+}
+
+/// Make pier's table equal to `fw` in one transaction. `known` is the set
+/// of counter objects in the table if the caller knows it (what the last
+/// successful apply left); otherwise it is read. When the incremental
+/// transaction fails (a table with another layout, a counter deleted by
+/// hand), retry once with the table recreated. Returns the counter objects
+/// the table now holds, for the next call.
+pub async fn apply(
+    fw: &Firewall,
+    known: Option<&BTreeSet<String>>,
+) -> Result<BTreeSet<String>, RouteError> {
+    let existing: BTreeSet<String> = match known {
+        Some(k) => k.clone(),
+        None => read_counters().await?.into_keys().collect(),
+    };
     let text = render(fw, &existing, false);
-    match run_nft(&["-f", "-"], Some(&text)).await {
-        Ok(_) => Ok(()),
-        Err(first) => {
-            tracing::warn!(error = %first, "nft transaction failed; recreating table inet pier");
-            run_nft(&["-f", "-"], Some(&render(fw, &BTreeSet::new(), true)))
-                .await
-                .map(|_| ())
-        }
+    if let Err(first) = run_nft(&["-f", "-"], Some(&text)).await {
+        tracing::warn!(error = %first, "nft transaction failed; recreating table inet pier");
+        run_nft(&["-f", "-"], Some(&render(fw, &BTreeSet::new(), true))).await?;
     }
+    Ok(counter_names(fw))
 }
 
 /// Remove pier's table.
