@@ -15,6 +15,11 @@
 //! route::installed_routes().await?    // pier's kernel routes, for `pier routes`
 //! ```
 //!
+//! `run` applies whatever the watch holds first: publish into it only once
+//! the engine has its first real plan, or a restart would withdraw every
+//! route until then. Construct the actuator only when some pool forwards
+//! ([`forwards_any`] or the config), since `start` insists on the sysctls.
+//!
 //! # Ownership
 //!
 //! pier owns exactly:
