@@ -1,1 +1,407 @@
-//! (to be built)
+//! The gateway's data path: kernel multipath routes and the nftables
+//! forwarding firewall for VIPs that pier forwards itself
+//! (`next_hop = "self"` and `l2` pools, [`AnnounceMode::gateway_forwards`]).
+//!
+//! # API
+//!
+//! ```text
+//! let mut route = RouteActuator::start(RouteConfig { lan_interfaces, sysctl, ..Default::default() }).await?;
+//!     // checks nft and the sysctls, opens netlink; refuses with a RouteError naming what is wrong
+//! route.apply(&desired).await?        // converge routes + nft to a Desired, returns a Report
+//! route.run(desired_rx, stop).await   // loop: apply on every new Desired, repair on a timer
+//!                                     // and after route netlink events, until `stop` resolves
+//! route.shutdown(keep).await?         // keep = false: remove pier's routes and table
+//! route::counters().await?            // per-VIP nft counters, for `pier routes`
+//! route::installed_routes().await?    // pier's kernel routes, for `pier routes`
+//! ```
+//!
+//! `run` applies whatever the watch holds first: publish into it only once
+//! the engine has its first real plan, or a restart would withdraw every
+//! route until then. Construct the actuator only when some pool forwards
+//! ([`forwards_any`] or the config), since `start` insists on the sysctls.
+//!
+//! # Ownership
+//!
+//! pier owns exactly:
+//! - routes in the main table with protocol [`ROUTE_PROTOCOL`] (`ip route
+//!   show proto 201`): one per VIP (/32, /128), multipath over the VIP's next
+//!   hops;
+//! - the nftables table `inet pier` ([`nft::TABLE`]).
+//!
+//! It reads back only those, changes only the difference, and never touches
+//! another route or table. See `docs/datapath.md`.
+//!
+//! Pure parts: [`kernel::desired_routes`], [`kernel::diff`],
+//! [`nft::firewall`], [`nft::render`], [`sysctl::problems`]; the rest is I/O.
+
+pub mod kernel;
+pub mod nft;
+pub mod sysctl;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::StreamExt;
+use ipnet::IpNet;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::SocketAddr;
+use rtnetlink::{Handle, MulticastGroup};
+use tokio::task::JoinHandle;
+
+use crate::config::SysctlMode;
+use crate::model::Desired;
+
+pub use kernel::{Conflict, RouteOp, RouteTable};
+pub use nft::{Counter, VipCounters};
+
+/// The route protocol number marking pier's kernel routes (`proto 201` in
+/// `ip route`). Not assigned in `/etc/iproute2/rt_protos`; add
+/// `201 pier` to `/etc/iproute2/rt_protos.d/pier.conf` to see the name.
+pub const ROUTE_PROTOCOL: u8 = 201;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("netlink: {op}{}: {source}", dst.map(|d| format!(" {d}")).unwrap_or_default())]
+    Netlink {
+        op: &'static str,
+        dst: Option<IpNet>,
+        source: rtnetlink::Error,
+    },
+    #[error("netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("route {dst}: {detail}")]
+    InvalidRoute { dst: IpNet, detail: String },
+    #[error("nftables is not usable: {detail}")]
+    NftUnavailable { detail: String },
+    #[error("nft: {action}: {detail}")]
+    Nft {
+        action: &'static str,
+        detail: String,
+    },
+    #[error("sysctls pier needs are not set: {}{detail}", problems.iter().map(|p| format!("{p}; ")).collect::<String>())]
+    Sysctl {
+        problems: Vec<sysctl::Problem>,
+        detail: String,
+    },
+}
+
+impl RouteError {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            RouteError::Netlink { .. } | RouteError::Socket(_) => "netlink",
+            RouteError::InvalidRoute { .. } => "invalid_route",
+            RouteError::NftUnavailable { .. } | RouteError::Nft { .. } => "nft",
+            RouteError::Sysctl { .. } => "sysctl",
+        }
+    }
+}
+
+/// How the route actuator runs.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Interfaces pier forwards on (the `l2` pools' interfaces and the node
+    /// LAN): `send_redirects` must be 0 there.
+    pub lan_interfaces: Vec<String>,
+    /// Check the sysctls, or set them.
+    pub sysctl: SysctlMode,
+    /// Root of the sysctl tree (`/proc/sys`; tests use a directory).
+    pub proc_sys: PathBuf,
+    /// Re-read and repair routes and the nft table this often.
+    pub repair_interval: Duration,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            lan_interfaces: Vec::new(),
+            sysctl: SysctlMode::Check,
+            proc_sys: PathBuf::from("/proc/sys"),
+            repair_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Generation of the Desired applied.
+    pub generation: u64,
+    /// Routes pier wants.
+    pub routes: usize,
+    pub added: usize,
+    pub replaced: usize,
+    pub deleted: usize,
+    /// Destinations where a route pier does not own blocks pier's.
+    pub conflicts: Vec<Conflict>,
+    /// Changes the kernel refused, with its reason; retried at the next
+    /// repair.
+    pub failed: Vec<(IpNet, String)>,
+    /// VIPs in the nft table.
+    pub firewalled_vips: usize,
+}
+
+/// The task reading route multicast events, and its messages.
+type RouteEvents = (
+    JoinHandle<()>,
+    UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+);
+
+/// Level-triggered owner of pier's kernel routes and nft table.
+pub struct RouteActuator {
+    config: RouteConfig,
+    handle: Handle,
+    connection: JoinHandle<()>,
+    events: Option<RouteEvents>,
+    last: Arc<Desired>,
+    /// Counter objects in `inet pier` after the last successful nft apply
+    /// (`None`: unknown, read it).
+    nft_counters: Option<BTreeSet<String>>,
+}
+
+fn open_events() -> Result<RouteEvents, RouteError> {
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ])
+    .map_err(RouteError::Socket)?;
+    Ok((tokio::spawn(conn), messages))
+}
+
+/// Does a route event concern pier's routes (so a repair is due)?
+fn concerns_pier(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+    match &msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r))
+        | NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+            r.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
+        }
+        // Overrun and the like: we may have missed something.
+        NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => true,
+        _ => false,
+    }
+}
+
+impl RouteActuator {
+    /// Check that nftables works and the sysctls are right (or set them),
+    /// then open the netlink sockets. Must run inside a tokio runtime; the
+    /// sockets belong to the network namespace of the calling thread.
+    pub async fn start(config: RouteConfig) -> Result<Self, RouteError> {
+        nft::probe().await?;
+        let changed = sysctl::ensure(&config.proc_sys, &config.lan_interfaces, config.sysctl)?;
+        for key in changed {
+            tracing::info!(sysctl = %key, "set sysctl for forwarding");
+        }
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+        let connection = tokio::spawn(conn);
+        let events = Some(open_events()?);
+        Ok(RouteActuator {
+            config,
+            handle,
+            connection,
+            events,
+            last: Arc::new(Desired::default()),
+            nft_counters: None,
+        })
+    }
+
+    /// Converge the kernel routes and the nft table to `desired`.
+    pub async fn apply(&mut self, desired: &Desired) -> Result<Report, RouteError> {
+        self.last = Arc::new(desired.clone());
+        self.converge().await
+    }
+
+    /// Re-read what is installed and repair any drift from the last
+    /// applied state.
+    pub async fn repair(&mut self) -> Result<Report, RouteError> {
+        self.converge().await
+    }
+
+    async fn converge(&mut self) -> Result<Report, RouteError> {
+        let mut report = self.converge_routes().await?;
+        let fw = nft::firewall(&self.last);
+        let known = self.nft_counters.take();
+        self.nft_counters = Some(nft::apply(&fw, known.as_ref()).await?);
+        report.firewalled_vips = fw.len();
+        Ok(report)
+    }
+
+    /// Kernel routes only (after a route event: the nft table is not
+    /// concerned).
+    async fn converge_routes(&mut self) -> Result<Report, RouteError> {
+        let desired = self.last.clone();
+        let want = kernel::desired_routes(&desired);
+        let current = kernel::dump(&self.handle).await?;
+        let ops = kernel::diff(&current, &want);
+        let mut report = Report {
+            generation: desired.generation,
+            routes: want.len(),
+            ..Report::default()
+        };
+        for op in &ops {
+            match kernel::execute(&self.handle, op).await {
+                Ok(None) => {}
+                Ok(Some(c)) => {
+                    tracing::warn!(dst = %c.dst, "{}", c.detail);
+                    report.conflicts.push(c);
+                    continue;
+                }
+                // One bad route (a next hop not on a connected subnet, say)
+                // must not hold up the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, "route change failed");
+                    report.failed.push((op.dst(), e.to_string()));
+                    continue;
+                }
+            }
+            match op {
+                RouteOp::Add { .. } => report.added += 1,
+                RouteOp::Replace { .. } => report.replaced += 1,
+                RouteOp::Delete { .. } => report.deleted += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Apply every new Desired from `desired`, repair every
+    /// `repair_interval` and soon after a netlink event about pier's
+    /// routes, until `stop` resolves or the sender is dropped. Errors are
+    /// logged and retried at the next trigger.
+    pub async fn run(
+        &mut self,
+        mut desired: tokio::sync::watch::Receiver<Arc<Desired>>,
+        stop: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let period = self.config.repair_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let first = desired.borrow_and_update().clone();
+        self.last = first;
+        let mut routes_only = false;
+        loop {
+            let result = if routes_only {
+                self.converge_routes().await
+            } else {
+                self.converge().await
+            };
+            routes_only = false;
+            match result {
+                Ok(r) if r.added + r.replaced + r.deleted > 0 => tracing::info!(
+                    generation = r.generation,
+                    added = r.added,
+                    replaced = r.replaced,
+                    deleted = r.deleted,
+                    "routes converged"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "route reconcile failed; will retry"),
+            }
+            // Wait for the next trigger.
+            loop {
+                let event = async {
+                    match self.events.as_mut() {
+                        Some((_, rx)) => rx.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut stop => return,
+                    changed = desired.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        self.last = desired.borrow_and_update().clone();
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if self.events.is_none() {
+                            self.events = open_events().map_err(|e| tracing::warn!(error = %e, "route events")).ok();
+                        }
+                        break;
+                    }
+                    msg = event => match msg {
+                        Some((m, _)) if concerns_pier(&m) => {
+                            // Let a burst of events (our own changes, a
+                            // flush) settle, then reconcile once.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if let Some((_, rx)) = self.events.as_mut() {
+                                while rx.try_recv().is_ok() {}
+                            }
+                            routes_only = true;
+                            break;
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!("route event socket closed; relying on the repair timer");
+                            if let Some((task, _)) = self.events.take() {
+                                task.abort();
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Stop. With `keep = false`, remove every pier route and the nft
+    /// table; with `keep = true` leave the data path as it is (traffic keeps
+    /// flowing while pier restarts).
+    pub async fn shutdown(self, keep: bool) -> Result<(), RouteError> {
+        let result = if keep {
+            Ok(())
+        } else {
+            self.remove_all().await
+        };
+        if let Some((task, _)) = &self.events {
+            task.abort();
+        }
+        self.connection.abort();
+        result
+    }
+
+    async fn remove_all(&self) -> Result<(), RouteError> {
+        let current = kernel::dump(&self.handle).await?;
+        for op in kernel::diff(&current, &RouteTable::new()) {
+            kernel::execute(&self.handle, &op).await?;
+        }
+        nft::delete_table().await
+    }
+}
+
+impl Drop for RouteActuator {
+    fn drop(&mut self) {
+        self.connection.abort();
+        if let Some((task, _)) = &self.events {
+            task.abort();
+        }
+    }
+}
+
+/// Per-VIP counters of pier's nft table (empty when the table is absent).
+pub async fn counters() -> Result<BTreeMap<IpAddr, VipCounters>, RouteError> {
+    Ok(nft::vip_counters(&nft::read_counters().await?))
+}
+
+/// pier's kernel routes now installed: destination → next hops.
+pub async fn installed_routes() -> Result<RouteTable, RouteError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+    let task = tokio::spawn(conn);
+    let r = kernel::dump(&handle).await;
+    task.abort();
+    r
+}
+
+/// Does pier forward any VIP of `desired` itself (so the actuator is needed)?
+pub fn forwards_any(desired: &Desired) -> bool {
+    desired
+        .announcements
+        .iter()
+        .any(|a| a.mode.gateway_forwards())
+}

@@ -1,0 +1,681 @@
+//! The route actuator against the real kernel, in network namespaces this
+//! test creates (and removes on drop). Needs root, `ip` and `nft`; without
+//! them the tests are skipped with a message, unless CI=true, where they fail.
+//!
+//! Actuator code runs in a thread that has `setns`'d into the gateway
+//! namespace before it builds its tokio runtime, so its netlink sockets,
+//! `/proc/sys/net` view and `nft` children all belong to that namespace.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pier::config::SysctlMode;
+use pier::model::{
+    AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule, PortSpec,
+};
+use pier::route::{self, RouteActuator, RouteConfig, ROUTE_PROTOCOL};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Prerequisites: root, `ip`, `nft`. `false` = skip (after printing why).
+fn prerequisites(test: &str) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for bin in ["ip", "nft"] {
+        let ok = Command::new(bin)
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            missing.push(format!("the `{bin}` binary"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg} (CI=true: not skipping)");
+    }
+    eprintln!("SKIP {msg}");
+    false
+}
+
+/// A network namespace, deleted on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new(role: &str) -> Ns {
+        let name = format!(
+            "pier-rt{}-{}-{role}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        run(&["ip", "netns", "add", &name]);
+        let ns = Ns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.0];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+    /// pier's routes as `ip -j route show proto 201` lists them:
+    /// destination → gateways.
+    fn pier_routes(&self) -> Vec<(String, BTreeSet<String>)> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            let json = self.ip(&[
+                "-j",
+                fam,
+                "route",
+                "show",
+                "proto",
+                &ROUTE_PROTOCOL.to_string(),
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+            for r in v.as_array().cloned().unwrap_or_default() {
+                let dst = r["dst"].as_str().unwrap_or_default().to_string();
+                let mut gws = BTreeSet::new();
+                if let Some(g) = r["gateway"].as_str() {
+                    gws.insert(g.to_string());
+                }
+                for nh in r["nexthops"].as_array().cloned().unwrap_or_default() {
+                    if let Some(g) = nh["gateway"].as_str() {
+                        gws.insert(g.to_string());
+                    }
+                }
+                out.push((dst, gws));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `f` on a thread inside namespace `ns`.
+fn in_ns<R: Send>(ns: &Ns, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{}", ns.0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
+fn enter(path: &str) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid netns fd; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Run an async block on a fresh runtime inside `ns`.
+fn block_on_in<R: Send>(ns: &Ns, fut: impl std::future::Future<Output = R> + Send) -> R {
+    in_ns(ns, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fut)
+    })
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn announcement(vip: &str, hops: &[&str], ports: &[(&str, &[&str])]) -> Arc<Announcement> {
+    Arc::new(Announcement {
+        vip: ip(vip),
+        pool: "lab".into(),
+        mode: AnnounceMode::BgpSelf,
+        next_hops: hops
+            .iter()
+            .map(|h| NextHop {
+                node: h.to_string(),
+                address: ip(h),
+            })
+            .collect::<Vec<_>>()
+            .into(),
+        bgp: BgpAttributes::default(),
+        services: vec![],
+        ports: ports
+            .iter()
+            .map(|(p, srcs)| PortRule {
+                port: p.parse::<PortSpec>().expect("port"),
+                sources: srcs.iter().map(|s| s.parse().expect("cidr")).collect(),
+            })
+            .collect(),
+    })
+}
+
+fn desired(generation: u64, mut anns: Vec<Arc<Announcement>>) -> Desired {
+    anns.sort_by_key(|a| a.vip);
+    Desired {
+        generation,
+        announcements: anns,
+    }
+}
+
+fn config(lans: &[&str]) -> RouteConfig {
+    RouteConfig {
+        lan_interfaces: lans.iter().map(|s| s.to_string()).collect(),
+        sysctl: SysctlMode::Set,
+        // Only the netlink event may repair in this test.
+        repair_interval: Duration::from_secs(3600),
+        ..RouteConfig::default()
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn routes_are_installed_replaced_repaired_and_removed() {
+    if !prerequisites("routes_are_installed_replaced_repaired_and_removed") {
+        return;
+    }
+    let gw = Ns::new("gw");
+    // A veth pair (no dummy module everywhere); d0 carries the node subnet.
+    gw.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    gw.ip(&["link", "set", "d0", "up"]);
+    gw.ip(&["link", "set", "d1", "up"]);
+    gw.ip(&["addr", "add", "10.0.2.1/24", "dev", "d0"]);
+    gw.ip(&["addr", "add", "fd00:2::1/64", "dev", "d0", "nodad"]);
+    // Not pier's: a route of another protocol, and one on a VIP's own
+    // destination that pier must not take over.
+    gw.ip(&[
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "10.0.2.11",
+        "proto",
+        "static",
+    ]);
+    gw.ip(&[
+        "route",
+        "add",
+        "10.77.0.20/32",
+        "via",
+        "10.0.2.13",
+        "proto",
+        "static",
+    ]);
+
+    let three = desired(
+        1,
+        vec![
+            announcement(
+                "10.77.0.10",
+                &["10.0.2.11", "10.0.2.12", "10.0.2.13"],
+                &[("80/tcp", &[])],
+            ),
+            announcement("10.77.0.20", &["10.0.2.11"], &[("80/tcp", &[])]),
+            announcement(
+                "fd66::10",
+                &["fd00:2::11", "fd00:2::12"],
+                &[("443/tcp", &[])],
+            ),
+        ],
+    );
+    let two = desired(
+        2,
+        vec![
+            announcement(
+                "10.77.0.10",
+                &["10.0.2.11", "10.0.2.12"],
+                &[("80/tcp", &[])],
+            ),
+            announcement("10.77.0.20", &["10.0.2.11"], &[("80/tcp", &[])]),
+            announcement(
+                "fd66::10",
+                &["fd00:2::11", "fd00:2::12"],
+                &[("443/tcp", &[])],
+            ),
+        ],
+    );
+
+    block_on_in(&gw, async {
+        let mut act = RouteActuator::start(config(&["d0"])).await.expect("start");
+        let r = act.apply(&three).await.expect("apply 1");
+        assert_eq!((r.added, r.replaced, r.deleted), (2, 0, 0), "{r:?}");
+        assert_eq!(
+            r.conflicts.len(),
+            1,
+            "static route on 10.77.0.20 is not pier's: {r:?}"
+        );
+        assert_eq!(
+            gw.pier_routes(),
+            vec![
+                (
+                    "10.77.0.10".to_string(),
+                    set(&["10.0.2.11", "10.0.2.12", "10.0.2.13"])
+                ),
+                ("fd66::10".to_string(), set(&["fd00:2::11", "fd00:2::12"])),
+            ]
+        );
+        // The sysctls were set in this namespace.
+        for (key, want) in [
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv6/conf/all/forwarding", "1"),
+            ("net/ipv4/fib_multipath_hash_policy", "1"),
+            ("net/ipv6/fib_multipath_hash_policy", "1"),
+            ("net/ipv4/conf/d0/send_redirects", "0"),
+        ] {
+            let v = gw.exec(&["cat", &format!("/proc/sys/{key}")]);
+            assert_eq!(v.trim(), want, "{key}");
+        }
+
+        // Applying the same state again changes nothing.
+        let r = act.apply(&three).await.expect("apply again");
+        assert_eq!((r.added, r.replaced, r.deleted), (0, 0, 0), "{r:?}");
+
+        let r = act.apply(&two).await.expect("apply 2");
+        assert_eq!((r.added, r.replaced, r.deleted), (0, 1, 0), "{r:?}");
+        assert_eq!(
+            gw.pier_routes()[0],
+            ("10.77.0.10".to_string(), set(&["10.0.2.11", "10.0.2.12"]))
+        );
+
+        // A route deleted by hand comes back, triggered by the netlink event
+        // (the repair timer is an hour).
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(two.clone()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let runner = act.run(rx, async {
+            let _ = stop_rx.await;
+        });
+        let checker = async {
+            // Wait for the loop's first reconcile to be done (idempotent).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            gw.ip(&[
+                "route",
+                "del",
+                "10.77.0.10/32",
+                "proto",
+                &ROUTE_PROTOCOL.to_string(),
+            ]);
+            gw.ip(&[
+                "-6",
+                "route",
+                "del",
+                "fd66::10/128",
+                "proto",
+                &ROUTE_PROTOCOL.to_string(),
+            ]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut restored = false;
+            while Instant::now() < deadline {
+                if gw.pier_routes().len() == 2 {
+                    restored = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(());
+            drop(tx);
+            restored
+        };
+        let ((), restored) = tokio::join!(runner, checker);
+        assert!(
+            restored,
+            "hand-deleted routes not restored: {:?}",
+            gw.pier_routes()
+        );
+        assert_eq!(
+            gw.pier_routes(),
+            vec![
+                ("10.77.0.10".to_string(), set(&["10.0.2.11", "10.0.2.12"])),
+                ("fd66::10".to_string(), set(&["fd00:2::11", "fd00:2::12"])),
+            ]
+        );
+        let installed = route::installed_routes().await.expect("installed");
+        assert_eq!(installed.len(), 2);
+
+        // The table deleted by hand, then a VIP goes away: the incremental
+        // transaction (deleting that VIP's counters, now gone) fails and the
+        // table is recreated whole; the VIP also loses its route.
+        gw.exec(&["nft", "delete", "table", "inet", "pier"]);
+        let one = desired(3, vec![two.announcements[0].clone()]);
+        let r = act.apply(&one).await.expect("apply 3");
+        assert_eq!(r.deleted, 1, "{r:?}");
+        let vips = gw.exec(&["nft", "list", "set", "inet", "pier", "vips4"]);
+        assert!(vips.contains("10.77.0.10"), "{vips}");
+        let vips6 = gw.exec(&["nft", "list", "set", "inet", "pier", "vips6"]);
+        assert!(!vips6.contains("fd66::10"), "{vips6}");
+
+        act.shutdown(false).await.expect("shutdown");
+    });
+
+    assert!(
+        gw.pier_routes().is_empty(),
+        "shutdown(false) leaves no pier route"
+    );
+    let foreign = gw.ip(&["route", "show", "proto", "static"]);
+    assert!(foreign.contains("10.99.0.0/24"), "{foreign}");
+    assert!(foreign.contains("10.77.0.20 via 10.0.2.13"), "{foreign}");
+    let tables = gw.exec(&["nft", "list", "tables"]);
+    assert!(!tables.contains("pier"), "table removed: {tables}");
+}
+
+/// Serve TCP on `addrs` (answer "ok") and echo UDP on `udp`, inside `ns`,
+/// until `stop`.
+fn serve(
+    ns: &Ns,
+    tcp: Vec<SocketAddr>,
+    udp: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let path = format!("/run/netns/{}", ns.0);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        enter(&path);
+        let listeners: Vec<TcpListener> = tcp
+            .iter()
+            .map(|a| {
+                let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                l.set_nonblocking(true).expect("nonblocking");
+                l
+            })
+            .collect();
+        let u = UdpSocket::bind(udp).expect("bind udp");
+        u.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::SeqCst) {
+            for l in &listeners {
+                if let Ok((mut s, _)) = l.accept() {
+                    let _ = s.write_all(b"ok");
+                }
+            }
+            if let Ok((n, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(&buf[..n], from);
+            }
+        }
+    });
+    ready_rx.recv().expect("server ready");
+    h
+}
+
+fn tcp_ok(addr: SocketAddr, timeout: Duration) -> Result<(), std::io::Error> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf)?;
+    assert_eq!(&buf, b"ok");
+    Ok(())
+}
+
+fn veth(a: &Ns, a_if: &str, b: &Ns, b_if: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.0,
+    ]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+#[test]
+fn nft_forwards_declared_ports_and_drops_the_rest() {
+    if !prerequisites("nft_forwards_declared_ports_and_drops_the_rest") {
+        return;
+    }
+    // client (10.0.1.2) — gateway (pier) — node (10.0.2.11, .12; VIP on lo)
+    let client = Ns::new("cl");
+    let gw = Ns::new("gw");
+    let node = Ns::new("nd");
+    veth(&client, "c0", &gw, "g0");
+    veth(&gw, "g1", &node, "n0");
+    client.ip(&["addr", "add", "10.0.1.2/24", "dev", "c0"]);
+    client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
+    gw.ip(&["addr", "add", "10.0.1.1/24", "dev", "g0"]);
+    gw.ip(&["addr", "add", "10.0.2.1/24", "dev", "g1"]);
+    node.ip(&["addr", "add", "10.0.2.11/24", "dev", "n0"]);
+    node.ip(&["addr", "add", "10.0.2.12/24", "dev", "n0"]);
+    node.ip(&["addr", "add", "10.77.0.10/32", "dev", "lo"]);
+    node.ip(&["route", "add", "default", "via", "10.0.2.1"]);
+    for (ns, addr, dev) in [
+        (&client, "fd00:1::2/64", "c0"),
+        (&gw, "fd00:1::1/64", "g0"),
+        (&gw, "fd00:2::1/64", "g1"),
+        (&node, "fd00:2::11/64", "n0"),
+        (&node, "fd66::10/128", "lo"),
+    ] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"]);
+    node.ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
+
+    let vip = "10.77.0.10";
+    let d = desired(
+        1,
+        vec![
+            announcement(
+                vip,
+                &["10.0.2.11", "10.0.2.12"],
+                &[
+                    ("8080/tcp", &[]),
+                    ("5353/udp", &[]),
+                    ("8443/tcp", &["192.0.2.0/24"]),
+                    ("8444/tcp", &["10.0.1.0/24"]),
+                ],
+            ),
+            announcement(
+                "fd66::10",
+                &["fd00:2::11"],
+                &[("8080/tcp", &[]), ("8443/tcp", &["2001:db8::/32"])],
+            ),
+        ],
+    );
+    block_on_in(&gw, async {
+        let mut act = RouteActuator::start(config(&["g0", "g1"]))
+            .await
+            .expect("start");
+        act.apply(&d).await.expect("apply");
+        // Dropped without shutdown: routes and table stay (as with keep).
+    });
+    let json = gw.exec(&["nft", "-j", "list", "table", "inet", "pier"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("nft json");
+    let elems = |set: &str| -> String {
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.get("set"))
+            .find(|s| s["name"] == set)
+            .map(|s| s["elem"].to_string())
+            .unwrap_or_default()
+    };
+    assert!(elems("vips4").contains(vip), "vips4: {}", elems("vips4"));
+    assert!(
+        elems("allow4").contains("192.0.2.0"),
+        "allow4: {}",
+        elems("allow4")
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let vip_addr = |port: u16| SocketAddr::new(ip(vip), port);
+    let server = serve(
+        &node,
+        vec![
+            vip_addr(8080),
+            vip_addr(8081),
+            vip_addr(8443),
+            vip_addr(8444),
+            "10.0.2.11:9000".parse().expect("addr"),
+            "[fd66::10]:8080".parse().expect("addr"),
+            "[fd66::10]:8443".parse().expect("addr"),
+        ],
+        vip_addr(5353),
+        stop.clone(),
+    );
+
+    let drop_timeout = Duration::from_millis(1500);
+    let ok_timeout = Duration::from_secs(5);
+    let results = in_ns(&client, || {
+        let udp = UdpSocket::bind("10.0.1.2:0").expect("udp bind");
+        udp.set_read_timeout(Some(ok_timeout)).expect("timeout");
+        udp.send_to(b"ping", vip_addr(5353)).expect("send");
+        let mut buf = [0u8; 8];
+        let udp_echo = udp.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+        (
+            tcp_ok(vip_addr(8080), ok_timeout),
+            tcp_ok(vip_addr(8444), ok_timeout),
+            tcp_ok(vip_addr(8081), drop_timeout),
+            tcp_ok(vip_addr(8443), drop_timeout),
+            tcp_ok("10.0.2.11:9000".parse().expect("addr"), ok_timeout),
+            udp_echo,
+            tcp_ok("[fd66::10]:8080".parse().expect("addr"), ok_timeout),
+            tcp_ok("[fd66::10]:8443".parse().expect("addr"), drop_timeout),
+        )
+    });
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
+    let (allowed, allowed_src, undeclared, wrong_src, not_vip, udp, v6_allowed, v6_wrong_src) =
+        results;
+    v6_allowed.expect("[fd66::10]:8080/tcp is declared: must arrive");
+    let e = v6_wrong_src.expect_err("[fd66::10]:8443 allows only 2001:db8::/32: must be dropped");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "dropped, not refused by the node: {e}"
+    );
+    allowed.expect("8080/tcp is declared: must arrive");
+    allowed_src.expect("8444/tcp allows 10.0.1.0/24: must arrive");
+    let e = undeclared.expect_err("8081/tcp is not declared: must be dropped");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "dropped, not refused by the node: {e}"
+    );
+    let e = wrong_src.expect_err("8443/tcp allows only 192.0.2.0/24: must be dropped");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "dropped, not refused by the node: {e}"
+    );
+    not_vip.expect("traffic not to a VIP is untouched");
+    assert_eq!(udp.expect("5353/udp echo"), b"ping");
+
+    let (counters, source_drops, port_drops) = block_on_in(&gw, async {
+        let c = route::counters().await.expect("counters");
+        let objs = route::nft::read_counters().await.expect("objects");
+        (c, objs["dropped_source"], objs["dropped_port"])
+    });
+    let c = counters.get(&ip(vip)).copied().expect("VIP counters");
+    // 8080 and 8444 handshakes + data, and the UDP ping.
+    assert!(c.accepted.packets >= 5, "{c:?}");
+    // At least the first SYN of each dropped connection.
+    assert!(c.dropped.packets >= 2, "{c:?}");
+    assert!(source_drops.packets >= 1, "{source_drops:?}");
+    assert!(port_drops.packets >= 1, "{port_drops:?}");
+    let c6 = counters
+        .get(&ip("fd66::10"))
+        .copied()
+        .expect("IPv6 VIP counters");
+    assert!(
+        c6.accepted.packets >= 2 && c6.dropped.packets >= 1,
+        "{c6:?}"
+    );
+
+    // A second actuator (a restart) finds the state and removes it.
+    block_on_in(&gw, async {
+        let act = RouteActuator::start(config(&["g0", "g1"]))
+            .await
+            .expect("restart");
+        act.shutdown(false).await.expect("shutdown");
+    });
+    assert!(gw.pier_routes().is_empty());
+}
+
+/// Not a speed assertion: prints how long 10,000 VIPs take to install,
+/// re-check and remove (`cargo test --test route_netns -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn scale_10k_vips_prints_timings() {
+    if !prerequisites("scale_10k_vips_prints_timings") {
+        return;
+    }
+    let gw = Ns::new("gw");
+    gw.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    gw.ip(&["link", "set", "d0", "up"]);
+    gw.ip(&["link", "set", "d1", "up"]);
+    gw.ip(&["addr", "add", "10.0.2.1/24", "dev", "d0"]);
+    let anns: Vec<Arc<Announcement>> = (0..10_000u32)
+        .map(|i| {
+            let vip = std::net::Ipv4Addr::from(0x0a4d_0000 + i).to_string();
+            announcement(
+                &vip,
+                &["10.0.2.11", "10.0.2.12", "10.0.2.13"],
+                &[("80/tcp", &[]), ("443/tcp", &["192.0.2.0/24"])],
+            )
+        })
+        .collect();
+    let d = desired(1, anns);
+    block_on_in(&gw, async {
+        let mut act = RouteActuator::start(config(&["d0"])).await.expect("start");
+        let t = Instant::now();
+        let r = act.apply(&d).await.expect("apply");
+        eprintln!("apply 10k VIPs: {:?} ({} added)", t.elapsed(), r.added);
+        let t = Instant::now();
+        let r = act.repair().await.expect("repair");
+        eprintln!(
+            "repair, nothing to change: {:?} ({} changes)",
+            t.elapsed(),
+            r.added + r.replaced + r.deleted
+        );
+        let t = Instant::now();
+        let c = route::counters().await.expect("counters");
+        eprintln!("counters for {} VIPs: {:?}", c.len(), t.elapsed());
+        let t = Instant::now();
+        act.shutdown(false).await.expect("shutdown");
+        eprintln!("remove all: {:?}", t.elapsed());
+    });
+    assert!(gw.pier_routes().is_empty());
+}
