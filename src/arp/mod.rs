@@ -310,6 +310,9 @@ struct Serving {
     groups: BTreeMap<Mac, usize>,
 }
 
+/// Frames read per wake-up before the task turns to its other work.
+const DRAIN_BATCH: usize = 256;
+
 fn io_err(name: &str, op: &'static str, source: io::Error) -> ArpError {
     ArpError::Io {
         interface: name.to_string(),
@@ -389,19 +392,21 @@ impl Serving {
         }
     }
 
-    /// Read every queued frame of `sock` and answer what is ours.
+    /// Read queued frames of `sock` and answer what is ours. Returns
+    /// whether the queue is empty: after [`DRAIN_BATCH`] frames it stops, so
+    /// a flood of requests cannot keep the task from its other work.
     fn drain(
         &self,
         sock: &PacketSocket,
         owned: &watch::Receiver<Owned>,
         stats: &Stats,
-    ) -> Result<(), ArpError> {
+    ) -> Result<bool, ArpError> {
         let mut buf = [0u8; 1600];
-        loop {
+        for _ in 0..DRAIN_BATCH {
             let n = match sock.recv(&mut buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_err(&self.name, "recv", e)),
             };
@@ -424,6 +429,7 @@ impl Serving {
                 Stats::bump(&stats.replies);
             }
         }
+        Ok(false)
     }
 
     async fn serve(
@@ -451,13 +457,15 @@ impl Serving {
                 }
                 r = self.arp.readable() => {
                     let mut guard = r.map_err(|e| io_err(&self.name, "poll ARP socket", e))?;
-                    self.drain(self.arp.get_ref(), owned, stats)?;
-                    guard.clear_ready();
+                    if self.drain(self.arp.get_ref(), owned, stats)? {
+                        guard.clear_ready();
+                    }
                 }
                 r = self.nd.readable() => {
                     let mut guard = r.map_err(|e| io_err(&self.name, "poll NDP socket", e))?;
-                    self.drain(self.nd.get_ref(), owned, stats)?;
-                    guard.clear_ready();
+                    if self.drain(self.nd.get_ref(), owned, stats)? {
+                        guard.clear_ready();
+                    }
                 }
                 _ = sleep_until(next), if next.is_some() => {
                     let now = tokio::time::Instant::now().into_std();
