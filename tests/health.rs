@@ -291,3 +291,84 @@ async fn stops_when_the_engine_side_closes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(srv.served("/healthz").total(), n, "probes after stop");
 }
+
+#[tokio::test]
+async fn ipv6_targets_are_probed() {
+    // ::1 is missing where IPv6 is disabled; then there is nothing to test.
+    if TcpListener::bind("[::1]:0").await.is_err() {
+        eprintln!("SKIP ipv6_targets_are_probed: no ::1");
+        return;
+    }
+    let srv = Server::start("::1").await;
+    let t = srv.target("/healthz");
+    assert!(t.address.is_ipv6());
+    let (_targets_tx, targets_rx) = watch::channel(BTreeSet::from([t.clone()]));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _prober = Prober::spawn(cfg(), targets_rx, tx);
+    wait_until("IPv6 probes", || srv.served("/healthz").ok >= 2).await;
+    srv.set(UNHEALTHY);
+    wait_view(&mut rx, "IPv6 target down", |v| v.down.contains(&t)).await;
+}
+
+/// Time from an endpoint turning unhealthy (503) to the view saying so, at
+/// the default settings, over 20 targets failing at staggered moments.
+/// Printed for docs/benchmarks.md; asserted only from below (no verdict
+/// before `fall` probes could have run).
+#[tokio::test]
+async fn detection_time_at_default_settings() {
+    let cfg = HealthConfig::default();
+    let mut servers = Vec::new();
+    for i in 0..20 {
+        servers.push(Server::start(&format!("127.0.1.{}", i + 1)).await);
+    }
+    let targets: BTreeSet<ProbeTarget> = servers.iter().map(|s| s.target("/healthz")).collect();
+    let (_targets_tx, targets_rx) = watch::channel(targets);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _prober = Prober::spawn(cfg.clone(), targets_rx, tx);
+    wait_until("first probes", || {
+        servers.iter().all(|s| s.served("/healthz").ok >= 1)
+    })
+    .await;
+
+    let servers = Arc::new(servers);
+    let failed_at: Arc<Mutex<BTreeMap<ProbeTarget, tokio::time::Instant>>> = Arc::default();
+    {
+        let (servers, failed_at) = (servers.clone(), failed_at.clone());
+        tokio::spawn(async move {
+            for s in servers.iter() {
+                // 37 ms apart: the failures land at varied points of the interval.
+                tokio::time::sleep(Duration::from_millis(37)).await;
+                failed_at
+                    .lock()
+                    .unwrap()
+                    .insert(s.target("/healthz"), tokio::time::Instant::now());
+                s.set(UNHEALTHY);
+            }
+        });
+    }
+    let mut detected: BTreeMap<ProbeTarget, Duration> = BTreeMap::new();
+    while detected.len() < 20 {
+        let v = wait_view(&mut rx, "more targets down", |v| {
+            v.down.len() > detected.len()
+        })
+        .await;
+        let now = tokio::time::Instant::now();
+        for t in v.down {
+            if let Some(at) = failed_at.lock().unwrap().get(&t) {
+                detected.entry(t).or_insert_with(|| now - *at);
+            }
+        }
+    }
+    let mut times: Vec<Duration> = detected.into_values().collect();
+    times.sort();
+    let floor = Duration::from_millis(cfg.interval_ms * (cfg.fall as u64 - 1));
+    assert!(times[0] >= floor, "down before fall probes: {times:?}");
+    println!(
+        "health: failure to verdict at interval {} ms, fall {}: p50 {:?}, p99 {:?} (min {:?}, 20 targets)",
+        cfg.interval_ms,
+        cfg.fall,
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times[0]
+    );
+}
