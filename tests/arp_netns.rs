@@ -368,19 +368,31 @@ fn resolves_owned_vips_only_and_stops_on_release() {
     );
     assert_eq!(r.arp.counters()[&other].replies, 0);
 
-    // Release: B forgets, asks again, and gets no answer.
-    r.arp.update(&desired(&[]));
-    let replies = r.arp.counters()[&lab.va].replies;
-    ip(&["-n", &lab.b, "neigh", "flush", "dev", &lab.vb]);
-    ip(&["-n", &lab.b, "-6", "neigh", "flush", "dev", &lab.vb]);
-    lab.poke(vip4);
-    lab.poke(vip6);
-    wait_unanswered(&lab, vip4);
-    wait_unanswered(&lab, vip6);
-    assert_eq!(r.arp.counters()[&lab.va].replies, replies);
+    // Release the IPv6 VIP only: its group is left, B's new question about
+    // it goes unanswered, the IPv4 VIP is still answered.
+    r.arp.update(&desired(&[("10.66.50.100", &lab.va)]));
     wait_for("solicited-node group left", Duration::from_secs(5), || {
         !lab.multicast_a().contains("33:33:ff:00:01:00")
     });
+    ip(&["-n", &lab.b, "neigh", "flush", "dev", &lab.vb]);
+    ip(&["-n", &lab.b, "-6", "neigh", "flush", "dev", &lab.vb]);
+    lab.poke(vip6);
+    lab.poke(vip4);
+    wait_unanswered(&lab, vip6);
+    wait_for("IPv4 VIP still answered", Duration::from_secs(5), || {
+        lab.lladdr(vip4).as_deref() == Some(MAC_A)
+    });
+
+    // Release everything: the interface is dropped, B gets no answer.
+    r.arp.update(&desired(&[]));
+    let replies = r.arp.counters()[&lab.va].replies;
+    wait_for("interface no longer served", Duration::from_secs(5), || {
+        !r.arp.counters()[&lab.va].serving
+    });
+    ip(&["-n", &lab.b, "neigh", "flush", "dev", &lab.vb]);
+    lab.poke(vip4);
+    wait_unanswered(&lab, vip4);
+    assert_eq!(r.arp.counters()[&lab.va].replies, replies);
 }
 
 #[test]

@@ -190,9 +190,14 @@ impl ArpResponder {
     /// there (and their sockets are opened in that runtime's network
     /// namespace).
     pub fn spawn(cfg: ArpConfig) -> ArpResponder {
+        Self::spawn_on(cfg, tokio::runtime::Handle::current())
+    }
+
+    /// The same, with interface tasks on `runtime`.
+    pub fn spawn_on(cfg: ArpConfig, runtime: tokio::runtime::Handle) -> ArpResponder {
         ArpResponder {
             cfg,
-            runtime: tokio::runtime::Handle::current(),
+            runtime,
             tasks: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(BTreeMap::new()),
         }
@@ -278,9 +283,9 @@ async fn run_interface(
         match Serving::open(&name) {
             Ok(s) => {
                 info!(interface = %name, mac = %s.link.mac, "arp: answering on interface");
-                stats.serving.store(true, Ordering::Relaxed);
+                let flag = ServingFlag::raise(&stats);
                 let r = s.serve(&mut owned, &stats, &cfg).await;
-                stats.serving.store(false, Ordering::Relaxed);
+                drop(flag);
                 match r {
                     Ok(()) => return,
                     Err(e) => {
@@ -298,6 +303,23 @@ async fn run_interface(
             _ = tokio::time::sleep(cfg.reopen) => {}
             r = owned.changed() => if r.is_err() { return },
         }
+    }
+}
+
+/// Marks an interface as served while alive; lowered also when the task
+/// is aborted mid-serve (dropping the future drops the flag).
+struct ServingFlag(Arc<Stats>);
+
+impl ServingFlag {
+    fn raise(stats: &Arc<Stats>) -> ServingFlag {
+        stats.serving.store(true, Ordering::Relaxed);
+        ServingFlag(stats.clone())
+    }
+}
+
+impl Drop for ServingFlag {
+    fn drop(&mut self) {
+        self.0.serving.store(false, Ordering::Relaxed);
     }
 }
 
