@@ -312,8 +312,8 @@ async fn ipv6_targets_are_probed() {
 
 /// Time from an endpoint turning unhealthy (503) to the view saying so, at
 /// the default settings, over 20 targets failing at staggered moments.
-/// Printed for docs/benchmarks.md; asserted only from below (no verdict
-/// before `fall` probes could have run).
+/// Printed for docs/benchmarks.md, not asserted (a timing); asserted is
+/// that no target went down before `fall` failed probes.
 #[tokio::test]
 async fn detection_time_at_default_settings() {
     let cfg = HealthConfig::default();
@@ -361,8 +361,13 @@ async fn detection_time_at_default_settings() {
     }
     let mut times: Vec<Duration> = detected.into_values().collect();
     times.sort();
-    let floor = Duration::from_millis(cfg.interval_ms * (cfg.fall as u64 - 1));
-    assert!(times[0] >= floor, "down before fall probes: {times:?}");
+    for s in servers.iter() {
+        let served = s.served("/healthz");
+        assert!(
+            served.bad >= cfg.fall as u64,
+            "down before fall failures: {served:?}"
+        );
+    }
     println!(
         "health: failure to verdict at interval {} ms, fall {}: p50 {:?}, p99 {:?} (min {:?}, 20 targets)",
         cfg.interval_ms,
