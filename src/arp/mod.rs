@@ -28,6 +28,13 @@
 //! Parsing and building of frames ([`frame`]) and the announcement plan
 //! ([`announce`]) are pure; only [`socket`] and the task touch the kernel.
 //!
+//! Limits, on purpose: solicitations behind IPv6 extension headers are not
+//! seen (the socket filter reads ICMPv6 right after the fixed header; NS is
+//! never sent that way); another host's gratuitous ARP for a VIP is not
+//! answered (no ARP duel). The VIPs must not be local addresses of the box:
+//! the kernel would answer for them too (by default on every interface,
+//! `arp_ignore = 0`).
+//!
 //! ```no_run
 //! # async fn f(desired: pier::model::Desired) {
 //! use pier::arp::{ArpConfig, ArpResponder};
