@@ -229,7 +229,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
     let (query_tx, query_rx) = mpsc::channel(64);
     let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
-    let (targets_tx, _targets_rx) = watch::channel(Default::default());
+    let (targets_tx, targets_rx) = watch::channel(Default::default());
     let (states_tx, _states_rx) = watch::channel(Arc::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -247,6 +247,8 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let board = speaker.as_ref().map(|s| s.board());
+    let datapath = start_datapath(&cfg, desired_rx.clone(), stop_rx.clone()).await?;
+    let routes_view = datapath.routes_view.clone();
     let api_ctx = ApiContext {
         engine: query_tx,
         metrics: metrics.clone(),
@@ -255,7 +257,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             Arc::new(move || serde_json::to_value(b.snapshot()).unwrap_or_default())
                 as api::Reporter
         }),
-        routes: None,
+        routes: Some(
+            Arc::new(move || routes_view.lock().map(|v| v.clone()).unwrap_or_default())
+                as api::Reporter,
+        ),
         ready_extra: board
             .map(|b| Arc::new(move || b.all_attempted()) as Arc<dyn Fn() -> bool + Send + Sync>),
     };
@@ -284,6 +289,19 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             metrics,
         },
     ));
+    // Node health: verdicts go to the engine as inputs.
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let _prober = pier::health::Prober::spawn(cfg.health.clone(), targets_rx, health_tx);
+    {
+        let input_tx = input_tx.clone();
+        tokio::spawn(async move {
+            while let Some(view) = health_rx.recv().await {
+                if input_tx.send(Input::Health(view)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
     for input in source::static_inputs(&cfg) {
         input_tx.send(input).await.context("engine stopped")?;
@@ -368,11 +386,125 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         info!(graceful, "stopping BGP sessions");
         sp.shutdown(graceful).await;
     }
+    if let Some(t) = datapath.routes {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+    }
     drop(input_tx);
     engine_task.await.context("engine task failed")?;
     let _ = std::fs::remove_file(&cfg.gateway.api_socket);
     info!("stopped");
     Ok(())
+}
+
+struct Datapath {
+    /// The route actuator's task: ends after shutting down (stop signal).
+    routes: Option<tokio::task::JoinHandle<()>>,
+    /// Installed routes and firewall counters for `pier routes`.
+    routes_view: Arc<std::sync::Mutex<serde_json::Value>>,
+}
+
+/// Kernel routes and nftables (when some pool forwards through pier) and
+/// the ARP/NDP responder (when some pool is `l2`), fed with every Desired.
+async fn start_datapath(
+    cfg: &Config,
+    desired: watch::Receiver<Arc<Desired>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Datapath> {
+    use pier::model::{NextHopMode, PoolMode};
+    let view = Arc::new(std::sync::Mutex::new(serde_json::json!([])));
+    let forwards = cfg
+        .pools
+        .iter()
+        .any(|p| p.mode == PoolMode::L2 || p.next_hop == NextHopMode::Gateway);
+    let l2_interfaces: Vec<String> = cfg
+        .pools
+        .iter()
+        .filter(|p| p.mode == PoolMode::L2)
+        .filter_map(|p| p.interface.clone())
+        .collect();
+    if !l2_interfaces.is_empty() {
+        let responder = pier::arp::ArpResponder::spawn(pier::arp::ArpConfig::default());
+        let mut rx = desired.clone();
+        tokio::spawn(async move {
+            loop {
+                let d = rx.borrow_and_update().clone();
+                if d.generation > 0 {
+                    responder.update(&d);
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut routes = None;
+    if forwards {
+        let rc = pier::route::RouteConfig {
+            lan_interfaces: l2_interfaces,
+            sysctl: cfg.gateway.sysctl,
+            ..Default::default()
+        };
+        let mut actuator = pier::route::RouteActuator::start(rc)
+            .await
+            .context("cannot start the kernel route and nftables actuator")?;
+        let keep = cfg.gateway.shutdown == pier::config::Shutdown::Keep;
+        let view = view.clone();
+        routes = Some(tokio::spawn(async move {
+            // Apply nothing before the engine's first plan: an empty plan
+            // at start would remove the routes a restart should keep.
+            let mut first = desired.clone();
+            let mut s2 = stop.clone();
+            let planned = async { first.wait_for(|d| d.generation > 0).await.is_ok() };
+            let stopping = async { s2.wait_for(|s| *s).await.is_ok() };
+            let go = tokio::select! {
+                ok = planned => ok,
+                _ = stopping => false,
+            };
+            if !go {
+                let _ = actuator.shutdown(keep).await;
+                return;
+            }
+            let refresher = tokio::spawn(async move {
+                loop {
+                    let routes = pier::route::installed_routes().await.ok();
+                    let counters = pier::route::counters().await.ok();
+                    let rows: Vec<serde_json::Value> = routes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(prefix, hops)| {
+                            let c = counters
+                                .as_ref()
+                                .and_then(|c| c.get(&prefix.addr()).copied())
+                                .unwrap_or_default();
+                            serde_json::json!({
+                                "vip": prefix.to_string(),
+                                "next_hops": hops.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                                "accepted_packets": c.accepted.packets,
+                                "dropped_packets": c.dropped.packets,
+                            })
+                        })
+                        .collect();
+                    if let Ok(mut v) = view.lock() {
+                        *v = serde_json::Value::Array(rows);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            });
+            actuator
+                .run(desired, async move {
+                    let _ = stop.wait_for(|s| *s).await.is_ok();
+                })
+                .await;
+            refresher.abort();
+            if let Err(e) = actuator.shutdown(keep).await {
+                warn!(error = %e, "removing routes at shutdown failed");
+            }
+        }));
+    }
+    Ok(Datapath {
+        routes,
+        routes_view: view,
+    })
 }
 
 /// The numeric id of a group, by name.

@@ -28,3 +28,20 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --lib --bins --tests --no-fail-fast
+echo "== fuzz the BGP decoders (bounded: ${PIER_FUZZ_SECONDS:=20} s per target)"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+# cargo-fuzz needs nightly flags (sanitizers); RUSTC_BOOTSTRAP lets the
+# stable toolchain accept them. The codec is its own small crate, so this
+# builds in seconds.
+(
+    cd fuzz
+    for target in bgp_message bgp_open bgp_update; do
+        RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" -- \
+            -max_total_time="$PIER_FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units)|ERROR|panicked" || true
+        # A crash leaves an artifact: fail the run.
+        if [ -n "$(ls -A "artifacts/$target" 2>/dev/null)" ]; then
+            echo "fuzz target $target found a crash: fuzz/artifacts/$target" >&2
+            exit 1
+        fi
+    done
+)

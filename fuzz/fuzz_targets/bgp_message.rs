@@ -2,7 +2,7 @@
 //! the decoder return errors, never panic; what decodes encodes again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pier::bgp::codec::{decode, encode, frame_len, AfiSafi, Context};
+use pier_bgp_wire::{decode, encode, frame_len, AfiSafi, Context};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else { return };

@@ -1,7 +1,7 @@
 //! OPEN bodies: capabilities and RFC 9072 parameters.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pier::bgp::codec::{decode, Context};
+use pier_bgp_wire::{decode, Context};
 
 fuzz_target!(|body: &[u8]| {
     if body.len() > 4096 - 19 {

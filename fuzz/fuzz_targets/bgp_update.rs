@@ -2,7 +2,7 @@
 //! ADD-PATH, AS4_PATH merging.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pier::bgp::codec::{decode, AfiSafi, Context};
+use pier_bgp_wire::{decode, AfiSafi, Context};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, body)) = data.split_first() else { return };

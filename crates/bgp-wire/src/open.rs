@@ -19,7 +19,7 @@ use super::{
     AfiSafi, EncodeError, Reader, WireError, AS_TRANS, OPEN_UNSPECIFIC,
     OPEN_UNSUPPORTED_OPTIONAL_PARAMETER,
 };
-use crate::bgp::fsm::{notif, PeerOpen};
+use crate::{notif, PeerOpen};
 use std::net::Ipv4Addr;
 
 const PARAM_CAPABILITIES: u8 = 2;

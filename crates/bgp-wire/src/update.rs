@@ -24,7 +24,7 @@ use super::{
     TYPE_UPDATE, UPD_INVALID_NETWORK_FIELD, UPD_MALFORMED_ATTRIBUTE_LIST,
     UPD_UNRECOGNIZED_WELL_KNOWN,
 };
-use crate::bgp::fsm::notif;
+use crate::notif;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
