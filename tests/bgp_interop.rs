@@ -283,7 +283,9 @@ router bgp 65000
     );
     lab.write("frr.conf", &conf);
     must(&["chmod", "0777", &dir]);
-    let _ = std::process::Command::new("chown").args(["-R", "frr:frr", &dir]).output();
+    let _ = std::process::Command::new("chown")
+        .args(["-R", "frr:frr", &dir])
+        .output();
     let common = |pid: &str| {
         vec![
             "-u".to_string(),
@@ -313,7 +315,8 @@ router bgp 65000
 
 fn vtysh(lab: &Lab, cmd: &str) -> String {
     let dir = path_str(&lab.dir);
-    lab.try_sh("r", &format!("vtysh --vty_socket {dir} -c '{cmd}'")).1
+    lab.try_sh("r", &format!("vtysh --vty_socket {dir} -c '{cmd}'"))
+        .1
 }
 
 #[test]
@@ -325,15 +328,23 @@ fn frr_ecmp_ipv4_ipv6_and_hold_timer() {
     start_frr(&mut lab, "");
     let cfg = pier_config(&lab, &PierOpts::default());
     start_pier(&mut lab, &cfg);
-    let frr_state = |lab: &Lab| vtysh(lab, "show bgp neighbors 10.0.0.2") + &vtysh(lab, "show bgp ipv4 unicast") + &lab.log("pier");
-    wait_for("FRR ECMP route over three nodes", Duration::from_secs(40), || {
-        let g = kernel_gateways(&lab, "-4", "192.0.2.10");
-        if g == ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
-            Ok(())
-        } else {
-            Err(format!("{g:?}\n{}", frr_state(&lab)))
-        }
-    });
+    let frr_state = |lab: &Lab| {
+        vtysh(lab, "show bgp neighbors 10.0.0.2")
+            + &vtysh(lab, "show bgp ipv4 unicast")
+            + &lab.log("pier")
+    };
+    wait_for(
+        "FRR ECMP route over three nodes",
+        Duration::from_secs(40),
+        || {
+            let g = kernel_gateways(&lab, "-4", "192.0.2.10");
+            if g == ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
+                Ok(())
+            } else {
+                Err(format!("{g:?}\n{}", frr_state(&lab)))
+            }
+        },
+    );
     wait_for("FRR IPv6 ECMP route", Duration::from_secs(20), || {
         let g = kernel_gateways(&lab, "-6", "2001:db8:77::10");
         if g == ["fd00::11", "fd00::12", "fd00::13"] {
@@ -360,16 +371,227 @@ fn frr_ecmp_ipv4_ipv6_and_hold_timer() {
         }
     });
     let nb = vtysh(&lab, "show bgp neighbors 10.0.0.2");
-    assert!(nb.to_lowercase().contains("hold timer expired") || nb.contains("Hold Timer Expired"), "{nb}");
+    assert!(
+        nb.to_lowercase().contains("hold timer expired") || nb.contains("Hold Timer Expired"),
+        "{nb}"
+    );
     // Thawed, pier sees its session gone (or FRR's NOTIFICATION) and
     // re-establishes; the routes come back.
     lab.signal("pier", libc::SIGCONT);
-    wait_for("re-sync after hold timer expiry", Duration::from_secs(40), || {
-        let g = kernel_gateways(&lab, "-4", "192.0.2.10");
-        if g.len() == 3 {
+    wait_for(
+        "re-sync after hold timer expiry",
+        Duration::from_secs(40),
+        || {
+            let g = kernel_gateways(&lab, "-4", "192.0.2.10");
+            if g.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{g:?}\n{}", frr_state(&lab)))
+            }
+        },
+    );
+}
+
+fn bird_established(lab: &Lab) -> bool {
+    birdc(lab, "show protocols pier").contains("Established")
+}
+
+#[test]
+fn bird_md5_four_octet_asn_and_router_restart() {
+    if !netlab::prerequisites("bird_md5", &["ip", "bird", "birdc"]) {
+        return;
+    }
+    let mut lab = lan("b2");
+    let bird = bird_config(&lab, "password \"s3cret-pw\";");
+    let text = std::fs::read_to_string(&bird).unwrap().replace("as 65010", "as 4200000001");
+    let bird = lab.write("bird.conf", &text);
+    start_bird(&mut lab, &bird);
+    // Wrong password first: the kernel drops every segment, no session.
+    let pw = lab.write("peer.pw", "wrong\n");
+    let extra = format!("password_file = \"{}\"", path_str(&pw));
+    let opts = PierOpts {
+        local_asn: 4_200_000_001,
+        extra_peer: &extra,
+        ..PierOpts::default()
+    };
+    let cfg = pier_config(&lab, &opts);
+    start_pier(&mut lab, &cfg);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!bird_established(&lab), "session up with a wrong TCP-MD5 password");
+    assert!(kernel_gateways(&lab, "-4", "192.0.2.10").is_empty());
+    lab.stop("pier");
+    // The right password.
+    lab.write("peer.pw", "s3cret-pw\n");
+    start_pier(&mut lab, &cfg);
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        "routes over an MD5-signed session with a 4-octet ASN",
+    );
+    let all = birdc(&lab, "show route 192.0.2.10/32 all");
+    assert!(all.contains("BGP.as_path: 4200000001"), "{all}");
+    // The router restarts: pier reconnects and sends its table again.
+    lab.stop("bird");
+    let _ = lab.try_sh("r", "ip route flush proto bird");
+    start_bird(&mut lab, &bird);
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        "routes re-sent after the router restarted",
+    );
+}
+
+fn gobgp_config(lab: &Lab) -> std::path::PathBuf {
+    let text = r#"[global.config]
+  as = 65000
+  router-id = "10.0.0.1"
+  port = 179
+
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.0.0.2"
+    peer-as = 65010
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    hold-time = 9
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+    [neighbors.afi-safis.add-paths.config]
+      receive = true
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+    [neighbors.afi-safis.add-paths.config]
+      receive = true
+"#;
+    lab.write("gobgpd.toml", text)
+}
+
+/// Next hops GoBGP holds for `prefix` in its global RIB.
+fn gobgp_next_hops(lab: &Lab, family: &str, prefix: &str) -> Vec<String> {
+    let (_, out) = lab.try_sh("r", &format!("gobgp -u 127.0.0.1 -p 50051 global rib -a {family} {prefix} -j"));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    let mut hops = Vec::new();
+    for paths in v.as_object().into_iter().flat_map(|m| m.values()) {
+        for p in paths.as_array().into_iter().flatten() {
+            for a in p.get("attrs").and_then(|a| a.as_array()).into_iter().flatten() {
+                if let Some(nh) = a.get("nexthop").and_then(|n| n.as_str()) {
+                    hops.push(nh.to_string());
+                }
+            }
+        }
+    }
+    hops.sort();
+    hops
+}
+
+#[test]
+fn gobgp_receives_one_path_per_node() {
+    if !netlab::prerequisites("gobgp", &["ip", "gobgpd", "gobgp"]) {
+        return;
+    }
+    let mut lab = lan("g1");
+    let conf = path_str(&gobgp_config(&lab));
+    lab.spawn("r", "gobgpd", &["gobgpd", "-f", &conf, "-t", "toml", "--api-hosts", "127.0.0.1:50051"]);
+    let cfg = pier_config(&lab, &PierOpts::default());
+    start_pier(&mut lab, &cfg);
+    for (family, prefix, want) in [
+        ("ipv4", "192.0.2.10/32", ["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
+        ("ipv6", "2001:db8:77::10/128", ["fd00::11", "fd00::12", "fd00::13"]),
+    ] {
+        wait_for(&format!("three {family} paths in GoBGP"), Duration::from_secs(30), || {
+            let hops = gobgp_next_hops(&lab, family, prefix);
+            if hops == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{hops:?}\n{}\n{}",
+                    lab.try_sh("r", "gobgp -u 127.0.0.1 -p 50051 neighbor").1,
+                    lab.log("pier")
+                ))
+            }
+        });
+    }
+    // Remove a node: GoBGP drops exactly that path.
+    pier_config(
+        &lab,
+        &PierOpts {
+            nodes: &["10.0.0.12"],
+            ..PierOpts::default()
+        },
+    );
+    lab.signal("pier", libc::SIGHUP);
+    wait_for("GoBGP down to one path", Duration::from_secs(20), || {
+        let hops = gobgp_next_hops(&lab, "ipv4", "192.0.2.10/32");
+        if hops == ["10.0.0.12"] {
             Ok(())
         } else {
-            Err(format!("{g:?}\n{}", frr_state(&lab)))
+            Err(format!("{hops:?}"))
         }
     });
+}
+
+#[test]
+fn graceful_restart_keeps_traffic_flowing_while_pier_restarts() {
+    if !netlab::prerequisites("graceful_restart", &["ip", "bird", "birdc", "ping"]) {
+        return;
+    }
+    let mut lab = lan("gr");
+    // A client on the LAN reaches the VIP through the router; each node
+    // holds the VIP on its loopback, as kube-proxy would accept it.
+    lab.host("c", &["10.0.0.50/24"]);
+    lab.sh("c", "ip route add 192.0.2.0/24 via 10.0.0.1");
+    lab.sh("r", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
+    for n in ["n1", "n2", "n3"] {
+        lab.sh(n, "ip addr add 192.0.2.10/32 dev lo");
+    }
+    let bird = bird_config(&lab, "graceful restart on;");
+    start_bird(&mut lab, &bird);
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            shutdown: "keep",
+            ..PierOpts::default()
+        },
+    );
+    start_pier(&mut lab, &cfg);
+    let three = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+    wait_gateways(&lab, "-4", "192.0.2.10", &three, "ECMP route before the restart");
+    wait_for("client reaches the VIP", Duration::from_secs(10), || {
+        match lab.try_sh("c", "ping -c1 -W1 192.0.2.10") {
+            (true, _) => Ok(()),
+            (false, out) => Err(out),
+        }
+    });
+    // pier stops gracefully: no NOTIFICATION, the router keeps the paths.
+    lab.stop("pier");
+    for _ in 0..6 {
+        assert_eq!(kernel_gateways(&lab, "-4", "192.0.2.10"), three, "routes lost while pier was down");
+        let (ok, out) = lab.try_sh("c", "ping -c1 -W1 192.0.2.10");
+        assert!(ok, "client lost the VIP while pier was down: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // pier comes back (Restart State bit set), sends the same paths and
+    // End-of-RIB; the router never loses the route meanwhile.
+    start_pier(&mut lab, &cfg);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(kernel_gateways(&lab, "-4", "192.0.2.10"), three, "route flapped during the restart");
+        let protocols = birdc(&lab, "show protocols all pier");
+        if protocols.contains("Established") && !protocols.to_lowercase().contains("stale") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no re-sync: {protocols}\n{}", lab.log("pier"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out) = lab.try_sh("c", "ping -c3 -i0.2 -W1 192.0.2.10");
+    assert!(ok, "{out}");
+    let pier_log = lab.log("pier");
+    assert!(pier_log.contains("BGP session established"), "{pier_log}");
 }
