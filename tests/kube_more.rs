@@ -138,12 +138,8 @@ fn ips(api: &TestApiServer, name: &str) -> Vec<String> {
 
 /// Wait for a condition the daemon must bring about (a generous bound:
 /// this checks behaviour, not speed).
-async fn until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
-    until_within(what, Duration::from_secs(30), f).await
-}
-
-async fn until_within<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f() {
             return v;
@@ -686,40 +682,64 @@ async fn ten_thousand_services_get_distinct_ips() {
         api.create(slice(i, 50)).unwrap();
     }
     let t = Instant::now();
-    let _pier = Pier::start(&config(dir.path(), "a", &kc, (15, 5), r#""10.80.0.0/16""#));
-    let all = until_within(
-        "10,000 Services allocated",
-        Duration::from_secs(240),
-        || {
-            let list = api.list("v1", "Service", Some("shop"));
-            let got: BTreeMap<String, Vec<String>> = list
-                .iter()
-                .map(|s| {
-                    let ips = s["status"]["loadBalancer"]["ingress"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|i| i["ip"].as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (
-                        s["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                        ips,
-                    )
-                })
-                .collect();
-            got.values()
-                .all(|v: &Vec<String>| v.len() == 1)
-                .then_some(got)
-        },
-    )
-    .await;
+    let pier = Pier::start(&config(dir.path(), "a", &kc, (15, 5), r#""10.80.0.0/16""#));
+    // Cheap progress check first (the request log), then the real one:
+    // every Service's status, read back.
+    let patched = |api: &TestApiServer| {
+        api.count_requests(|r| {
+            r.method == "PATCH" && r.status == 200 && r.path.ends_with("/status")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let all = loop {
+        if patched(&api) >= N {
+            if let Some(all) = statuses_if_complete(&api) {
+                break all;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} of {N} statuses written",
+            patched(&api)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     eprintln!("10,000 Services written in {:?} (debug build)", t.elapsed());
+    // Where the time went, from the daemon's own log.
+    let log = std::fs::read_to_string(&pier.log).unwrap_or_default();
+    for pat in ["pier started", "initial list", "status written"] {
+        let first = log.lines().find(|l| l.contains(pat));
+        let last = log.lines().rev().find(|l| l.contains(pat));
+        eprintln!("{pat}: first {:?}", first.map(|l| &l[..l.len().min(40)]));
+        eprintln!("{pat}: last  {:?}", last.map(|l| &l[..l.len().min(40)]));
+    }
     assert_eq!(all.len(), N);
     let distinct: BTreeSet<&String> = all.values().map(|v| &v[0]).collect();
     assert_eq!(distinct.len(), N, "some IP was given twice");
     assert!(distinct.iter().all(|ip| ip.starts_with("10.80.")));
+}
+
+/// Every Service's status IPs by name, if each has exactly one.
+fn statuses_if_complete(api: &TestApiServer) -> Option<BTreeMap<String, Vec<String>>> {
+    let list = api.list("v1", "Service", Some("shop"));
+    let got: BTreeMap<String, Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let ips = s["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["ip"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                s["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                ips,
+            )
+        })
+        .collect();
+    got.values().all(|v| v.len() == 1).then_some(got)
 }
 
 fn node(n: usize) -> Value {
