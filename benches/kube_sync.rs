@@ -220,6 +220,8 @@ async fn latency(n: usize) -> Vec<Duration> {
 struct Sync {
     total: Duration,
     listed: Option<f64>,
+    first_alloc: Option<f64>,
+    last_alloc: Option<f64>,
     first_write: Option<f64>,
     last_write: Option<f64>,
     rss: String,
@@ -278,6 +280,8 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
     Sync {
         total,
         listed: rel(phase(&log, "initial list of Services", false)),
+        first_alloc: rel(phase(&log, "engine: allocated", false)),
+        last_alloc: rel(phase(&log, "engine: allocated", true)),
         first_write: rel(phase(&log, "status written", false)),
         last_write: rel(phase(&log, "status written", true)),
         rss,
@@ -331,6 +335,11 @@ fn main() {
     println!(
         "| … initial lists complete (from pier's log) | {} | |",
         secs(sync.listed)
+    );
+    println!(
+        "| … first / last allocation by the engine | {} / {} | |",
+        secs(sync.first_alloc),
+        secs(sync.last_alloc)
     );
     println!("| … first status written | {} | |", secs(sync.first_write));
     println!("| … last status written | {} | |", secs(sync.last_write));

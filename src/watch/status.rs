@@ -253,6 +253,11 @@ pub fn spawn(
                                 return (key, w, None);
                             }
                             let r = write_status(client, &key, &w).await;
+                            match &r {
+                                Ok(true) => info!(service = %key, status = ?w, "status written"),
+                                Ok(false) => debug!(service = %key, "status already as wanted"),
+                                Err(_) => {}
+                            }
                             (key, w, Some(r))
                         })
                         .buffer_unordered(WRITES_IN_FLIGHT)
@@ -260,9 +265,7 @@ pub fn spawn(
                         .await;
                 for (key, w, r) in results {
                     match r {
-                        None => {}
-                        Some(Ok(true)) => info!(service = %key, status = ?w, "status written"),
-                        Some(Ok(false)) => debug!(service = %key, "status already as wanted"),
+                        None | Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             warn!(service = %key, error = %super::explain(&e), "cannot write status; retrying");
                             queue(&mut pending, &key, w);
