@@ -26,6 +26,16 @@ struct Pier {
 
 impl Drop for Pier {
     fn drop(&mut self) {
+        // SIGTERM first, so a profiler wrapping pier can write its data.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -60,7 +70,17 @@ addresses = ["{pool}"]
     )
     .expect("write config");
     let log = dir.join("pier.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_pier"))
+    // `KUBE_SYNC_WRAPPER="heaptrack -o /tmp/pier"` runs pier under a profiler.
+    let mut cmd = match std::env::var("KUBE_SYNC_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("env"));
+            c.args(parts).arg(env!("CARGO_BIN_EXE_pier"));
+            c
+        }
+        _ => Command::new(env!("CARGO_BIN_EXE_pier")),
+    };
+    let child = cmd
         .args(["run", "--config"])
         .arg(&cfg)
         .env("PIER_LOG", "pier=info")
