@@ -246,6 +246,9 @@ struct Sync {
     last_write: Option<f64>,
     rss: String,
     hwm: String,
+    /// pier's user + system CPU time, and the bench process's (the API server).
+    cpu_pier: f64,
+    cpu_server: f64,
 }
 
 /// (b) + (c): everything present, then pier starts.
@@ -261,6 +264,7 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
         api.create(slice(&name, i, nodes)).expect("slice");
     }
     api.clear_requests();
+    let cpu_before = cpu_seconds("/proc/self/stat");
     let t0 = Instant::now();
     let pier = start_pier(dir.path(), &kc, "10.80.0.0/16");
     let written = |api: &TestApiServer| {
@@ -294,6 +298,8 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
     // Let queued Events drain before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss(pier.child.id());
+    let cpu_pier = cpu_seconds(&format!("/proc/{}/stat", pier.child.id()));
+    let cpu_server = cpu_seconds("/proc/self/stat") - cpu_before;
     let log = std::fs::read_to_string(&pier.log).unwrap_or_default();
     let start = phase(&log, "pier started", false);
     let rel = |t: Option<f64>| Some(t? - start?);
@@ -306,7 +312,20 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
         last_write: rel(phase(&log, "status written", true)),
         rss,
         hwm,
+        cpu_pier,
+        cpu_server,
     }
+}
+
+/// utime + stime of a process, in seconds (clock ticks of 1/100 s).
+fn cpu_seconds(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ")".
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn machine() -> String {
@@ -363,6 +382,10 @@ fn main() {
     );
     println!("| … first status written | {} | |", secs(sync.first_write));
     println!("| … last status written | {} | |", secs(sync.last_write));
+    println!(
+        "| … CPU during the sync: pier / test API server (same 2 cores) | {:.2} s / {:.2} s | |",
+        sync.cpu_pier, sync.cpu_server
+    );
     println!(
         "| pier RSS at {n_svc} Services with slices (VmRSS / VmHWM) | {} / {} | < 100 MiB |",
         sync.rss, sync.hwm

@@ -294,7 +294,7 @@ pub fn spawn(
 }
 
 /// Status writes and Events sent at once.
-const WRITES_IN_FLIGHT: usize = 16;
+const WRITES_IN_FLIGHT: usize = 64;
 
 fn queue(pending: &mut BTreeMap<ServiceKey, Work>, key: &ServiceKey, w: Work) {
     match pending.get_mut(key) {
