@@ -180,7 +180,7 @@ fn log_time(line: &str) -> Option<f64> {
 
 fn phase(log: &str, pat: &str, last: bool) -> Option<f64> {
     let mut it = log.lines().filter(|l| l.contains(pat));
-    let line = if last { it.last() } else { it.next() };
+    let line = if last { it.next_back() } else { it.next() };
     line.and_then(log_time)
 }
 

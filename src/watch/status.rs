@@ -246,23 +246,22 @@ pub fn spawn(
                     std::mem::take(&mut pending).into_iter().collect();
                 let leader_now = &leader;
                 let client = &client;
-                let results: Vec<(ServiceKey, Work, Option<Result<bool, kube::Error>>)> =
-                    futures::stream::iter(work)
-                        .map(|(key, w)| async move {
-                            if !*leader_now.borrow() {
-                                return (key, w, None);
-                            }
-                            let r = write_status(client, &key, &w).await;
-                            match &r {
-                                Ok(true) => info!(service = %key, status = ?w, "status written"),
-                                Ok(false) => debug!(service = %key, "status already as wanted"),
-                                Err(_) => {}
-                            }
-                            (key, w, Some(r))
-                        })
-                        .buffer_unordered(WRITES_IN_FLIGHT)
-                        .collect()
-                        .await;
+                let results: Vec<WriteOutcome> = futures::stream::iter(work)
+                    .map(|(key, w)| async move {
+                        if !*leader_now.borrow() {
+                            return (key, w, None);
+                        }
+                        let r = write_status(client, &key, &w).await;
+                        match &r {
+                            Ok(true) => info!(service = %key, status = ?w, "status written"),
+                            Ok(false) => debug!(service = %key, "status already as wanted"),
+                            Err(_) => {}
+                        }
+                        (key, w, Some(r))
+                    })
+                    .buffer_unordered(WRITES_IN_FLIGHT)
+                    .collect()
+                    .await;
                 for (key, w, r) in results {
                     match r {
                         None | Some(Ok(_)) => {}
@@ -292,6 +291,10 @@ pub fn spawn(
         }
     })
 }
+
+/// One status write: the Service, its work, and the result (`None`: not
+/// tried, this box no longer leads).
+type WriteOutcome = (ServiceKey, Work, Option<Result<bool, kube::Error>>);
 
 /// Status writes and Events sent at once.
 const WRITES_IN_FLIGHT: usize = 64;
