@@ -67,6 +67,9 @@ impl Elector {
             None | Some("") => Decision::Write,
             Some(h) if h == self.id => Decision::Write,
             Some(_) => {
+                // Another holder is written in the record: whatever this
+                // box renewed before no longer makes it the leader.
+                self.last_write = None;
                 let since = self.seen.as_ref().map_or(now, |(_, t)| *t);
                 if now.saturating_sub(since) >= self.duration {
                     Decision::Write
@@ -279,6 +282,26 @@ mod tests {
             e.decide(Some(&obs(Some("a"), "2")), 129 * S),
             Decision::Write
         );
+    }
+
+    #[test]
+    fn a_leader_that_sees_another_holder_steps_down_at_once() {
+        let mut e = Elector::new("a".into(), 15 * S, 5 * S);
+        assert_eq!(
+            e.decide(Some(&obs(Some("a"), "1")), 10 * S),
+            Decision::Write
+        );
+        e.wrote(10 * S);
+        assert!(e.leading(11 * S));
+        assert_eq!(e.decide(Some(&obs(Some("b"), "2")), 11 * S), Decision::Wait);
+        assert!(!e.leading(11 * S), "b holds the lease now");
+        // b stops renewing: a takes the lease back after a full duration.
+        assert_eq!(
+            e.decide(Some(&obs(Some("b"), "2")), 26 * S),
+            Decision::Write
+        );
+        e.wrote(26 * S);
+        assert!(e.leading(26 * S));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, ObjectReference, Service as KService};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -237,7 +238,44 @@ pub fn spawn(
                     }
                     _ => {}
                 }
-                if let Some((key, reason, type_, note)) = event_for(ev) {
+            }
+            // Status first (what users and controllers wait for), several
+            // Services at a time; each write checks leadership as it starts.
+            if retry_at.is_none() {
+                let work: Vec<(ServiceKey, Work)> =
+                    std::mem::take(&mut pending).into_iter().collect();
+                let leader_now = &leader;
+                let client = &client;
+                let results: Vec<WriteOutcome> = futures::stream::iter(work)
+                    .map(|(key, w)| async move {
+                        if !*leader_now.borrow() {
+                            return (key, w, None);
+                        }
+                        let r = write_status(client, &key, &w).await;
+                        match &r {
+                            Ok(true) => info!(service = %key, status = ?w, "status written"),
+                            Ok(false) => debug!(service = %key, "status already as wanted"),
+                            Err(_) => {}
+                        }
+                        (key, w, Some(r))
+                    })
+                    .buffer_unordered(WRITES_IN_FLIGHT)
+                    .collect()
+                    .await;
+                for (key, w, r) in results {
+                    match r {
+                        None | Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            warn!(service = %key, error = %super::explain(&e), "cannot write status; retrying");
+                            queue(&mut pending, &key, w);
+                            retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+            let recorder = &recorder;
+            futures::stream::iter(notes.iter().filter_map(event_for))
+                .for_each_concurrent(WRITES_IN_FLIGHT, |(key, reason, type_, note)| async move {
                     let e = Event {
                         type_,
                         reason: reason.into(),
@@ -248,29 +286,18 @@ pub fn spawn(
                     if let Err(err) = recorder.publish(&e, &reference(key)).await {
                         warn!(service = %key, reason, error = %super::explain(&err), "cannot record Event");
                     }
-                }
-            }
-            if retry_at.is_some() {
-                continue;
-            }
-            let work: Vec<(ServiceKey, Work)> = std::mem::take(&mut pending).into_iter().collect();
-            for (key, w) in work {
-                if !*leader.borrow() {
-                    break;
-                }
-                match write_status(&client, &key, &w).await {
-                    Ok(true) => info!(service = %key, status = ?w, "status written"),
-                    Ok(false) => debug!(service = %key, "status already as wanted"),
-                    Err(e) => {
-                        warn!(service = %key, error = %super::explain(&e), "cannot write status; retrying");
-                        queue(&mut pending, &key, w);
-                        retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
-                }
-            }
+                })
+                .await;
         }
     })
 }
+
+/// One status write: the Service, its work, and the result (`None`: not
+/// tried, this box no longer leads).
+type WriteOutcome = (ServiceKey, Work, Option<Result<bool, kube::Error>>);
+
+/// Status writes and Events sent at once.
+const WRITES_IN_FLIGHT: usize = 64;
 
 fn queue(pending: &mut BTreeMap<ServiceKey, Work>, key: &ServiceKey, w: Work) {
     match pending.get_mut(key) {
