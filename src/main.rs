@@ -291,8 +291,8 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     ));
     // Node health: verdicts go to the engine as inputs.
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    let _prober = pier::health::Prober::spawn(cfg.health.clone(), targets_rx, health_tx);
-    {
+    let prober = pier::health::Prober::spawn(cfg.health.clone(), targets_rx, health_tx);
+    let health_forward = {
         let input_tx = input_tx.clone();
         tokio::spawn(async move {
             while let Some(view) = health_rx.recv().await {
@@ -300,8 +300,8 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                     break;
                 }
             }
-        });
-    }
+        })
+    };
     info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
     for input in source::static_inputs(&cfg) {
         input_tx.send(input).await.context("engine stopped")?;
@@ -389,6 +389,9 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     if let Some(t) = datapath.routes {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
     }
+    // Every sender of engine inputs must go for the engine to finish.
+    drop(prober);
+    health_forward.abort();
     drop(input_tx);
     engine_task.await.context("engine task failed")?;
     let _ = std::fs::remove_file(&cfg.gateway.api_socket);

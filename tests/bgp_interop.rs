@@ -403,7 +403,9 @@ fn bird_md5_four_octet_asn_and_router_restart() {
     }
     let mut lab = lan("b2");
     let bird = bird_config(&lab, "password \"s3cret-pw\";");
-    let text = std::fs::read_to_string(&bird).unwrap().replace("as 65010", "as 4200000001");
+    let text = std::fs::read_to_string(&bird)
+        .unwrap()
+        .replace("as 65010", "as 4200000001");
     let bird = lab.write("bird.conf", &text);
     start_bird(&mut lab, &bird);
     // Wrong password first: the kernel drops every segment, no session.
@@ -417,7 +419,10 @@ fn bird_md5_four_octet_asn_and_router_restart() {
     let cfg = pier_config(&lab, &opts);
     start_pier(&mut lab, &cfg);
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!bird_established(&lab), "session up with a wrong TCP-MD5 password");
+    assert!(
+        !bird_established(&lab),
+        "session up with a wrong TCP-MD5 password"
+    );
     assert!(kernel_gateways(&lab, "-4", "192.0.2.10").is_empty());
     lab.stop("pier");
     // The right password.
@@ -475,12 +480,20 @@ fn gobgp_config(lab: &Lab) -> std::path::PathBuf {
 
 /// Next hops GoBGP holds for `prefix` in its global RIB.
 fn gobgp_next_hops(lab: &Lab, family: &str, prefix: &str) -> Vec<String> {
-    let (_, out) = lab.try_sh("r", &format!("gobgp -u 127.0.0.1 -p 50051 global rib -a {family} {prefix} -j"));
+    let (_, out) = lab.try_sh(
+        "r",
+        &format!("gobgp -u 127.0.0.1 -p 50051 global rib -a {family} {prefix} -j"),
+    );
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
     let mut hops = Vec::new();
     for paths in v.as_object().into_iter().flat_map(|m| m.values()) {
         for p in paths.as_array().into_iter().flatten() {
-            for a in p.get("attrs").and_then(|a| a.as_array()).into_iter().flatten() {
+            for a in p
+                .get("attrs")
+                .and_then(|a| a.as_array())
+                .into_iter()
+                .flatten()
+            {
                 if let Some(nh) = a.get("nexthop").and_then(|n| n.as_str()) {
                     hops.push(nh.to_string());
                 }
@@ -498,25 +511,49 @@ fn gobgp_receives_one_path_per_node() {
     }
     let mut lab = lan("g1");
     let conf = path_str(&gobgp_config(&lab));
-    lab.spawn("r", "gobgpd", &["gobgpd", "-f", &conf, "-t", "toml", "--api-hosts", "127.0.0.1:50051"]);
+    lab.spawn(
+        "r",
+        "gobgpd",
+        &[
+            "gobgpd",
+            "-f",
+            &conf,
+            "-t",
+            "toml",
+            "--api-hosts",
+            "127.0.0.1:50051",
+        ],
+    );
     let cfg = pier_config(&lab, &PierOpts::default());
     start_pier(&mut lab, &cfg);
     for (family, prefix, want) in [
-        ("ipv4", "192.0.2.10/32", ["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
-        ("ipv6", "2001:db8:77::10/128", ["fd00::11", "fd00::12", "fd00::13"]),
+        (
+            "ipv4",
+            "192.0.2.10/32",
+            ["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        ),
+        (
+            "ipv6",
+            "2001:db8:77::10/128",
+            ["fd00::11", "fd00::12", "fd00::13"],
+        ),
     ] {
-        wait_for(&format!("three {family} paths in GoBGP"), Duration::from_secs(30), || {
-            let hops = gobgp_next_hops(&lab, family, prefix);
-            if hops == want {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{hops:?}\n{}\n{}",
-                    lab.try_sh("r", "gobgp -u 127.0.0.1 -p 50051 neighbor").1,
-                    lab.log("pier")
-                ))
-            }
-        });
+        wait_for(
+            &format!("three {family} paths in GoBGP"),
+            Duration::from_secs(30),
+            || {
+                let hops = gobgp_next_hops(&lab, family, prefix);
+                if hops == want {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{hops:?}\n{}\n{}",
+                        lab.try_sh("r", "gobgp -u 127.0.0.1 -p 50051 neighbor").1,
+                        lab.log("pier")
+                    ))
+                }
+            },
+        );
     }
     // Remove a node: GoBGP drops exactly that path.
     pier_config(
@@ -562,17 +599,29 @@ fn graceful_restart_keeps_traffic_flowing_while_pier_restarts() {
     );
     start_pier(&mut lab, &cfg);
     let three = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
-    wait_gateways(&lab, "-4", "192.0.2.10", &three, "ECMP route before the restart");
-    wait_for("client reaches the VIP", Duration::from_secs(10), || {
-        match lab.try_sh("c", "ping -c1 -W1 192.0.2.10") {
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &three,
+        "ECMP route before the restart",
+    );
+    wait_for(
+        "client reaches the VIP",
+        Duration::from_secs(10),
+        || match lab.try_sh("c", "ping -c1 -W1 192.0.2.10") {
             (true, _) => Ok(()),
             (false, out) => Err(out),
-        }
-    });
+        },
+    );
     // pier stops gracefully: no NOTIFICATION, the router keeps the paths.
     lab.stop("pier");
     for _ in 0..6 {
-        assert_eq!(kernel_gateways(&lab, "-4", "192.0.2.10"), three, "routes lost while pier was down");
+        assert_eq!(
+            kernel_gateways(&lab, "-4", "192.0.2.10"),
+            three,
+            "routes lost while pier was down"
+        );
         let (ok, out) = lab.try_sh("c", "ping -c1 -W1 192.0.2.10");
         assert!(ok, "client lost the VIP while pier was down: {out}");
         std::thread::sleep(Duration::from_millis(300));
@@ -582,12 +631,20 @@ fn graceful_restart_keeps_traffic_flowing_while_pier_restarts() {
     start_pier(&mut lab, &cfg);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        assert_eq!(kernel_gateways(&lab, "-4", "192.0.2.10"), three, "route flapped during the restart");
+        assert_eq!(
+            kernel_gateways(&lab, "-4", "192.0.2.10"),
+            three,
+            "route flapped during the restart"
+        );
         let protocols = birdc(&lab, "show protocols all pier");
         if protocols.contains("Established") && !protocols.to_lowercase().contains("stale") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no re-sync: {protocols}\n{}", lab.log("pier"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no re-sync: {protocols}\n{}",
+            lab.log("pier")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (ok, out) = lab.try_sh("c", "ping -c3 -i0.2 -W1 192.0.2.10");
