@@ -196,22 +196,58 @@ async fn api_restart_and_dropped_watches_while_creating_services() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     api.clear_requests();
 
-    // Services keep coming while the server misbehaves in every way.
+    // Services keep coming while the server misbehaves in every way. After
+    // each fault that ends pier's watches, the Service created next can
+    // only reach pier through a new watch (or list): waiting for its IP
+    // proves pier came back from that fault, whatever its backoff.
+    let mut recoveries = 0;
     for i in 0..40 {
-        api.create(lb(&format!("new{i:02}"), json!({}))).unwrap();
-        match i {
-            5 => api.drop_watches(),
-            12 => api.restart(),
+        let ends_watch = match i {
+            5 => {
+                api.drop_watches();
+                true
+            }
+            12 => {
+                api.restart();
+                true
+            }
             // An outage during which the history is compacted: the watch
             // comes back with 410 Gone and lists again.
-            18 => api.set_available(false),
-            22 => api.compact(),
-            24 => api.set_available(true),
+            18 => {
+                api.set_available(false);
+                false
+            }
+            22 => {
+                api.compact();
+                false
+            }
+            24 => {
+                api.set_available(true);
+                true
+            }
             // Compacted while a watch runs, then the watch ends.
-            30 => api.compact(),
-            32 => api.drop_watches(),
-            36 => api.restart(),
-            _ => {}
+            30 => {
+                api.compact();
+                false
+            }
+            32 => {
+                api.drop_watches();
+                true
+            }
+            36 => {
+                api.restart();
+                true
+            }
+            _ => false,
+        };
+        let name = format!("new{i:02}");
+        api.create(lb(&name, json!({}))).unwrap();
+        if ends_watch {
+            until(&format!("{name} allocated after the fault"), || {
+                (ips(&api, &name).len() == 1).then_some(())
+            })
+            .await;
+            recoveries += 1;
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
@@ -222,7 +258,10 @@ async fn api_restart_and_dropped_watches_while_creating_services() {
     .await;
     // The watches came back after each fault, and a 410 made pier list.
     let watches = api.count_requests(|r| r.verb == "watch" && r.path == "/api/v1/services");
-    assert!(watches >= 4, "pier should have watched again ({watches})");
+    assert!(
+        watches >= recoveries,
+        "pier should have watched again after each of {recoveries} faults ({watches})"
+    );
     let lists =
         api.count_requests(|r| r.verb == "list" && r.path == "/api/v1/services" && r.status == 200);
     assert!(lists >= 1, "pier should have relisted Services ({lists})");
