@@ -230,7 +230,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let (query_tx, query_rx) = mpsc::channel(64);
     let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
     let (targets_tx, targets_rx) = watch::channel(Default::default());
-    let (states_tx, _states_rx) = watch::channel(Arc::new(Vec::new()));
+    let (states_tx, states_rx) = watch::channel(Arc::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut speaker = match &cfg.bgp {
@@ -286,7 +286,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             probe_targets: targets_tx,
             events: kube.as_ref().map(|_| events_tx),
             states: states_tx,
-            metrics,
+            metrics: metrics.clone(),
         },
     ));
     // Node health: verdicts go to the engine as inputs.
@@ -308,9 +308,30 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     }
     let mut kube_tasks = Vec::new();
     let mut lease_task = None;
+    let mut crds = None;
     if let Some((client, k)) = kube {
         let id = pier::watch::lease::identity();
         let (leader_tx, leader_rx) = watch::channel(false);
+        // Pools and peers from Eip/BgpConf/BgpPeer objects, merged with the
+        // file's; the task owns the speaker while it runs.
+        let mut gate = None;
+        if k.crds {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            gate = Some(rx);
+            crds = Some(pier::watch::openelb::spawn(pier::watch::openelb::Context {
+                client: client.clone(),
+                file: cfg.clone(),
+                speaker: speaker.take(),
+                engine: input_tx.clone(),
+                states: states_rx.clone(),
+                leader: leader_rx.clone(),
+                desired: desired_rx.clone(),
+                metrics: metrics.clone(),
+                pools_sent: tx,
+                gateway: pier::watch::openelb::gateway_name(),
+                instance: id.clone(),
+            }));
+        }
         kube_tasks.push(pier::watch::status::spawn(
             client.clone(),
             events_rx,
@@ -337,6 +358,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                 claim_unclassed: k.claim_unclassed,
             },
             input_tx.clone(),
+            gate,
         ));
     }
 
@@ -350,7 +372,14 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
                 if let Some(new) = reload(&path, &cfg) {
-                    for input in reload_inputs(&cfg, &new) {
+                    if let Some(c) = &crds {
+                        // The merge task sends the pools and reconfigures BGP.
+                        c.reload(new.clone());
+                    }
+                    for input in reload_inputs(&cfg, &new)
+                        .into_iter()
+                        .filter(|i| crds.is_none() || !matches!(i, Input::Pools(_)))
+                    {
                         input_tx.send(input).await.context("engine stopped")?;
                     }
                     if let (Some(sp), Some(b)) = (speaker.as_mut(), new.bgp.as_ref()) {
@@ -376,6 +405,9 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     }
     for t in &kube_tasks {
         t.abort();
+    }
+    if let Some(c) = crds {
+        speaker = c.stop().await;
     }
     if let Some(sp) = speaker {
         let graceful = cfg.gateway.shutdown == pier::config::Shutdown::Keep

@@ -29,6 +29,7 @@ use crate::model::{Origin, ServiceKey};
 
 pub mod convert;
 pub mod lease;
+pub mod openelb;
 pub mod status;
 
 pub use convert::ClaimRule;
@@ -215,8 +216,14 @@ fn watch_config() -> watcher::Config {
 }
 
 /// Start the four watches; `Synced(Kubernetes)` is sent once each has
-/// delivered its first complete list.
-pub fn spawn(client: Client, claim: ClaimRule, tx: mpsc::Sender<Input>) -> Vec<JoinHandle<()>> {
+/// delivered its first complete list (and `gate` has fired, if given: the
+/// pools of Eip objects must be with the engine before the first allocation).
+pub fn spawn(
+    client: Client,
+    claim: ClaimRule,
+    tx: mpsc::Sender<Input>,
+    gate: Option<oneshot::Receiver<()>>,
+) -> Vec<JoinHandle<()>> {
     let claim = Arc::new(claim);
     let mut handles = Vec::new();
     let mut dones = Vec::new();
@@ -289,6 +296,7 @@ pub fn spawn(client: Client, claim: ClaimRule, tx: mpsc::Sender<Input>) -> Vec<J
         Some(d),
     )));
 
+    dones.extend(gate);
     handles.push(tokio::spawn(async move {
         for r in dones {
             if r.await.is_err() {
