@@ -337,6 +337,7 @@ async fn run(
     let mut states = ctx.states;
     let mut leader = ctx.leader;
     let mut pools_sent = Some(ctx.pools_sent);
+    let (mut states_open, mut leader_open) = (true, true);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -359,8 +360,8 @@ async fn run(
                 t.file = cfg;
                 dirty = true;
             }
-            _ = states.changed() => {}
-            _ = leader.changed() => {}
+            r = states.changed(), if states_open => states_open = r.is_ok(),
+            r = leader.changed(), if leader_open => leader_open = r.is_ok(),
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }

@@ -217,9 +217,11 @@ pub fn peer(spec: &Value, password_dir: &Path) -> Result<(PeerConfig, Option<Str
         let family = match (afi, safi) {
             ("ipv4" | "AFI_IP", "unicast" | "SAFI_UNICAST") => Family::V4,
             ("ipv6" | "AFI_IP6", "unicast" | "SAFI_UNICAST") => Family::V6,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "afiSafis[{i}]: family {afi:?}/{safi:?}: pier speaks ipv4/unicast and ipv6/unicast"
-            )),
+            ))
+            }
         };
         // `enabled: false` written explicitly turns the family off.
         if a.pointer("/config/enabled") != Some(&Value::Bool(false)) {
