@@ -865,3 +865,66 @@ async fn v1alpha1_objects_and_an_eip_deleted_while_in_use() {
     .await;
     assert!(env.ips("shop", "late").is_empty());
 }
+
+/// The CEL rules' patterns of a CRD manifest (`self.matches('...')`).
+fn cel_patterns(text: &str) -> Vec<regex::Regex> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("self.matches('") {
+        let tail = &rest[i + "self.matches('".len()..];
+        let end = tail.find("')").expect("closed pattern");
+        out.push(regex::Regex::new(&tail[..end]).expect("the CEL pattern is RE2"));
+        rest = &tail[end..];
+    }
+    out
+}
+
+fn manifest(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/packaging/crds/network.kubesphere.io_{name}.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[test]
+fn crd_manifests_serve_both_versions_and_cel_checks_addresses() {
+    for (kind, plural) in [("Eip", "eips"), ("BgpConf", "bgpconfs"), ("BgpPeer", "bgppeers")] {
+        let text = manifest(plural);
+        for line in [
+            format!("  name: {plural}.network.kubesphere.io"),
+            "  group: network.kubesphere.io".into(),
+            format!("    kind: {kind}"),
+            "  scope: Cluster".into(),
+            "  - name: v1alpha2".into(),
+            "  - name: v1alpha1".into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{plural}: no line {line:?}");
+        }
+        // v1alpha2 is the storage version, v1alpha1 only served.
+        let v2 = text.find("- name: v1alpha2").unwrap();
+        let v1 = text.find("- name: v1alpha1").unwrap();
+        assert!(text[v2..v1].contains("storage: true"), "{plural}");
+        assert!(text[v1..].contains("storage: false") && text[v1..].contains("served: true"), "{plural}");
+        assert_eq!(text.matches("subresources:").count(), 2, "{plural}: status subresource in both");
+    }
+    let eips = manifest("eips");
+    for col in [".spec.address", ".status.usage", ".status.poolSize"] {
+        assert!(eips.contains(&format!("jsonPath: {col}")), "printer column {col}");
+    }
+    assert!(eips.contains("enum:\n                - bgp\n                - layer2\n                - vip\n"));
+    assert!(eips.contains("rule: self in ['bgp', 'layer2', 'vip']"));
+    let address = cel_patterns(&eips);
+    assert_eq!(address.len(), 4, "IPv4 and IPv6 patterns, in both versions");
+    let ok = |s: &str| address.iter().any(|r| r.is_match(s));
+    for good in ["10.0.0.1", "10.0.0.0/24", "10.0.0.1-10.0.0.9", "fd00::1", "fd00::/64", "fd00::1-fd00::9", "::"] {
+        assert!(ok(good), "{good} refused");
+    }
+    for bad in ["", "10.0.0.256", "10.0.0.0/33", "10.0.0.1-", "eth0", "fd00::/129", "10.0.0.1,10.0.0.2", " 10.0.0.1"] {
+        assert!(!ok(bad), "{bad:?} accepted");
+    }
+    let peers = cel_patterns(&manifest("bgppeers"));
+    let ok = |s: &str| peers.iter().any(|r| r.is_match(s));
+    assert!(ok("10.0.0.1") && ok("fd00::1"));
+    assert!(!ok("10.0.0.0/24") && !ok("router1"));
+}
