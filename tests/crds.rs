@@ -889,7 +889,11 @@ fn manifest(name: &str) -> String {
 
 #[test]
 fn crd_manifests_serve_both_versions_and_cel_checks_addresses() {
-    for (kind, plural) in [("Eip", "eips"), ("BgpConf", "bgpconfs"), ("BgpPeer", "bgppeers")] {
+    for (kind, plural) in [
+        ("Eip", "eips"),
+        ("BgpConf", "bgpconfs"),
+        ("BgpPeer", "bgppeers"),
+    ] {
         let text = manifest(plural);
         for line in [
             format!("  name: {plural}.network.kubesphere.io"),
@@ -899,32 +903,92 @@ fn crd_manifests_serve_both_versions_and_cel_checks_addresses() {
             "  - name: v1alpha2".into(),
             "  - name: v1alpha1".into(),
         ] {
-            assert!(text.lines().any(|l| l == line), "{plural}: no line {line:?}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{plural}: no line {line:?}"
+            );
         }
         // v1alpha2 is the storage version, v1alpha1 only served.
         let v2 = text.find("- name: v1alpha2").unwrap();
         let v1 = text.find("- name: v1alpha1").unwrap();
         assert!(text[v2..v1].contains("storage: true"), "{plural}");
-        assert!(text[v1..].contains("storage: false") && text[v1..].contains("served: true"), "{plural}");
-        assert_eq!(text.matches("subresources:").count(), 2, "{plural}: status subresource in both");
+        assert!(
+            text[v1..].contains("storage: false") && text[v1..].contains("served: true"),
+            "{plural}"
+        );
+        assert_eq!(
+            text.matches("subresources:").count(),
+            2,
+            "{plural}: status subresource in both"
+        );
     }
     let eips = manifest("eips");
     for col in [".spec.address", ".status.usage", ".status.poolSize"] {
-        assert!(eips.contains(&format!("jsonPath: {col}")), "printer column {col}");
+        assert!(
+            eips.contains(&format!("jsonPath: {col}")),
+            "printer column {col}"
+        );
     }
-    assert!(eips.contains("enum:\n                - bgp\n                - layer2\n                - vip\n"));
+    assert!(eips.contains(
+        "enum:\n                - bgp\n                - layer2\n                - vip\n"
+    ));
     assert!(eips.contains("rule: self in ['bgp', 'layer2', 'vip']"));
     let address = cel_patterns(&eips);
     assert_eq!(address.len(), 4, "IPv4 and IPv6 patterns, in both versions");
     let ok = |s: &str| address.iter().any(|r| r.is_match(s));
-    for good in ["10.0.0.1", "10.0.0.0/24", "10.0.0.1-10.0.0.9", "fd00::1", "fd00::/64", "fd00::1-fd00::9", "::"] {
+    for good in [
+        "10.0.0.1",
+        "10.0.0.0/24",
+        "10.0.0.1-10.0.0.9",
+        "fd00::1",
+        "fd00::/64",
+        "fd00::1-fd00::9",
+        "::",
+    ] {
         assert!(ok(good), "{good} refused");
     }
-    for bad in ["", "10.0.0.256", "10.0.0.0/33", "10.0.0.1-", "eth0", "fd00::/129", "10.0.0.1,10.0.0.2", " 10.0.0.1"] {
+    for bad in [
+        "",
+        "10.0.0.256",
+        "10.0.0.0/33",
+        "10.0.0.1-",
+        "eth0",
+        "fd00::/129",
+        "10.0.0.1,10.0.0.2",
+        " 10.0.0.1",
+    ] {
         assert!(!ok(bad), "{bad:?} accepted");
     }
     let peers = cel_patterns(&manifest("bgppeers"));
     let ok = |s: &str| peers.iter().any(|r| r.is_match(s));
     assert!(ok("10.0.0.1") && ok("fd00::1"));
     assert!(!ok("10.0.0.0/24") && !ok("router1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_crds_stop_pier_with_a_clear_message() {
+    let api = TestApiServer::start().await.unwrap();
+    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"pier-system"}}))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.kubeconfig(&kc).unwrap();
+    let env = Env { api, dir, kc };
+    let cfg = env.config("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pier"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot list eips.network.kubesphere.io"),
+        "{err}"
+    );
+    assert!(err.contains("packaging/crds/"), "{err}");
 }

@@ -116,6 +116,25 @@ pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), Wa
     .await?;
     list(Api::<KNode>::all(client.clone()), &lp, "nodes").await?;
     list(Api::<Namespace>::all(client.clone()), &lp, "namespaces").await?;
+    if cfg.crds {
+        for (kind, plural) in openelb::KINDS {
+            let api: Api<kube::api::DynamicObject> =
+                Api::all_with(client.clone(), &openelb::api_resource(kind, plural));
+            if let Err(e) = api.list(&lp).await {
+                let hint = match &e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        " (kubernetes.crds = true needs the CRDs: kubectl apply -f packaging/crds/)"
+                    }
+                    _ => "",
+                };
+                return Err(WatchError::Api {
+                    verb: "list",
+                    resource: format!("{plural}.{}", openelb::GROUP),
+                    message: format!("{}{hint}", explain(&e)),
+                });
+            }
+        }
+    }
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease_namespace);
     if let Err(e) = leases.get_opt(&cfg.lease_name).await {
         return Err(WatchError::Api {
