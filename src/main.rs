@@ -246,14 +246,17 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let board = speaker.as_ref().map(|s| s.board());
+    // The speaker's status board; a speaker started later from a BgpConf
+    // (kubernetes.crds) puts its own here.
+    let board = pier::watch::openelb::BoardSlot::new(speaker.as_ref().map(|s| s.board()));
     let datapath = start_datapath(&cfg, desired_rx.clone(), stop_rx.clone()).await?;
     let routes_view = datapath.routes_view.clone();
     let api_ctx = ApiContext {
         engine: query_tx,
         metrics: metrics.clone(),
         started: std::time::Instant::now(),
-        peers: board.clone().map(|b| {
+        peers: Some({
+            let b = board.clone();
             Arc::new(move || serde_json::to_value(b.snapshot()).unwrap_or_default())
                 as api::Reporter
         }),
@@ -261,8 +264,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             Arc::new(move || routes_view.lock().map(|v| v.clone()).unwrap_or_default())
                 as api::Reporter,
         ),
-        ready_extra: board
-            .map(|b| Arc::new(move || b.all_attempted()) as Arc<dyn Fn() -> bool + Send + Sync>),
+        ready_extra: Some({
+            let b = board.clone();
+            Arc::new(move || b.all_attempted()) as Arc<dyn Fn() -> bool + Send + Sync>
+        }),
     };
     let socket = api::bind_socket(
         &cfg.gateway.api_socket,
@@ -330,6 +335,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                 pools_sent: tx,
                 gateway: pier::watch::openelb::gateway_name(),
                 instance: id.clone(),
+                board: board.clone(),
             }));
         }
         kube_tasks.push(pier::watch::status::spawn(

@@ -646,6 +646,23 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
             .then_some(s)
     })
     .await;
+    // `pier peers` shows the speaker started from the BgpConf.
+    let out = Command::new(env!("CARGO_BIN_EXE_pier"))
+        .args(["peers", "--json", "--socket"])
+        .arg(env.socket())
+        .output()
+        .unwrap();
+    let peers: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let r1 = peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["peer"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("pier peers: {peers}"));
+    assert_eq!(
+        (r1["state"].as_str(), r1["local_asn"].as_u64()),
+        (Some("Established"), Some(65001))
+    );
     let mine = &s["nodesPeerStatus"][&gw];
     assert_eq!(mine["peerState"]["peerAs"], 65000);
     assert!(

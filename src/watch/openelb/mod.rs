@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::api::metrics::Metrics;
-use crate::bgp::speaker::Speaker;
+use crate::bgp::speaker::{PeerStatus, Speaker, StatusBoard};
 use crate::config::{BgpConfig, Config};
 use crate::engine::{Input, ServiceState};
 use crate::model::{Desired, Pool};
@@ -150,6 +150,40 @@ pub struct Context {
     pub gateway: String,
     /// Event reporter instance (the lease identity).
     pub instance: String,
+    /// Where the local API finds the speaker's status (set when this task
+    /// starts a speaker).
+    pub board: BoardSlot,
+}
+
+/// The running speaker's [`StatusBoard`], shared with the local API, which
+/// is set up before a speaker started from a BgpConf exists.
+#[derive(Clone, Default)]
+pub struct BoardSlot(Arc<std::sync::Mutex<Option<StatusBoard>>>);
+
+impl BoardSlot {
+    pub fn new(board: Option<StatusBoard>) -> Self {
+        BoardSlot(Arc::new(std::sync::Mutex::new(board)))
+    }
+
+    fn set(&self, board: StatusBoard) {
+        if let Ok(mut b) = self.0.lock() {
+            *b = Some(board);
+        }
+    }
+
+    fn board(&self) -> Option<StatusBoard> {
+        self.0.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// Every peer's status (none without a speaker).
+    pub fn snapshot(&self) -> Vec<PeerStatus> {
+        self.board().map(|b| b.snapshot()).unwrap_or_default()
+    }
+
+    /// Every peer has been tried at least once (true without a speaker).
+    pub fn all_attempted(&self) -> bool {
+        self.board().is_none_or(|b| b.all_attempted())
+    }
 }
 
 /// The running task.
@@ -285,6 +319,7 @@ struct Task {
     written: BTreeMap<(Kind, String), (Value, Value)>,
     /// A condition about the speaker for the BgpConf (restart needed...).
     speaker_note: Option<String>,
+    board: BoardSlot,
     recorder: Recorder,
     gateway: String,
     password_dir: PathBuf,
@@ -332,6 +367,7 @@ async fn run(
         reported: BTreeSet::new(),
         written: BTreeMap::new(),
         speaker_note: None,
+        board: ctx.board,
         gateway: ctx.gateway,
     };
     let mut states = ctx.states;
@@ -570,6 +606,7 @@ impl Task {
                         );
                         self.speaker_listen =
                             Some((b.listen, b.listen_port, b.listen_addresses.clone()));
+                        self.board.set(sp.board());
                         self.speaker = Some(sp);
                     }
                     Err(e) => {
