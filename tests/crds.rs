@@ -856,6 +856,30 @@ async fn v1alpha1_objects_and_an_eip_deleted_while_in_use() {
     })
     .await;
 
+    // An edit that breaks it while in use keeps the last good pool, disabled.
+    env.patch("Eip", "old", json!({"spec": {"address": "10.86.0.0/33"}}));
+    let msg = until("broken edit reported", || {
+        refused_with(&env, "old", "Invalid")
+    })
+    .await;
+    assert!(msg.contains("previous definition"), "{msg}");
+    until("the last good pool, disabled", || {
+        env.pools()
+            .get("old")
+            .is_some_and(|p| p["disabled"] == true && p["ranges"] == json!(["10.86.0.0/30"]))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.ips("shop", "keep"), ["10.86.0.0"]);
+    env.patch("Eip", "old", json!({"spec": {"address": "10.86.0.0/30"}}));
+    until("fixed", || {
+        env.pools()
+            .get("old")
+            .is_some_and(|p| p["disabled"] == false)
+            .then_some(())
+    })
+    .await;
+
     // Deleted while in use: the Service keeps its IP; the pool gives no new ones.
     env.api.delete(V1, "Eip", None, "old").unwrap();
     until("the deleted Eip's pool drains (disabled)", || {

@@ -125,7 +125,22 @@ pub fn merge(file: File<'_>, cluster: Cluster<'_>) -> Merged {
             Verdict::refused("Conflict", message)
         } else {
             match eip::pool(obj, cluster.routes) {
-                Err(e) => Verdict::refused("Invalid", e),
+                // An edit that breaks an Eip in use must not withdraw its
+                // Services' IPs: the last good definition stays, disabled.
+                Err(e) => match cluster.draining.get(&obj.name) {
+                    Some(d) if overlap(d, &m.pools).is_none() => {
+                        m.pools.push(Pool {
+                            disabled: true,
+                            auto_assign: false,
+                            ..d.clone()
+                        });
+                        Verdict::refused(
+                            "Invalid",
+                            format!("{e}; the previous definition stays (disabled) while Services hold its IPs"),
+                        )
+                    }
+                    _ => Verdict::refused("Invalid", e),
+                },
                 Ok((mut pool, mut notes)) => match overlap(&pool, &m.pools) {
                     Some(why) => Verdict::refused("Overlap", why),
                     None => {
@@ -279,16 +294,15 @@ pub fn used_by_pool(
     out
 }
 
-/// Pools of Eips that are gone but still have Services on them: kept
-/// (disabled) until the last of those Services lets go of its IP.
+/// The last good pools of Eips that still have Services on them. [`merge`]
+/// keeps one (disabled) when its Eip is deleted or turns invalid, until the
+/// last of those Services lets go of its IP.
 pub fn still_draining(
     previous: &BTreeMap<String, Pool>,
-    eips: &BTreeMap<String, Object>,
     used: &BTreeMap<String, BTreeMap<IpAddr, Vec<ServiceKey>>>,
 ) -> BTreeMap<String, Pool> {
     previous
         .iter()
-        .filter(|(name, _)| !eips.contains_key(*name))
         .filter(|(name, _)| used.get(*name).is_some_and(|u| !u.is_empty()))
         .map(|(n, p)| (n.clone(), p.clone()))
         .collect()
@@ -458,8 +472,16 @@ mod tests {
         }];
         let used = used_by_pool(&m.pools, &states);
         assert_eq!(used["a"].len(), 1);
+        // An edit that makes it invalid keeps the last good pool, disabled.
+        w.draining = still_draining(&pools, &used);
+        w.eips.get_mut("a").unwrap().spec = json!({"address": "10.1.0.0/24", "protocol": "layer2"});
+        let m = w.merge();
+        let a = m.pools.iter().find(|p| p.name == "a").unwrap();
+        assert!(a.disabled && a.interface.as_deref() == Some("eth1"));
+        assert!(
+            matches!(&m.eips["a"], Verdict::Refused { reason: "Invalid", message } if message.contains("previous"))
+        );
         w.eips.clear();
-        w.draining = still_draining(&pools, &w.eips, &used);
         let m = w.merge();
         let a = m.pools.iter().find(|p| p.name == "a").unwrap();
         assert!(a.disabled && a.mode == PoolMode::L2);
@@ -474,7 +496,7 @@ mod tests {
             }
         ));
         // The Services let go: the pool goes.
-        w.draining = still_draining(&w.draining, &w.eips, &BTreeMap::new());
+        w.draining = still_draining(&w.draining, &BTreeMap::new());
         assert!(w.draining.is_empty());
         assert_eq!(names(&w.merge()), vec!["public", "b"]);
     }

@@ -405,21 +405,27 @@ async fn run(
             continue;
         }
         let states_now = states.borrow_and_update().clone();
-        // Deleted Eips whose Services still hold IPs stay until they let go.
+        // Eips deleted (or broken) while Services hold their IPs stay
+        // until those let go; newer definitions win over draining ones.
         let used = merge::used_by_pool(&t.merged.pools, &states_now);
-        let draining = merge::still_draining(
-            &t.eip_pools
-                .clone()
-                .into_iter()
-                .chain(t.draining.clone())
-                .collect(),
-            &t.stores[Kind::Eip as usize].objects,
-            &used,
-        );
-        if draining != t.draining {
-            t.draining = draining;
+        let previous: BTreeMap<String, Pool> = t
+            .draining
+            .clone()
+            .into_iter()
+            .chain(t.eip_pools.clone())
+            .collect();
+        let draining = merge::still_draining(&previous, &used);
+        // Only pools the merge would use (their Eip is not accepted) matter.
+        let in_effect = |d: &BTreeMap<String, Pool>| -> Vec<String> {
+            d.keys()
+                .filter(|n| !t.eip_pools.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        if in_effect(&draining) != in_effect(&t.draining) {
             dirty = true;
         }
+        t.draining = draining;
         if dirty || pools_sent.is_some() {
             t.apply().await;
             if let Some(tx) = pools_sent.take() {
