@@ -1033,3 +1033,59 @@ async fn missing_crds_stop_pier_with_a_clear_message() {
     );
     assert!(err.contains("packaging/crds/"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relists_and_api_restarts_change_nothing() {
+    let env = Env::new().await;
+    env.create(
+        V2,
+        "Eip",
+        "e",
+        json!({"address": "10.87.0.0/30", "namespaces": ["shop"]}),
+    );
+    let cfg = env.config("");
+    let pier = Pier::start(&cfg);
+    env.service("shop", "web", json!({}), 80);
+    until("web", || {
+        (env.ips("shop", "web") == ["10.87.0.0"]).then_some(())
+    })
+    .await;
+    until("status", || {
+        (env.status("Eip", "e")["usage"] == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = env.status_patches("eips", "e");
+    let pools = env.pools();
+    let log_mark = std::fs::read_to_string(&pier.log)
+        .unwrap()
+        .matches("pools changed")
+        .count();
+    // Watches end, the server restarts, history is lost (410 → relist).
+    env.api.drop_watches();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.api.restart();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.api.compact();
+    env.api.drop_watches();
+    // Something new must come through after the relists.
+    env.create(V2, "Eip", "after", json!({"address": "10.88.0.0/30"}));
+    until("the new Eip after the relists", || {
+        env.pools().contains_key("after").then_some(())
+    })
+    .await;
+    let mut now = env.pools();
+    now.remove("after");
+    assert_eq!(now, pools, "a relist changed a pool");
+    assert_eq!(env.ips("shop", "web"), ["10.87.0.0"]);
+    assert_eq!(
+        env.status_patches("eips", "e"),
+        writes,
+        "a relist rewrote an unchanged status"
+    );
+    let changes = std::fs::read_to_string(&pier.log)
+        .unwrap()
+        .matches("pools changed")
+        .count();
+    assert_eq!(changes, log_mark + 1, "only the new Eip changed the pools");
+}
