@@ -217,13 +217,13 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     // A restart within the graceful-restart time after a graceful stop sets
     // the Restart State bit, so routers keep forwarding meanwhile.
     let gr_marker = cfg.gateway.state_dir.join("bgp-graceful-stop");
+    let gr_marker_age = std::fs::metadata(&gr_marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
     let restarting = cfg.bgp.as_ref().is_some_and(|b| {
         b.graceful_restart
-            && std::fs::metadata(&gr_marker)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() < b.restart_time_s.into())
+            && gr_marker_age.is_some_and(|age| age.as_secs() < b.restart_time_s.into())
     });
     let _ = std::fs::remove_file(&gr_marker);
     let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
@@ -336,6 +336,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                 gateway: pier::watch::openelb::gateway_name(),
                 instance: id.clone(),
                 board: board.clone(),
+                gr_marker_age,
             }));
         }
         kube_tasks.push(pier::watch::status::spawn(
@@ -413,7 +414,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         t.abort();
     }
     if let Some(c) = crds {
-        speaker = c.stop().await;
+        let (sp, bgp) = c.stop().await;
+        speaker = sp;
+        // BGP from a BgpConf: its graceful-restart setting decides below.
+        cfg.bgp = cfg.bgp.take().or(bgp);
     }
     if let Some(sp) = speaker {
         let graceful = cfg.gateway.shutdown == pier::config::Shutdown::Keep

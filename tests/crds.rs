@@ -62,6 +62,12 @@ impl Pier {
         Pier { child, log }
     }
 
+    /// SIGTERM, and wait for the exit.
+    fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+
     fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -594,7 +600,13 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
     env.create(V2, "Eip", "pool", json!({"address": "10.85.0.0/30"}));
     // No [bgp] in the file: the BgpConf defines pier's AS.
     let cfg = env.config("");
-    let _pier = Pier::start(&cfg);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("[kubernetes]", "shutdown = \"keep\"\n\n[kubernetes]"),
+    )
+    .unwrap();
+    let pier = Pier::start(&cfg);
 
     // What pier sends tells the BgpConf and r1 were honoured.
     let first = accept_peer(&router).await;
@@ -615,7 +627,8 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
         .iter()
         .find(|(c, _)| *c == 64)
         .expect("graceful restart");
-    assert_eq!(u16::from_be_bytes([gr.1[0], gr.1[1]]) & 0x0fff, 77);
+    let first_gr = u16::from_be_bytes([gr.1[0], gr.1[1]]);
+    assert_eq!(first_gr & 0x0fff, 77);
     // listenPort / listenAddresses.
     until("pier listens on the BgpConf's port", || {
         std::net::TcpStream::connect(("127.0.0.1", listen_port))
@@ -754,6 +767,27 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
     );
     let missing: Vec<_> = all_used.difference(&rbac::grants()).cloned().collect();
     assert!(missing.is_empty(), "used but not granted: {missing:?}");
+
+    // shutdown = "keep" with the BgpConf's graceful restart: a graceful
+    // stop, and the restarted pier sets the Restart State bit.
+    pier.stop();
+    assert!(
+        env.dir.path().join("state/bgp-graceful-stop").exists(),
+        "no graceful stop"
+    );
+    let _pier = Pier::start(&cfg);
+    let third = accept_peer(&router).await;
+    let caps = parse_open(&third.open).3;
+    let gr = caps
+        .iter()
+        .find(|(c, _)| *c == 64)
+        .expect("graceful restart");
+    assert_eq!(
+        gr.1[0] & 0x80,
+        0x80,
+        "Restart State bit after a graceful stop"
+    );
+    assert_eq!(first_gr & 0x8000, 0, "no R bit on the first start");
 }
 
 #[tokio::test(flavor = "multi_thread")]

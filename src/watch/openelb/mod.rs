@@ -153,6 +153,16 @@ pub struct Context {
     /// Where the local API finds the speaker's status (set when this task
     /// starts a speaker).
     pub board: BoardSlot,
+    /// Age of the graceful-stop marker, if pier stopped gracefully before:
+    /// a speaker started from a BgpConf within its restart time sets the
+    /// Restart State bit (RFC 4724 §3).
+    pub gr_marker_age: Option<Duration>,
+}
+
+/// Whether a speaker for `bgp` restarts within the graceful-restart time
+/// of a graceful stop `marker_age` ago.
+pub fn restarting(bgp: &BgpConfig, marker_age: Option<Duration>) -> bool {
+    bgp.graceful_restart && marker_age.is_some_and(|age| age.as_secs() < bgp.restart_time_s.into())
 }
 
 /// The running speaker's [`StatusBoard`], shared with the local API, which
@@ -190,7 +200,7 @@ impl BoardSlot {
 pub struct Handle {
     reload: mpsc::UnboundedSender<Config>,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Option<Speaker>>,
+    task: JoinHandle<(Option<Speaker>, Option<BgpConfig>)>,
 }
 
 impl Handle {
@@ -199,10 +209,11 @@ impl Handle {
         let _ = self.reload.send(cfg);
     }
 
-    /// Stop, and take the speaker back (to shut it down).
-    pub async fn stop(self) -> Option<Speaker> {
+    /// Stop, and take the speaker back (to shut it down) with the BGP
+    /// settings last applied to it.
+    pub async fn stop(self) -> (Option<Speaker>, Option<BgpConfig>) {
         let _ = self.stop.send(());
-        self.task.await.ok().flatten()
+        self.task.await.unwrap_or_default()
     }
 }
 
@@ -320,6 +331,8 @@ struct Task {
     /// A condition about the speaker for the BgpConf (restart needed...).
     speaker_note: Option<String>,
     board: BoardSlot,
+    /// Taken by the first speaker this task starts.
+    gr_marker_age: Option<Duration>,
     recorder: Recorder,
     gateway: String,
     password_dir: PathBuf,
@@ -329,7 +342,7 @@ async fn run(
     ctx: Context,
     mut reload: mpsc::UnboundedReceiver<Config>,
     mut stop: oneshot::Receiver<()>,
-) -> Option<Speaker> {
+) -> (Option<Speaker>, Option<BgpConfig>) {
     let mut streams = futures::stream::select_all([
         stream(&ctx.client, Kind::Eip).boxed(),
         stream(&ctx.client, Kind::Conf).boxed(),
@@ -368,6 +381,7 @@ async fn run(
         written: BTreeMap::new(),
         speaker_note: None,
         board: ctx.board,
+        gr_marker_age: ctx.gr_marker_age,
         gateway: ctx.gateway,
     };
     let mut states = ctx.states;
@@ -441,7 +455,8 @@ async fn run(
         let is_leader = *leader.borrow_and_update();
         t.write_statuses(&used, is_leader).await;
     }
-    t.speaker
+    let bgp = t.applied_bgp.and_then(|(b, _)| b);
+    (t.speaker, bgp)
 }
 
 /// `ip -o route get <IP>`: the interface the gateway reaches `ip` through.
@@ -595,10 +610,11 @@ impl Task {
                 }
             }
             (None, Some(b)) => {
+                let restarting = restarting(b, self.gr_marker_age.take());
                 match Speaker::start(
                     b,
                     router_id,
-                    false,
+                    restarting,
                     self.desired.clone(),
                     Some(self.metrics.clone()),
                 )
@@ -833,6 +849,17 @@ mod tests {
         assert_eq!(s.objects.keys().collect::<Vec<_>>(), vec!["b"]);
         assert!(s.apply(Event::Delete(obj("b"))));
         assert!(s.objects.is_empty());
+    }
+
+    #[test]
+    fn restart_bit_within_the_restart_time_only() {
+        let spec = json!({"as": 1, "gracefulRestart": {"enabled": true, "restartTime": 60}});
+        let (mut b, _) = peer::conf(&spec).unwrap();
+        assert!(restarting(&b, Some(Duration::from_secs(5))));
+        assert!(!restarting(&b, Some(Duration::from_secs(61))));
+        assert!(!restarting(&b, None));
+        b.graceful_restart = false;
+        assert!(!restarting(&b, Some(Duration::from_secs(5))));
     }
 
     #[test]
