@@ -736,6 +736,15 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
             .then_some(())
     })
     .await;
+    env.patch(
+        "BgpPeer",
+        "r2",
+        json!({"spec": {"conf": {"authPassword": "n3w"}}}),
+    );
+    until("r2's new password", || {
+        std::fs::read_to_string(&pw).ok().filter(|t| t == "n3w")
+    })
+    .await;
     assert!(
         !first.closed.load(Ordering::SeqCst),
         "r1's session was reset by an unrelated change"

@@ -305,6 +305,12 @@ fn stream(client: &Client, kind: Kind) -> impl Stream<Item = Tagged> + Send + 's
         .map(move |ev| (kind, ev))
 }
 
+type AppliedBgp = (
+    Option<BgpConfig>,
+    Option<Ipv4Addr>,
+    BTreeMap<PathBuf, String>,
+);
+
 struct Task {
     client: Client,
     file: Config,
@@ -318,7 +324,8 @@ struct Task {
     merged: Merged,
     /// Pools last sent to the engine, and BGP config last applied.
     sent_pools: Option<Vec<Pool>>,
-    applied_bgp: Option<(Option<BgpConfig>, Option<Ipv4Addr>)>,
+    /// With the passwords: a new password (same file) restarts the session.
+    applied_bgp: Option<AppliedBgp>,
     /// Accepted Eips' pools as last merged, and deleted ones still in use.
     eip_pools: BTreeMap<String, Pool>,
     draining: BTreeMap<String, Pool>,
@@ -455,7 +462,7 @@ async fn run(
         let is_leader = *leader.borrow_and_update();
         t.write_statuses(&used, is_leader).await;
     }
-    let bgp = t.applied_bgp.and_then(|(b, _)| b);
+    let bgp = t.applied_bgp.and_then(|(b, _, _)| b);
     (t.speaker, bgp)
 }
 
@@ -572,7 +579,11 @@ impl Task {
             }
             self.sent_pools = Some(merged.pools.clone());
         }
-        let bgp = (merged.bgp.clone(), merged.router_id);
+        let bgp = (
+            merged.bgp.clone(),
+            merged.router_id,
+            merged.passwords.clone(),
+        );
         if self.applied_bgp.as_ref() != Some(&bgp) {
             self.apply_bgp(&bgp.0, bgp.1.unwrap_or(self.file.gateway.router_id))
                 .await;
