@@ -407,8 +407,15 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     // Give the lease up (another gateway takes over at once), then stop
     // the watches and the engine.
     stop_tx.send_replace(true);
-    if let Some(t) = lease_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), t).await;
+    if let Some(mut t) = lease_task {
+        // A lease call hanging in an API outage must not keep the engine's
+        // input open (the engine ends when every sender is gone).
+        if tokio::time::timeout(std::time::Duration::from_secs(3), &mut t)
+            .await
+            .is_err()
+        {
+            t.abort();
+        }
     }
     for t in &kube_tasks {
         t.abort();

@@ -1132,3 +1132,26 @@ async fn relists_and_api_restarts_change_nothing() {
         .count();
     assert_eq!(changes, log_mark + 1, "only the new Eip changed the pools");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stops_promptly_while_the_api_server_hangs() {
+    let env = Env::new().await;
+    env.create(V2, "Eip", "e", json!({"address": "10.89.0.0/30"}));
+    let cfg = env.config("");
+    let mut pier = Pier::start(&cfg);
+    until("the Eip's status", || {
+        (env.status("Eip", "e")["ready"] == true).then_some(())
+    })
+    .await;
+    // Every request now hangs (far longer than the test waits); a change
+    // makes pier write the Eip's status.
+    env.api.set_latency(Duration::from_secs(3600));
+    env.patch("Eip", "e", json!({"spec": {"address": "10.89.0.0/29"}}));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pier.signal(libc::SIGTERM);
+    let exited = until("pier to exit after SIGTERM", || {
+        pier.child.try_wait().ok().flatten()
+    })
+    .await;
+    assert!(exited.success(), "{exited:?}");
+}

@@ -448,7 +448,11 @@ async fn run(
         }
         t.draining = draining;
         if dirty || pools_sent.is_some() {
-            t.apply().await;
+            // A stop must not wait for an API call hanging in an outage.
+            tokio::select! {
+                _ = t.apply() => {}
+                _ = &mut stop => break,
+            }
             if let Some(tx) = pools_sent.take() {
                 info!(
                     pools = t.merged.pools.len(),
@@ -460,7 +464,10 @@ async fn run(
         }
         let used = merge::used_by_pool(&t.merged.pools, &states_now);
         let is_leader = *leader.borrow_and_update();
-        t.write_statuses(&used, is_leader).await;
+        tokio::select! {
+            _ = t.write_statuses(&used, is_leader) => {}
+            _ = &mut stop => break,
+        }
     }
     let bgp = t.applied_bgp.and_then(|(b, _, _)| b);
     (t.speaker, bgp)
