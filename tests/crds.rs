@@ -906,6 +906,10 @@ async fn v1alpha1_objects_and_an_eip_deleted_while_in_use() {
     })
     .await;
     assert!(msg.contains("previous definition"), "{msg}");
+    until("its Services still shown", || {
+        (env.status("Eip", "old")["used"] == json!({"10.86.0.0": "shop/keep"})).then_some(())
+    })
+    .await;
     until("the last good pool, disabled", || {
         env.pools()
             .get("old")
