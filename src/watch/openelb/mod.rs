@@ -697,12 +697,10 @@ impl Task {
                         eip::status(&o.spec, used.get(name), Ok(notes), "")
                     }
                     Some(Verdict::Refused { reason, message }) => {
-                        {
-                            // An invalid Eip may still serve its Services with
-                            // its last good definition (draining): show them.
-                            let used = (*reason == "Invalid").then(|| used.get(name)).flatten();
-                            eip::status(&o.spec, used, Err(message), reason)
-                        }
+                        // An invalid Eip may still serve its Services with
+                        // its last good definition (draining): show them.
+                        let used = (*reason == "Invalid").then(|| used.get(name)).flatten();
+                        eip::status(&o.spec, used, Err(message), reason)
                     }
                     None => continue,
                 };
