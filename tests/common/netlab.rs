@@ -5,9 +5,14 @@
 
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -121,6 +126,100 @@ impl Lab {
         ns
     }
 
+    /// A host with no link yet (only `lo`, up); connect it with [`Lab::link`].
+    pub fn bare_host(&mut self, host: &str) -> String {
+        let ns = self.ns(host);
+        must(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        self.sh(
+            host,
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0",
+        );
+        ns
+    }
+
+    /// A veth between two existing hosts, `a_if` in `a` holding `a_addrs`
+    /// and `b_if` in `b` holding `b_addrs` (CIDR), both up.
+    pub fn link(
+        &self,
+        a: &str,
+        a_if: &str,
+        a_addrs: &[&str],
+        b: &str,
+        b_if: &str,
+        b_addrs: &[&str],
+    ) {
+        let (na, nb) = (self.ns(a), self.ns(b));
+        must(&[
+            "ip", "-n", &na, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns",
+            &nb,
+        ]);
+        for (ns, dev, addrs) in [(&na, a_if, a_addrs), (&nb, b_if, b_addrs)] {
+            for addr in addrs {
+                must(&["ip", "-n", ns, "addr", "add", addr, "dev", dev, "nodad"]);
+            }
+            must(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    /// Runs `f` on a thread joined to a host's namespace (sockets it
+    /// opens stay in that namespace after the thread ends).
+    pub fn in_host<R: Send>(&self, host: &str, f: impl FnOnce() -> R + Send) -> R {
+        let ns = self.ns(host);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(&ns);
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// An HTTP server in a host on `addr` answering every request with 200
+    /// and `body` (a node's service, or kube-proxy's `/healthz`), until the
+    /// handle is stopped or dropped.
+    pub fn http_server(&self, host: &str, addr: &str, body: &str) -> HttpServer {
+        let addr: SocketAddr = addr.parse().expect("socket address");
+        let listener = self.in_host(host, || TcpListener::bind(addr));
+        let listener = listener.unwrap_or_else(|e| panic!("{host}: bind {addr}: {e}"));
+        HttpServer::serve(listener, body.to_string())
+    }
+
+    /// A host's kernel routes of protocol `proto` (both families), as
+    /// `ip -j route show proto N` lists them: destination → gateways.
+    pub fn routes(&self, host: &str, proto: u8) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out = BTreeMap::new();
+        for fam in ["-4", "-6"] {
+            let json = must(&[
+                "ip",
+                "-j",
+                fam,
+                "-n",
+                &self.ns(host),
+                "route",
+                "show",
+                "proto",
+                &proto.to_string(),
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+            for r in v.as_array().cloned().unwrap_or_default() {
+                let dst = r["dst"].as_str().unwrap_or_default().to_string();
+                let gws: &mut BTreeSet<String> = out.entry(dst).or_default();
+                if let Some(g) = r["gateway"].as_str() {
+                    gws.insert(g.to_string());
+                }
+                for nh in r["nexthops"].as_array().cloned().unwrap_or_default() {
+                    if let Some(g) = nh["gateway"].as_str() {
+                        gws.insert(g.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Runs a shell command in a host; its output (panics on failure).
     pub fn sh(&self, host: &str, cmd: &str) -> String {
         must(&["ip", "netns", "exec", &self.ns(host), "sh", "-c", cmd])
@@ -216,6 +315,108 @@ impl Drop for Lab {
         } else {
             eprintln!("lab files kept in {}", self.dir.display());
         }
+    }
+}
+
+/// Joins the calling thread to the network namespace named `ns`.
+pub fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: a valid netns descriptor; setns affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// A minimal HTTP/1.x server on its own thread (see [`Lab::http_server`]).
+/// Stopping it closes the listening socket: new connections are refused.
+pub struct HttpServer {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    fn serve(listener: TcpListener, body: String) -> HttpServer {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if answer(conn, &body).is_ok() {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        HttpServer {
+            stop,
+            served,
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Close the listening socket and wait for the thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn answer(mut conn: TcpStream, body: &str) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// One HTTP GET of `path` on a new connection (call it from a thread
+/// inside the client's namespace, [`Lab::in_host`]): the body of a 200.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    let mut c = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut out = String::new();
+    c.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("bad response: {out:?}")),
     }
 }
 
