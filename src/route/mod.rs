@@ -164,6 +164,10 @@ pub struct RouteActuator {
     /// Counter objects in `inet pier` after the last successful nft apply
     /// (`None`: unknown, read it).
     nft_counters: Option<BTreeSet<String>>,
+    /// The firewall of the last successful nft apply: a new Desired that
+    /// changes only next hops (a node failing) leaves the table alone, so
+    /// the route change is not followed by a rewrite of every set.
+    nft_applied: Option<nft::Firewall>,
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
@@ -208,27 +212,36 @@ impl RouteActuator {
             events,
             last: Arc::new(Desired::default()),
             nft_counters: None,
+            nft_applied: None,
         })
     }
 
-    /// Converge the kernel routes and the nft table to `desired`.
+    /// Converge the kernel routes and the nft table to `desired`. The
+    /// table is written only when its content changes (or was never
+    /// written by this actuator).
     pub async fn apply(&mut self, desired: &Desired) -> Result<Report, RouteError> {
         self.last = Arc::new(desired.clone());
-        self.converge().await
+        self.converge(false).await
     }
 
     /// Re-read what is installed and repair any drift from the last
-    /// applied state.
+    /// applied state; the nft table is rewritten whole (pier does not read
+    /// it back, so a hand edit is repaired here).
     pub async fn repair(&mut self) -> Result<Report, RouteError> {
-        self.converge().await
+        self.converge(true).await
     }
 
-    async fn converge(&mut self) -> Result<Report, RouteError> {
+    async fn converge(&mut self, rewrite_table: bool) -> Result<Report, RouteError> {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
+        report.firewalled_vips = fw.len();
+        if !rewrite_table && self.nft_applied.as_ref() == Some(&fw) {
+            return Ok(report);
+        }
+        self.nft_applied = None;
         let known = self.nft_counters.take();
         self.nft_counters = Some(nft::apply(&fw, known.as_ref()).await?);
-        report.firewalled_vips = fw.len();
+        self.nft_applied = Some(fw);
         Ok(report)
     }
 
@@ -285,13 +298,17 @@ impl RouteActuator {
         let first = desired.borrow_and_update().clone();
         self.last = first;
         let mut routes_only = false;
+        // The first pass and timer repairs rewrite the table; a new
+        // Desired only when the firewall changed.
+        let mut rewrite_table = true;
         loop {
             let result = if routes_only {
                 self.converge_routes().await
             } else {
-                self.converge().await
+                self.converge(rewrite_table).await
             };
             routes_only = false;
+            rewrite_table = false;
             match result {
                 Ok(r) if r.added + r.replaced + r.deleted > 0 => tracing::info!(
                     generation = r.generation,
@@ -324,6 +341,7 @@ impl RouteActuator {
                         if self.events.is_none() {
                             self.events = open_events().map_err(|e| tracing::warn!(error = %e, "route events")).ok();
                         }
+                        rewrite_table = true;
                         break;
                     }
                     msg = event => match msg {
