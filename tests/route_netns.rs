@@ -515,13 +515,28 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
             ),
         ],
     );
+    let redirects = |dev: &str| {
+        gw.exec(&[
+            "cat",
+            &format!("/proc/sys/net/ipv4/conf/{dev}/send_redirects"),
+        ])
+        .trim()
+        .to_string()
+    };
+    assert_eq!(redirects("g1"), "1", "a new interface sends redirects");
     block_on_in(&gw, async {
-        let mut act = RouteActuator::start(config(&["g0", "g1"]))
-            .await
-            .expect("start");
+        // Only the client side is configured: the interface towards the
+        // nodes is found from pier's own routes once they exist.
+        let mut act = RouteActuator::start(config(&["g0"])).await.expect("start");
         act.apply(&d).await.expect("apply");
+        act.repair().await.expect("repair");
         // Dropped without shutdown: routes and table stay (as with keep).
     });
+    assert_eq!(
+        redirects("g1"),
+        "0",
+        "send_redirects off where routes leave"
+    );
     let json = gw.exec(&["nft", "-j", "list", "table", "inet", "pier"]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("nft json");
     let elems = |set: &str| -> String {

@@ -168,6 +168,9 @@ pub struct RouteActuator {
     /// changes only next hops (a node failing) leaves the table alone, so
     /// the route change is not followed by a rewrite of every set.
     nft_applied: Option<nft::Firewall>,
+    /// Interfaces whose `send_redirects` was checked (the configured LAN
+    /// interfaces at start, then every interface pier's routes leave by).
+    redirects_checked: BTreeSet<String>,
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
@@ -206,13 +209,14 @@ impl RouteActuator {
         let connection = tokio::spawn(conn);
         let events = Some(open_events()?);
         Ok(RouteActuator {
-            config,
             handle,
             connection,
             events,
             last: Arc::new(Desired::default()),
             nft_counters: None,
             nft_applied: None,
+            redirects_checked: config.lan_interfaces.iter().cloned().collect(),
+            config,
         })
     }
 
@@ -250,7 +254,8 @@ impl RouteActuator {
     async fn converge_routes(&mut self) -> Result<Report, RouteError> {
         let desired = self.last.clone();
         let want = kernel::desired_routes(&desired);
-        let current = kernel::dump(&self.handle).await?;
+        let (current, egress) = kernel::dump_with_interfaces(&self.handle).await?;
+        self.check_redirects(&egress).await;
         let ops = kernel::diff(&current, &want);
         let mut report = Report {
             generation: desired.generation,
@@ -280,6 +285,38 @@ impl RouteActuator {
             }
         }
         Ok(report)
+    }
+
+    /// `send_redirects` must be 0 on every interface pier forwards out of,
+    /// not only the configured ones: a `next_hop = "self"` pool's nodes
+    /// may sit behind any interface. Those are known only once pier's
+    /// routes exist (the kernel picks the interface), so they are checked
+    /// here, each once: set with `sysctl = "set"`, a warning naming the
+    /// setting with `sysctl = "check"` (pier is already running).
+    async fn check_redirects(&mut self, egress: &BTreeSet<u32>) {
+        for index in egress {
+            let name = match kernel::interface_name(&self.handle, *index).await {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, index, "interface name");
+                    continue;
+                }
+            };
+            if self.redirects_checked.contains(&name) || !sysctl::valid_interface(&name) {
+                continue;
+            }
+            let req = [sysctl::interface_requirement(&name)];
+            match sysctl::ensure_requirements(&self.config.proc_sys, &req, self.config.sysctl) {
+                Ok(changed) => {
+                    for key in changed {
+                        tracing::info!(sysctl = %key, "set sysctl for forwarding");
+                    }
+                }
+                Err(e) => tracing::warn!(interface = %name, "{e}"),
+            }
+            self.redirects_checked.insert(name);
+        }
     }
 
     /// Apply every new Desired from `desired`, repair every
