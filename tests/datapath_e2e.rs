@@ -208,8 +208,8 @@ fn assert_answered_by(lab: &Lab, from: &str, vip: &str, names: &[&str]) {
     );
 }
 
-/// When each request finished, and its answer.
-type RequestLog = Arc<Mutex<Vec<(Instant, Result<String, String>)>>>;
+/// When each request started and ended, and its answer.
+type RequestLog = Arc<Mutex<Vec<(Instant, Instant, Result<String, String>)>>>;
 
 /// Requests from the client to demo/web, one after another, in the
 /// background, while a node fails or comes back.
@@ -229,8 +229,9 @@ impl Traffic {
         let thread = std::thread::spawn(move || {
             netlab::enter(&ns);
             while !s.load(Ordering::Relaxed) {
+                let started = Instant::now();
                 let r = http_get(addr, "/", REQUEST_TIMEOUT);
-                l.lock().unwrap().push((Instant::now(), r));
+                l.lock().unwrap().push((started, Instant::now(), r));
             }
         });
         Traffic {
@@ -240,22 +241,26 @@ impl Traffic {
         }
     }
 
-    /// Requests done and failed between `from` and `to`.
+    /// Requests in flight at some time between `from` and `to`, and how
+    /// many of them failed.
     fn between(&self, from: Instant, to: Instant) -> (usize, usize) {
         let log = self.log.lock().unwrap();
-        let window: Vec<_> = log.iter().filter(|(t, _)| *t >= from && *t <= to).collect();
+        let window: Vec<_> = log
+            .iter()
+            .filter(|(start, end, _)| *start <= to && *end >= from)
+            .collect();
         (
             window.len(),
-            window.iter().filter(|(_, r)| r.is_err()).count(),
+            window.iter().filter(|(_, _, r)| r.is_err()).count(),
         )
     }
 
-    /// Answers per node after `from`, and failures.
+    /// Answers per node to requests started after `from`, and failures.
     fn since(&self, from: Instant) -> (BTreeMap<String, usize>, usize) {
         let log = self.log.lock().unwrap();
         let mut answers = BTreeMap::new();
         let mut failed = 0;
-        for (_, r) in log.iter().filter(|(t, _)| *t > from) {
+        for (_, _, r) in log.iter().filter(|(start, _, _)| *start > from) {
             match r {
                 Ok(body) => *answers.entry(body.clone()).or_insert(0) += 1,
                 Err(_) => failed += 1,
