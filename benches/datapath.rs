@@ -14,8 +14,8 @@
 //!    the VIP's kernel route, with the real `pier` binary at the default
 //!    health settings, p50/p99 over 20 trials, observed by polling netlink
 //!    from outside pier; and the time back after the endpoint returns.
-//! 4. ARP reply latency: pier's responder vs the kernel answering for a
-//!    local address, same veth, same run.
+//! 4. ARP and NDP reply latency: pier's responder vs the kernel answering
+//!    for a local address, same veth, same run.
 //!
 //! `cargo bench --bench datapath` (env `DATAPATH_TRIALS`, `DATAPATH_VIPS`,
 //! `DATAPATH_IPERF_SECONDS` change the sizes).
@@ -510,7 +510,14 @@ fn arp(requests: usize, rows: &mut Vec<Row>) {
     let mut lab = Lab::new("bar");
     lab.bare_host("a");
     lab.bare_host("b");
-    lab.link("a", "va", &[], "b", "vb", &["10.66.50.2/24"]);
+    lab.link(
+        "a",
+        "va",
+        &[],
+        "b",
+        "vb",
+        &["10.66.50.2/24", "fd66:50::2/64"],
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let a_ns = lab.ns("a");
@@ -519,12 +526,17 @@ fn arp(requests: usize, rows: &mut Vec<Row>) {
         runtime().block_on(async move {
             let arp = Arc::new(ArpResponder::spawn(ArpConfig::default()));
             let mut d = desired(0, "10.66.50", vec![]);
-            d.announcements.push(Arc::new(Announcement {
-                mode: AnnounceMode::L2 {
-                    interface: "va".into(),
-                },
-                ..(*announcement("10.66.50.100".parse().unwrap(), &["10.66.50.11"], &[])).clone()
-            }));
+            for (vip, hop) in [
+                ("10.66.50.100", "10.66.50.11"),
+                ("fd66:50::100", "fd66:50::11"),
+            ] {
+                d.announcements.push(Arc::new(Announcement {
+                    mode: AnnounceMode::L2 {
+                        interface: "va".into(),
+                    },
+                    ..(*announcement(vip.parse().unwrap(), &[hop], &[])).clone()
+                }));
+            }
             arp.update(&d);
             while !arp.counters().get("va").is_some_and(|c| c.serving) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -547,20 +559,39 @@ fn arp(requests: usize, rows: &mut Vec<Row>) {
             l
         })
     };
+    let measure6 = |target: &str| {
+        let target: std::net::Ipv6Addr = target.parse().unwrap();
+        lab.in_host("b", || {
+            let fd = netlab::raw_socket("vb", 0x86dd);
+            let req = netlab::ndp_solicit(mac_b, "fd66:50::2".parse().unwrap(), target);
+            let mut l: Vec<Duration> = (0..requests)
+                .filter_map(|_| netlab::ndp_ask(&fd, &req, target, Duration::from_secs(1)))
+                .collect();
+            l.sort();
+            l
+        })
+    };
     let pier = measure([10, 66, 50, 100]);
-    lab.sh("a", "ip addr add 10.66.50.1/24 dev va");
+    let pier6 = measure6("fd66:50::100");
+    lab.sh(
+        "a",
+        "ip addr add 10.66.50.1/24 dev va && ip addr add fd66:50::1/64 dev va nodad",
+    );
     let kernel = measure([10, 66, 50, 1]);
+    let kernel6 = measure6("fd66:50::1");
     let _ = stop_tx.send(());
     let _ = responder.join();
     let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
     for (who, l) in [
-        ("pier's responder", pier),
-        ("the kernel (own address)", kernel),
+        ("ARP, pier's responder", pier),
+        ("ARP, the kernel (own address)", kernel),
+        ("NDP, pier's responder", pier6),
+        ("NDP, the kernel (own address)", kernel6),
     ] {
-        assert!(!l.is_empty(), "no ARP replies from {who}");
+        assert!(!l.is_empty(), "no replies: {who}");
         let p = |q: f64| l[((l.len() - 1) as f64 * q) as usize];
         rows.push(row(
-            format!("ARP reply latency over a veth, {who} (p50 / p99)"),
+            format!("{who}: reply latency over a veth (p50 / p99)"),
             format!("{} / {}", us(p(0.5)), us(p(0.99))),
             format!("{} of {requests} answered", l.len()),
         ));

@@ -423,8 +423,14 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Strin
 /// An AF_PACKET socket for ARP frames bound to `dev` (in the calling
 /// thread's namespace), with a 20 ms receive timeout.
 pub fn raw_arp_socket(dev: &str) -> std::os::fd::OwnedFd {
+    raw_socket(dev, 0x0806)
+}
+
+/// An AF_PACKET socket for frames of `ethertype` bound to `dev`, with a
+/// 20 ms receive timeout.
+pub fn raw_socket(dev: &str, ethertype: u16) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    let proto = (0x0806u16).to_be() as i32;
+    let proto = ethertype.to_be() as i32;
     // SAFETY: plain socket(2); checked below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -437,7 +443,7 @@ pub fn raw_arp_socket(dev: &str) -> std::os::fd::OwnedFd {
     // SAFETY: all-zero sockaddr_ll is valid.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = 0x0806u16.to_be();
+    addr.sll_protocol = ethertype.to_be();
     addr.sll_ifindex = index as i32;
     // SAFETY: addr is a valid sockaddr_ll.
     let rc = unsafe {
@@ -513,6 +519,86 @@ pub fn arp_ask(
         let f = &buf[..n as usize];
         if f[20..22] == [0, 2] && f[28..32] == target {
             return Some((f.to_vec(), t0.elapsed()));
+        }
+    }
+    None
+}
+
+/// A neighbour solicitation "who has `target`" from `src` (RFC 4861 §4.3,
+/// with a source link-layer address option), written out by hand
+/// (independently of pier's frame builder), to `target`'s solicited-node
+/// group.
+pub fn ndp_solicit(
+    src_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+) -> Vec<u8> {
+    let t = target.octets();
+    let mut dst = [0u8; 16];
+    dst[..2].copy_from_slice(&[0xff, 0x02]);
+    dst[11..13].copy_from_slice(&[0x01, 0xff]);
+    dst[13..].copy_from_slice(&t[13..]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&src_mac);
+    // Checksum over the pseudo-header (RFC 8200 §8.1) and the message.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
+        }
+    };
+    add(&src.octets());
+    add(&dst);
+    add(&(icmp.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&icmp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !(sum as u16);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// Send the solicitation `req` on `fd` (a [`raw_socket`] for 0x86dd) and
+/// wait up to `wait` for a neighbour advertisement for `target`; how long
+/// it took.
+pub fn ndp_ask(
+    fd: &std::os::fd::OwnedFd,
+    req: &[u8],
+    target: std::net::Ipv6Addr,
+    wait: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    // SAFETY: req is valid for reads.
+    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr() as *const _, req.len(), 0) };
+    assert_eq!(
+        n as usize,
+        req.len(),
+        "send: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut buf = [0u8; 1600];
+    while t0.elapsed() < wait {
+        // SAFETY: buf is valid for writes.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        if n < 78 {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 136 && f[62..78] == target.octets()
+        {
+            return Some(t0.elapsed());
         }
     }
     None
