@@ -416,3 +416,49 @@ fn node_failures_leave_the_route_while_traffic_flows() {
     let (_, tables) = lab.try_sh("gw", "nft list tables");
     assert!(!tables.contains("pier"), "{tables}");
 }
+
+/// `pier run` refuses to start, saying which and why, when the forwarding
+/// sysctls are wrong under `sysctl = "check"`, and when nftables cannot be
+/// used (here: no `nft` on the PATH).
+#[test]
+fn start_is_refused_with_the_reason() {
+    if !netlab::prerequisites("datapath_e2e", &["ip", "nft", "timeout"]) {
+        return;
+    }
+    let mut lab = Lab::new("dpr");
+    lab.host("gw", &["10.66.2.1/24"]);
+    let text = std::fs::read_to_string(config(&lab))
+        .unwrap()
+        .replace("sysctl = \"set\"", "sysctl = \"check\"");
+    let cfg = lab.write("check.toml", &text);
+    let run = |path: &str| {
+        let out = std::process::Command::new("timeout")
+            .args(["20", "ip", "netns", "exec", &lab.ns("gw"), "env"])
+            .arg(format!("PATH={path}"))
+            .args([PIER, "run", "--config", &path_str(&cfg)])
+            .output()
+            .expect("run pier");
+        assert!(!out.status.success(), "pier started: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A new namespace forwards nothing and hashes on addresses only.
+    let err = run(&std::env::var("PATH").unwrap_or_default());
+    for want in [
+        "net.ipv4.ip_forward = 0, pier needs 1",
+        "net.ipv4.fib_multipath_hash_policy = 0, pier needs 1",
+        "net.ipv4.conf.eth0.send_redirects = 1, pier needs 0",
+        "one client always hits one node",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+    assert_eq!(
+        lab.sh("gw", "sysctl -n net.ipv4.ip_forward").trim(),
+        "0",
+        "check mode changes nothing"
+    );
+    let err = run("/nonexistent");
+    assert!(
+        err.contains("nftables is not usable") && err.contains("install the nftables package"),
+        "{err}"
+    );
+}
