@@ -171,6 +171,8 @@ pub struct RouteActuator {
     /// Interfaces whose `send_redirects` was checked (the configured LAN
     /// interfaces at start, then every interface pier's routes leave by).
     redirects_checked: BTreeSet<String>,
+    /// Interface indexes already looked at (no netlink lookup per repair).
+    egress_seen: BTreeSet<u32>,
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
@@ -216,6 +218,7 @@ impl RouteActuator {
             nft_counters: None,
             nft_applied: None,
             redirects_checked: config.lan_interfaces.iter().cloned().collect(),
+            egress_seen: BTreeSet::new(),
             config,
         })
     }
@@ -294,7 +297,7 @@ impl RouteActuator {
     /// here, each once: set with `sysctl = "set"`, a warning naming the
     /// setting with `sysctl = "check"` (pier is already running).
     async fn check_redirects(&mut self, egress: &BTreeSet<u32>) {
-        for index in egress {
+        for index in egress.difference(&self.egress_seen.clone()) {
             let name = match kernel::interface_name(&self.handle, *index).await {
                 Ok(Some(n)) => n,
                 Ok(None) => continue,
@@ -303,6 +306,7 @@ impl RouteActuator {
                     continue;
                 }
             };
+            self.egress_seen.insert(*index);
             if self.redirects_checked.contains(&name) || !sysctl::valid_interface(&name) {
                 continue;
             }
