@@ -336,14 +336,6 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
             Err(out)
         }
     });
-    // Plain forwarding: one static route, no nft.
-    lab.sh("gw", &format!("ip route add {target}/32 via 10.0.3.11"));
-    let (mut direct, mut plain, mut with_pier) = (vec![], vec![], vec![]);
-    for _ in 0..3 {
-        direct.push(iperf(&lab, "c", "198.51.100.1", seconds));
-        plain.push(iperf(&lab, "c", target, seconds));
-    }
-    lab.sh("gw", &format!("ip route del {target}/32"));
     // pier's state: 10k VIPs (routes + nft sets), the target among them.
     let extra = vec![announcement(
         target.parse().unwrap(),
@@ -351,36 +343,55 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
         &["5201/tcp"],
     )];
     let d = desired(n, "10.0.3", extra);
-    lab.in_host("gw", || {
-        runtime().block_on(async {
-            let mut act = RouteActuator::start(route_config()).await.expect("start");
-            act.apply(&d).await.expect("apply");
-            // Dropped without shutdown: the routes and table stay.
+    let pier_state = |install: bool| {
+        lab.in_host("gw", || {
+            runtime().block_on(async {
+                let mut act = RouteActuator::start(route_config()).await.expect("start");
+                if install {
+                    act.apply(&d).await.expect("apply");
+                    // Dropped without shutdown: the routes and table stay.
+                } else {
+                    act.shutdown(false).await.expect("remove");
+                }
+            })
         })
-    });
-    let routes = lab.routes("gw", 201).len();
-    assert_eq!(routes, n + 1);
-    let mut direct2 = vec![];
-    for _ in 0..3 {
+    };
+    // Rounds of: direct, plain forwarding (one static route, no nft),
+    // pier's 10k VIPs; interleaved so the machine's load hits all three.
+    let (mut direct, mut plain, mut with_pier) = (vec![], vec![], vec![]);
+    let mut accepted = String::new();
+    let rounds = 5;
+    for _ in 0..rounds {
+        direct.push(iperf(&lab, "c", "198.51.100.1", seconds));
+        lab.sh("gw", &format!("ip route add {target}/32 via 10.0.3.11"));
+        plain.push(iperf(&lab, "c", target, seconds));
+        lab.sh("gw", &format!("ip route del {target}/32"));
+        pier_state(true);
+        assert_eq!(lab.routes("gw", 201).len(), n + 1);
         with_pier.push(iperf(&lab, "c", target, seconds));
-        direct2.push(iperf(&lab, "c", "198.51.100.1", seconds));
+        accepted = lab.sh("gw", "nft list counter inet pier a_0a4dc801");
+        pier_state(false);
     }
-    let counters = lab.sh("gw", "nft list counter inet pier a_0a4dc801");
     assert!(
-        !counters.contains("packets 0 "),
-        "iperf3 traffic did not go through pier's rules: {counters}"
+        !accepted.contains("packets 0 "),
+        "iperf3 traffic did not go through pier's rules: {accepted}"
     );
-    direct.extend(direct2);
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{:.2}–{:.2}", lo / 1e9, hi / 1e9)
+    };
+    let (sd, sp, sw) = (spread(&direct), spread(&plain), spread(&with_pier));
     let (d, p, w) = (median_f(direct), median_f(plain), median_f(with_pier));
     rows.push(row(
         "iperf3 direct veth client → node (no gateway)",
         gbit(d),
-        format!("median of {} runs of {seconds} s", 6),
+        format!("median of {rounds} runs of {seconds} s (range {sd})"),
     ));
     rows.push(row(
         "iperf3 through the gateway, plain forwarding (1 route, no nft)",
         gbit(p),
-        format!("×{:.2} of direct", p / d),
+        format!("×{:.2} of direct (range {sp})", p / d),
     ));
     rows.push(row(
         format!(
@@ -388,7 +399,11 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
             thousands(n)
         ),
         gbit(w),
-        format!("×{:.2} of plain forwarding, ×{:.2} of direct", w / p, w / d),
+        format!(
+            "×{:.2} of plain forwarding, ×{:.2} of direct (range {sw})",
+            w / p,
+            w / d
+        ),
     ));
 }
 
