@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/netlab.rs"]
+mod netlab;
+
 use pier::config::SysctlMode;
 use pier::model::{
     AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule, PortSpec,
@@ -129,23 +132,14 @@ fn run(args: &[&str]) -> String {
 
 /// Run `f` on a thread inside namespace `ns`.
 fn in_ns<R: Send>(ns: &Ns, f: impl FnOnce() -> R + Send) -> R {
-    let path = format!("/run/netns/{}", ns.0);
     std::thread::scope(|s| {
         s.spawn(|| {
-            enter(&path);
+            netlab::enter(&ns.0);
             f()
         })
         .join()
         .expect("thread in netns panicked")
     })
-}
-
-fn enter(path: &str) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid netns fd; affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// Run an async block on a fresh runtime inside `ns`.
@@ -414,10 +408,10 @@ fn serve(
     udp: SocketAddr,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
-    let path = format!("/run/netns/{}", ns.0);
+    let ns = ns.0.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
-        enter(&path);
+        netlab::enter(&ns);
         let listeners: Vec<TcpListener> = tcp
             .iter()
             .map(|a| {
