@@ -249,7 +249,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     // The speaker's status board; a speaker started later from a BgpConf
     // (kubernetes.crds) puts its own here.
     let board = pier::watch::openelb::BoardSlot::new(speaker.as_ref().map(|s| s.board()));
-    let datapath = start_datapath(&cfg, desired_rx.clone(), stop_rx.clone()).await?;
+    let datapath = start_datapath(&cfg, desired_rx.clone(), stop_rx.clone(), &metrics).await?;
     let routes_view = datapath.routes_view.clone();
     let api_ctx = ApiContext {
         engine: query_tx,
@@ -461,6 +461,7 @@ async fn start_datapath(
     cfg: &Config,
     desired: watch::Receiver<Arc<Desired>>,
     mut stop: watch::Receiver<bool>,
+    metrics: &Metrics,
 ) -> anyhow::Result<Datapath> {
     use pier::model::{NextHopMode, PoolMode};
     let view = Arc::new(std::sync::Mutex::new(serde_json::json!([])));
@@ -475,16 +476,47 @@ async fn start_datapath(
         .filter_map(|p| p.interface.clone())
         .collect();
     if !l2_interfaces.is_empty() {
-        let responder = pier::arp::ArpResponder::spawn(pier::arp::ArpConfig::default());
+        let responder = Arc::new(pier::arp::ArpResponder::spawn(
+            pier::arp::ArpConfig::default(),
+        ));
         let mut rx = desired.clone();
+        // The desired-state task owns the responder (it stops answering
+        // when that task ends); the metrics copier only looks at it.
+        let weak = Arc::downgrade(&responder);
+        let arp = responder;
         tokio::spawn(async move {
             loop {
                 let d = rx.borrow_and_update().clone();
                 if d.generation > 0 {
-                    responder.update(&d);
+                    arp.update(&d);
                 }
                 if rx.changed().await.is_err() {
                     break;
+                }
+            }
+        });
+        // The responder counts on its own; copy the increments into
+        // pier_arp_replies_sent_total / pier_garp_sent_total.
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut seen: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(responder) = weak.upgrade() else {
+                    break;
+                };
+                for (interface, c) in responder.counters() {
+                    let labels = metrics.interface(&interface);
+                    let last = seen.entry(interface).or_default();
+                    metrics
+                        .arp_replies_sent
+                        .get_or_create(&labels)
+                        .inc_by(c.replies.saturating_sub(last.0));
+                    metrics
+                        .garp_sent
+                        .get_or_create(&labels)
+                        .inc_by(c.gratuitous.saturating_sub(last.1));
+                    *last = (c.replies, c.gratuitous);
                 }
             }
         });

@@ -6,12 +6,15 @@
 //! when CI=true.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/netlab.rs"]
+mod netlab;
+
+use netlab::{arp_ask as ask, arp_request, parse_mac, raw_arp_socket};
 use pier::arp::{ArpConfig, ArpResponder, Schedule};
 use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop};
 
@@ -187,20 +190,13 @@ impl Drop for Lab {
 
 /// Run `f` on a thread that has entered network namespace `ns`.
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
+    let ns = ns.to_string();
     std::thread::spawn(move || {
-        enter(&path);
+        netlab::enter(&ns);
         f()
     })
     .join()
     .expect("netns thread")
-}
-
-fn enter(path: &str) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    // SAFETY: file is an open namespace descriptor; setns affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// The responder, running on its own thread (and tokio runtime) inside A.
@@ -212,11 +208,11 @@ struct Responder {
 
 impl Responder {
     fn start(ns: &str, cfg: ArpConfig) -> Responder {
-        let path = format!("/var/run/netns/{ns}");
+        let ns = ns.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            enter(&path);
+            netlab::enter(&ns);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -452,102 +448,6 @@ fn takeover_is_announced_gratuitously() {
 }
 
 /// A raw ARP socket in the current thread's namespace, bound to `dev`.
-fn raw_arp_socket(dev: &str) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    let proto = (0x0806u16).to_be() as i32;
-    // SAFETY: plain socket(2); checked below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is ours.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(dev).unwrap();
-    // SAFETY: valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(index > 0, "no {dev}");
-    // SAFETY: all-zero sockaddr_ll is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = 0x0806u16.to_be();
-    addr.sll_ifindex = index as i32;
-    // SAFETY: addr is a valid sockaddr_ll.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 20_000,
-    };
-    // SAFETY: tv is a valid timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    fd
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
-/// An ARP request "who has `target` tell `sender`", written out by hand
-/// (independently of pier's frame builder).
-fn arp_request(sender_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&sender_mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&sender_mac);
-    f.extend_from_slice(&sender);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target);
-    f
-}
-
-/// Send `req` and wait up to `wait` for an ARP reply whose sender IP is
-/// `target`; returns the reply and how long it took.
-fn ask(
-    fd: &std::os::fd::OwnedFd,
-    req: &[u8],
-    target: [u8; 4],
-    wait: Duration,
-) -> Option<(Vec<u8>, Duration)> {
-    let t0 = Instant::now();
-    // SAFETY: req is valid for reads.
-    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr() as *const _, req.len(), 0) };
-    assert_eq!(
-        n as usize,
-        req.len(),
-        "send: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut buf = [0u8; 1600];
-    while t0.elapsed() < wait {
-        // SAFETY: buf is valid for writes.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
-        if n < 42 {
-            continue;
-        }
-        let f = &buf[..n as usize];
-        if f[20..22] == [0, 2] && f[28..32] == target {
-            return Some((f.to_vec(), t0.elapsed()));
-        }
-    }
-    None
-}
-
 /// ARP replies checked byte by byte against a request written by hand, and
 /// the responder's reply latency measured (printed, not asserted).
 #[test]

@@ -28,6 +28,14 @@
 //!   by its own task: an HTTP/1.1 GET that must return status 200 within
 //!   `timeout_ms` ([`http::probe`]). A probe still running when the next
 //!   one is due makes that one skip, never overlap.
+//! - While a target is in transition (it failed but is not down yet, or
+//!   succeeded again but is not up yet) it is probed at a fifth of the
+//!   interval ([`verdict::fast_interval`], HAProxy's `fastinter`): a
+//!   health endpoint that starts refusing is down
+//!   `[0, interval) + (fall - 1) × interval / 5` later (0.2–0.7 s at the
+//!   defaults) instead of up to `fall × interval`; one that stops
+//!   answering adds `timeout_ms` per probe. A steady target, up or down,
+//!   still costs one probe per interval.
 //! - Each target is probed at a fixed offset within the interval
 //!   ([`verdict::phase`], a hash of the target), so 500 nodes are not all
 //!   probed at the same instant.
@@ -112,7 +120,13 @@ async fn run(
     out: mpsc::UnboundedSender<HealthView>,
 ) {
     let interval = Duration::from_millis(cfg.interval_ms.max(1));
-    let timeout = Duration::from_millis(cfg.timeout_ms.max(1));
+    let timing = Timing {
+        interval,
+        fast: verdict::fast_interval(interval),
+        timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
+        rise: cfg.rise,
+        fall: cfg.fall,
+    };
     let mut verdicts = Verdicts::new(cfg.rise, cfg.fall);
     let mut running: BTreeMap<ProbeTarget, Running> = BTreeMap::new();
     let (report_tx, mut reports) = mpsc::unbounded_channel::<Report>();
@@ -127,13 +141,7 @@ async fn run(
         for t in set {
             if !running.contains_key(t) {
                 next_id += 1;
-                let task = tokio::spawn(probe_loop(
-                    t.clone(),
-                    next_id,
-                    interval,
-                    timeout,
-                    report_tx.clone(),
-                ));
+                let task = tokio::spawn(probe_loop(t.clone(), next_id, timing, report_tx.clone()));
                 running.insert(t.clone(), Running { id: next_id, task });
             }
         }
@@ -191,23 +199,38 @@ async fn run(
     }
 }
 
+/// How one target is probed.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    interval: Duration,
+    fast: Duration,
+    timeout: Duration,
+    rise: u32,
+    fall: u32,
+}
+
 async fn probe_loop(
     target: ProbeTarget,
     id: u64,
-    interval: Duration,
-    timeout: Duration,
+    timing: Timing,
     reports: mpsc::UnboundedSender<Report>,
 ) {
-    let start = tokio::time::Instant::now() + verdict::phase(&target, interval);
-    let mut ticks = tokio::time::interval_at(start, interval);
-    // A probe that outlasts the interval delays the next; none overlap and
-    // missed ticks are not made up in a burst.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The schedule starts at the target's phase. The task keeps its own
+    // copy of the rise/fall state only to know when it is in transition
+    // (probed at the fast interval); the verdict is the prober's.
+    let start = tokio::time::Instant::now() + verdict::phase(&target, timing.interval);
+    let mut state = verdict::TargetState::default();
+    let mut next = Duration::ZERO;
     loop {
-        ticks.tick().await;
-        let outcome = http::probe(&target, timeout).await;
+        tokio::time::sleep_until(start + next).await;
+        // Sequential: a probe that outlasts the interval delays the next,
+        // none overlap.
+        let outcome = http::probe(&target, timing.timeout).await;
+        state.record(outcome.is_ok(), timing.rise, timing.fall);
         if reports.send((id, target.clone(), outcome)).is_err() {
             return;
         }
+        let now = tokio::time::Instant::now().saturating_duration_since(start);
+        next = verdict::next_probe(&state, now, timing.interval, timing.fast);
     }
 }

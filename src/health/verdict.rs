@@ -41,6 +41,16 @@ impl Default for TargetState {
 }
 
 impl TargetState {
+    /// Is the target on its way to another verdict: failing but not yet
+    /// down, or succeeding again but not yet back up? Such a target is
+    /// probed at the fast interval ([`next_probe`]).
+    pub fn in_transition(&self) -> bool {
+        match self.verdict {
+            Verdict::Down => self.successes > 0,
+            Verdict::Up | Verdict::Unknown => self.failures > 0,
+        }
+    }
+
     /// Take one probe outcome; returns the new verdict if it changed.
     /// `rise` and `fall` below 1 act as 1.
     pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Verdict> {
@@ -145,6 +155,36 @@ pub fn phase(target: &ProbeTarget, interval: Duration) -> Duration {
     Duration::from_nanos(h % nanos)
 }
 
+/// The probe interval while a target is in transition: a fifth of the
+/// interval (at least 10 ms, at most the interval), so `fall` failures are
+/// confirmed soon after the first one (HAProxy's `fastinter`) while a
+/// steady target still gets one probe per interval.
+pub fn fast_interval(interval: Duration) -> Duration {
+    (interval / 5).max(Duration::from_millis(10)).min(interval)
+}
+
+/// When to probe next, as an offset from the start of the probe schedule
+/// (the first probe, at the target's phase): `fast` after `now` while
+/// `state` is in transition, otherwise the next tick of the regular
+/// schedule after `now` (ticks missed while a probe ran are skipped, not
+/// made up).
+pub fn next_probe(
+    state: &TargetState,
+    now: Duration,
+    interval: Duration,
+    fast: Duration,
+) -> Duration {
+    if state.in_transition() {
+        return now + fast;
+    }
+    let interval = interval.max(Duration::from_nanos(1));
+    let ticks = now.as_nanos() / interval.as_nanos() + 1;
+    let nanos = ticks
+        .saturating_mul(interval.as_nanos())
+        .min(u64::MAX as u128);
+    Duration::from_nanos(nanos as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +248,49 @@ mod tests {
         // re-added: starts over without a verdict
         v.set_targets(&[t(1)].into());
         assert_eq!(v.state(&t(1)).unwrap(), TargetState::default());
+    }
+
+    #[test]
+    fn transitions_are_probed_fast_steady_targets_on_the_schedule() {
+        let ms = Duration::from_millis;
+        let (interval, fast) = (ms(500), fast_interval(ms(500)));
+        assert_eq!(fast, ms(100));
+        assert_eq!(fast_interval(ms(20)), ms(10));
+        assert_eq!(
+            fast_interval(ms(5)),
+            ms(5),
+            "never slower than the interval"
+        );
+        let mut s = TargetState::default();
+        // Steady (no verdict yet, all good): the next regular tick.
+        s.record(true, 2, 3);
+        assert!(!s.in_transition());
+        assert_eq!(next_probe(&s, ms(3), interval, fast), ms(500));
+        assert_eq!(next_probe(&s, ms(500), interval, fast), ms(1000));
+        assert_eq!(
+            next_probe(&s, ms(1730), interval, fast),
+            ms(2000),
+            "a slow probe skips missed ticks"
+        );
+        // First failure: fast until down.
+        s.record(false, 2, 3);
+        assert!(s.in_transition());
+        assert_eq!(next_probe(&s, ms(2003), interval, fast), ms(2103));
+        s.record(false, 2, 3);
+        assert!(s.in_transition());
+        assert_eq!(s.record(false, 2, 3), Some(Verdict::Down));
+        assert!(!s.in_transition(), "down and staying down: regular rate");
+        assert_eq!(next_probe(&s, ms(2210), interval, fast), ms(2500));
+        // Coming back: fast until up.
+        s.record(true, 2, 3);
+        assert!(s.in_transition());
+        assert_eq!(s.record(true, 2, 3), Some(Verdict::Up));
+        assert!(!s.in_transition());
+        // A single failure that recovers ends the transition.
+        s.record(false, 2, 3);
+        assert!(s.in_transition());
+        s.record(true, 2, 3);
+        assert!(!s.in_transition());
     }
 
     #[test]

@@ -219,9 +219,36 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// The interfaces (indexes) a dumped route of pier's leaves by (pure):
+/// `RTA_OIF` of a plain route, each next hop's interface of a multipath one.
+pub fn egress_interfaces(msg: &RouteMessage) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Oif(i) => {
+                out.insert(*i);
+            }
+            RouteAttribute::MultiPath(nhs) => {
+                out.extend(nhs.iter().map(|nh| nh.interface_index));
+            }
+            _ => {}
+        }
+    }
+    out.remove(&0);
+    out
+}
+
 /// Dump pier's routes (both families, main table).
 pub async fn dump(handle: &Handle) -> Result<RouteTable, RouteError> {
+    Ok(dump_with_interfaces(handle).await?.0)
+}
+
+/// Dump pier's routes, and the interfaces (indexes) they leave by.
+pub async fn dump_with_interfaces(
+    handle: &Handle,
+) -> Result<(RouteTable, BTreeSet<u32>), RouteError> {
     let mut table = RouteTable::new();
+    let mut interfaces = BTreeSet::new();
     for req in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
@@ -239,10 +266,30 @@ pub async fn dump(handle: &Handle) -> Result<RouteTable, RouteError> {
             if let Some((dst, hops)) = parse_route(&msg) {
                 // IPv6 may report the siblings of one multipath route apart.
                 table.entry(dst).or_default().extend(hops);
+                interfaces.extend(egress_interfaces(&msg));
             }
         }
     }
-    Ok(table)
+    Ok((table, interfaces))
+}
+
+/// The name of interface `index`, `None` when there is none.
+pub async fn interface_name(handle: &Handle, index: u32) -> Result<Option<String>, RouteError> {
+    use netlink_packet_route::link::LinkAttribute;
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n),
+            _ => None,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(source) => Err(RouteError::Netlink {
+            op: "get link",
+            dst: None,
+            source,
+        }),
+    }
 }
 
 /// Outcome of one operation that the kernel refused without it being
@@ -431,6 +478,32 @@ mod tests {
         let mut other_table = mine;
         other_table.attributes.push(RouteAttribute::Table(100));
         assert_eq!(parse_route(&other_table), None);
+    }
+
+    #[test]
+    fn egress_interfaces_of_plain_and_multipath_routes() {
+        use netlink_packet_route::route::RouteNextHop;
+        let mut plain = message("10.77.0.1/32".parse().unwrap(), &set(&["10.0.0.1"])).unwrap();
+        plain.attributes.push(RouteAttribute::Oif(4));
+        assert_eq!(egress_interfaces(&plain), BTreeSet::from([4]));
+        let mut multi = message(
+            "10.77.0.2/32".parse().unwrap(),
+            &set(&["10.0.0.1", "10.0.0.2"]),
+        )
+        .unwrap();
+        for a in multi.attributes.iter_mut() {
+            if let RouteAttribute::MultiPath(nhs) = a {
+                for (nh, i) in nhs.iter_mut().zip([7, 9]) {
+                    nh.interface_index = i;
+                }
+                nhs.push(RouteNextHop::default());
+            }
+        }
+        assert_eq!(
+            egress_interfaces(&multi),
+            BTreeSet::from([7, 9]),
+            "index 0 is no interface"
+        );
     }
 
     fn table_strategy() -> impl Strategy<Value = RouteTable> {

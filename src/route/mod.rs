@@ -164,6 +164,15 @@ pub struct RouteActuator {
     /// Counter objects in `inet pier` after the last successful nft apply
     /// (`None`: unknown, read it).
     nft_counters: Option<BTreeSet<String>>,
+    /// The firewall of the last successful nft apply: a new Desired that
+    /// changes only next hops (a node failing) leaves the table alone, so
+    /// the route change is not followed by a rewrite of every set.
+    nft_applied: Option<nft::Firewall>,
+    /// Interfaces whose `send_redirects` was checked (the configured LAN
+    /// interfaces at start, then every interface pier's routes leave by).
+    redirects_checked: BTreeSet<String>,
+    /// Interface indexes already looked at (no netlink lookup per repair).
+    egress_seen: BTreeSet<u32>,
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
@@ -202,33 +211,44 @@ impl RouteActuator {
         let connection = tokio::spawn(conn);
         let events = Some(open_events()?);
         Ok(RouteActuator {
-            config,
             handle,
             connection,
             events,
             last: Arc::new(Desired::default()),
             nft_counters: None,
+            nft_applied: None,
+            redirects_checked: config.lan_interfaces.iter().cloned().collect(),
+            egress_seen: BTreeSet::new(),
+            config,
         })
     }
 
-    /// Converge the kernel routes and the nft table to `desired`.
+    /// Converge the kernel routes and the nft table to `desired`. The
+    /// table is written only when its content changes (or was never
+    /// written by this actuator).
     pub async fn apply(&mut self, desired: &Desired) -> Result<Report, RouteError> {
         self.last = Arc::new(desired.clone());
-        self.converge().await
+        self.converge(false).await
     }
 
     /// Re-read what is installed and repair any drift from the last
-    /// applied state.
+    /// applied state; the nft table is rewritten whole (pier does not read
+    /// it back, so a hand edit is repaired here).
     pub async fn repair(&mut self) -> Result<Report, RouteError> {
-        self.converge().await
+        self.converge(true).await
     }
 
-    async fn converge(&mut self) -> Result<Report, RouteError> {
+    async fn converge(&mut self, rewrite_table: bool) -> Result<Report, RouteError> {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
+        report.firewalled_vips = fw.len();
+        if !rewrite_table && self.nft_applied.as_ref() == Some(&fw) {
+            return Ok(report);
+        }
+        self.nft_applied = None;
         let known = self.nft_counters.take();
         self.nft_counters = Some(nft::apply(&fw, known.as_ref()).await?);
-        report.firewalled_vips = fw.len();
+        self.nft_applied = Some(fw);
         Ok(report)
     }
 
@@ -237,7 +257,8 @@ impl RouteActuator {
     async fn converge_routes(&mut self) -> Result<Report, RouteError> {
         let desired = self.last.clone();
         let want = kernel::desired_routes(&desired);
-        let current = kernel::dump(&self.handle).await?;
+        let (current, egress) = kernel::dump_with_interfaces(&self.handle).await?;
+        self.check_redirects(&egress).await;
         let ops = kernel::diff(&current, &want);
         let mut report = Report {
             generation: desired.generation,
@@ -269,6 +290,39 @@ impl RouteActuator {
         Ok(report)
     }
 
+    /// `send_redirects` must be 0 on every interface pier forwards out of,
+    /// not only the configured ones: a `next_hop = "self"` pool's nodes
+    /// may sit behind any interface. Those are known only once pier's
+    /// routes exist (the kernel picks the interface), so they are checked
+    /// here, each once: set with `sysctl = "set"`, a warning naming the
+    /// setting with `sysctl = "check"` (pier is already running).
+    async fn check_redirects(&mut self, egress: &BTreeSet<u32>) {
+        for index in egress.difference(&self.egress_seen.clone()) {
+            let name = match kernel::interface_name(&self.handle, *index).await {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, index, "interface name");
+                    continue;
+                }
+            };
+            self.egress_seen.insert(*index);
+            if self.redirects_checked.contains(&name) || !sysctl::valid_interface(&name) {
+                continue;
+            }
+            let req = [sysctl::interface_requirement(&name)];
+            match sysctl::ensure_requirements(&self.config.proc_sys, &req, self.config.sysctl) {
+                Ok(changed) => {
+                    for key in changed {
+                        tracing::info!(sysctl = %key, "set sysctl for forwarding");
+                    }
+                }
+                Err(e) => tracing::warn!(interface = %name, "{e}"),
+            }
+            self.redirects_checked.insert(name);
+        }
+    }
+
     /// Apply every new Desired from `desired`, repair every
     /// `repair_interval` and soon after a netlink event about pier's
     /// routes, until `stop` resolves or the sender is dropped. Errors are
@@ -285,13 +339,17 @@ impl RouteActuator {
         let first = desired.borrow_and_update().clone();
         self.last = first;
         let mut routes_only = false;
+        // The first pass and timer repairs rewrite the table; a new
+        // Desired only when the firewall changed.
+        let mut rewrite_table = true;
         loop {
             let result = if routes_only {
                 self.converge_routes().await
             } else {
-                self.converge().await
+                self.converge(rewrite_table).await
             };
             routes_only = false;
+            rewrite_table = false;
             match result {
                 Ok(r) if r.added + r.replaced + r.deleted > 0 => tracing::info!(
                     generation = r.generation,
@@ -324,6 +382,7 @@ impl RouteActuator {
                         if self.events.is_none() {
                             self.events = open_events().map_err(|e| tracing::warn!(error = %e, "route events")).ok();
                         }
+                        rewrite_table = true;
                         break;
                     }
                     msg = event => match msg {

@@ -66,6 +66,15 @@ pub fn valid_interface(name: &str) -> bool {
         && !name.chars().any(char::is_whitespace)
 }
 
+/// The per-interface setting: no ICMP redirects out of `interface`.
+pub fn interface_requirement(interface: &str) -> Requirement {
+    Requirement {
+        path: format!("net/ipv4/conf/{interface}/send_redirects"),
+        want: "0",
+        why: WHY_REDIRECTS,
+    }
+}
+
 /// Every setting pier needs, given the LAN interfaces it forwards on.
 pub fn requirements(lan_interfaces: &[String]) -> Vec<Requirement> {
     let mut r = vec![
@@ -96,13 +105,7 @@ pub fn requirements(lan_interfaces: &[String]) -> Vec<Requirement> {
             why: WHY_REDIRECTS,
         },
     ];
-    for lan in lan_interfaces {
-        r.push(Requirement {
-            path: format!("net/ipv4/conf/{lan}/send_redirects"),
-            want: "0",
-            why: WHY_REDIRECTS,
-        });
-    }
+    r.extend(lan_interfaces.iter().map(|lan| interface_requirement(lan)));
     r
 }
 
@@ -154,8 +157,17 @@ pub fn ensure(
             detail: format!("{bad:?} is not an interface name"),
         });
     }
-    let reqs = requirements(lan_interfaces);
-    let mut wrong = problems(&reqs, &read_all(root, &reqs));
+    ensure_requirements(root, &requirements(lan_interfaces), mode)
+}
+
+/// Check (and with [`SysctlMode::Set`] fix) the settings `reqs`; returns
+/// the keys changed, or an error naming every setting still wrong.
+pub fn ensure_requirements(
+    root: &Path,
+    reqs: &[Requirement],
+    mode: SysctlMode,
+) -> Result<Vec<String>, RouteError> {
+    let mut wrong = problems(reqs, &read_all(root, reqs));
     let mut changed = Vec::new();
     if mode == SysctlMode::Set && !wrong.is_empty() {
         let mut write_errors = Vec::new();
@@ -166,7 +178,7 @@ pub fn ensure(
                 Err(e) => write_errors.push(format!("{}: {e}", p.requirement.key())),
             }
         }
-        wrong = problems(&reqs, &read_all(root, &reqs));
+        wrong = problems(reqs, &read_all(root, reqs));
         if !wrong.is_empty() {
             return Err(RouteError::Sysctl {
                 problems: wrong,
