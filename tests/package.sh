@@ -237,6 +237,19 @@ fi
 # ---- the Vagrant lab ---------------------------------------------------------
 section "vagrant/: Vagrantfile and provisioning scripts"
 for s in vagrant/provision/*.sh; do check "$s parses (sh -n)" sh -n "$s"; done
+# The configs the provisioners write, as they would be written.
+heredoc() { # FILE MARKER: the body of `<<MARKER` in FILE, lab addresses filled in
+    sed -n "/<<$2\$/,/^$2\$/p" "$1" | sed '1d;$d' |
+        sed 's/\$GW/10.66.2.2/g; s/\$ROUTER/10.66.2.254/g; s/\$LAN/eth1/g'
+}
+heredoc vagrant/provision/gateway.sh TOML >"$work/vagrant-pier.toml"
+check "vagrant gateway's pier.toml: pier check" target/release/pier check --config "$work/vagrant-pier.toml"
+heredoc vagrant/provision/router.sh BIRD >"$work/vagrant-bird.conf"
+if command -v bird >/dev/null 2>&1; then
+    check "vagrant router's bird.conf: bird -p" bird -p -c "$work/vagrant-bird.conf"
+else
+    skip "bird not installed"
+fi
 if command -v ruby >/dev/null 2>&1; then check "Vagrantfile: ruby -c" ruby -c vagrant/Vagrantfile; else skip "ruby not installed"; fi
 if command -v vagrant >/dev/null 2>&1; then
     # No provider plugin here (libvirt/VirtualBox): validate everything else.
