@@ -52,9 +52,23 @@ need() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    if [ -z "${PIER:-}" ]; then
-        command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] ||
-            die "cargo not found: install Rust (https://rustup.rs) or set PIER=/path/to/pier"
+}
+
+# cargo build --release, as the user who ran sudo when there is one (their
+# toolchain, their target/ stays theirs), else as root.
+build_pier() {
+    local user=${SUDO_USER:-root} cargo
+    if [ "$user" != root ]; then
+        local home
+        home=$(getent passwd "$user" | cut -d: -f6)
+        cargo=$(sudo -u "$user" -H bash -lc 'command -v cargo' 2>/dev/null || true)
+        [ -n "$cargo" ] || cargo="$home/.cargo/bin/cargo"
+        [ -x "$cargo" ] || die "cargo not found for $user: install Rust (https://rustup.rs) or set PIER=/path/to/pier"
+        (cd "$ROOT" && sudo -u "$user" -H "$cargo" build --release --quiet --bin pier)
+    else
+        cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+        [ -x "$cargo" ] || die "cargo not found: install Rust (https://rustup.rs) or set PIER=/path/to/pier"
+        (cd "$ROOT" && "$cargo" build --release --quiet --bin pier)
     fi
 }
 
@@ -287,9 +301,8 @@ up() {
     down
     mkdir -p "$LAB"
     if [ -z "${PIER:-}" ]; then
-        say "building pier (cargo build --release)"
-        export PATH="$PATH:$HOME/.cargo/bin"
-        (cd "$ROOT" && cargo build --release --quiet --bin pier)
+        say "building pier (cargo build --release; the first build takes a few minutes)"
+        build_pier
         PIER="$ROOT/target/release/pier"
     fi
     [ -x "$PIER" ] || die "no pier binary at $PIER"
