@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds pier's .deb and .rpm, checks what is in them, installs the .deb into
 # a throwaway Debian root (maintainer scripts run there, chrooted, by dpkg
-# itself), and validates the Vagrant lab and the systemd unit.
+# itself; the .rpm into another copy with rpm --root), and validates the
+# Vagrant lab and the systemd unit.
 #
 # Needs root (dpkg --root chroots into the throwaway root). Installs what it
 # needs (cargo-deb, cargo-generate-rpm, rpm, mmdebstrap, vagrant). Under
@@ -164,15 +165,18 @@ if [ -n "${PIER_PKG_ROOT_TAR:-}" ] && [ -f "$PIER_PKG_ROOT_TAR" ]; then
     tar -xf "$PIER_PKG_ROOT_TAR" -C "$root"
 elif command -v mmdebstrap >/dev/null 2>&1; then
     # Essential packages only, plus what pier depends on; systemd-standalone-
-    # sysusers instead of systemd (no init in a chroot).
+    # sysusers instead of systemd (no init in a chroot); passwd for the rpm's
+    # %pre (useradd).
     mmdebstrap --quiet --variant=essential \
-        --include=nftables,iproute2,systemd-standalone-sysusers \
+        --include=nftables,iproute2,systemd-standalone-sysusers,passwd \
         "$suite" "$root" http://deb.debian.org/debian >"$work/mmdebstrap.log" 2>&1 ||
         { tail -n 20 "$work/mmdebstrap.log" >&2; fail "mmdebstrap $suite failed"; }
 else
     skip "mmdebstrap not installed"
 fi
 if [ -x "$root/usr/bin/dpkg" ]; then
+    # A second, untouched copy for the rpm below.
+    cp -a "$root" "$work/root-rpm"
     cp "$deb" "$root/tmp/pier.deb"
     # The root's own dpkg, chrooted: the maintainer scripts run there as on
     # a real host (systemd-sysusers, chown, dpkg-statoverride), and nothing
@@ -230,6 +234,28 @@ if command -v rpm >/dev/null 2>&1; then
     for s in pre post preun postun; do check "packaging/rpm/$s parses (sh -n)" sh -n "packaging/rpm/$s"; done
     rpm -qpR "$rpm" 2>/dev/null >"$work/rpm-requires"
     for r in nftables iproute /bin/sh; do check "rpm requires $r" grep -q "^$r" "$work/rpm-requires"; done
+    # Install it into the other copy of the throwaway root: rpm --root runs
+    # the scriptlets chrooted there. --nodeps: the dependencies are
+    # installed, but by dpkg, so rpm's database does not know them.
+    rr="$work/root-rpm"
+    if [ -x "$rr/usr/sbin/useradd" ]; then
+        rpm --root "$rr" --initdb
+        if rpm --root "$rr" -i --nodeps "$rpm" >"$work/rpm-install.log" 2>&1 && ! grep -qi 'warning: \(user\|group\)' "$work/rpm-install.log"; then
+            pass "rpm -i into the throwaway root (scriptlets ran there)"
+        else
+            cat "$work/rpm-install.log" >&2
+            fail "rpm -i"
+        fi
+        rgid=$(chroot "$rr" getent group pier | cut -d: -f3)
+        check "rpm: user pier created by %pre" chroot "$rr" getent passwd pier
+        check "rpm: /etc/pier/pier.toml is 0:$rgid 0640" test "$(stat -c '%u:%g %a' "$rr/etc/pier/pier.toml")" = "0:${rgid:-x} 640"
+        check "rpm: /etc/pier is 0:$rgid 0750 (%post)" test "$(stat -c '%u:%g %a' "$rr/etc/pier")" = "0:${rgid:-x} 750"
+        check "rpm: pier check as user pier" chroot --userspec=pier:pier "$rr" /usr/bin/pier check --config /etc/pier/pier.toml
+        rpm --root "$rr" -e pier >"$work/rpm-erase.log" 2>&1 || { cat "$work/rpm-erase.log" >&2; fail "rpm -e"; }
+        check "rpm -e removes the binary" test ! -e "$rr/usr/bin/pier"
+    else
+        [ "$fails" -gt 0 ] || skip "no throwaway root with useradd for the rpm"
+    fi
 else
     skip "rpm not installed"
 fi
