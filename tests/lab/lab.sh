@@ -28,6 +28,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 P=${PIER_LAB_PREFIX:-pierlab}
 case $P in *[!a-z0-9-]* | "") echo "lab: PIER_LAB_PREFIX must be [a-z0-9-]+" >&2; exit 2 ;; esac
 LAB=${PIER_LAB_DIR:-/tmp/$P}
+# `down` removes $LAB: only a directory of its own.
+case $LAB in /tmp/?* | /var/tmp/?* | /run/?*) ;; *) echo "lab: PIER_LAB_DIR must be under /tmp, /var/tmp or /run" >&2; exit 2 ;; esac
 NS_LAN=$P-lan NS_R=$P-router NS_GW=$P-gw NS_C=$P-client
 NODES=(node1 node2 node3)
 NODE_IP=(10.66.2.11 10.66.2.12 10.66.2.13)
