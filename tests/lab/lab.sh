@@ -18,7 +18,8 @@
 # Environment:
 #   PIER_LAB_PREFIX  prefix of the namespace names (default pierlab); set a
 #                    unique one to run several labs side by side (tests do)
-#   PIER_LAB_DIR     working directory: configs, logs, sockets, pid files
+#   PIER_LAB_DIR     working directory under /tmp, /var/tmp or /run: configs,
+#                    logs, sockets, pid files; removed by down
 #                    (default /tmp/$PIER_LAB_PREFIX)
 #   PIER             a pier binary to use instead of building one
 set -euo pipefail
