@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pair in bird:bird2 vtysh:frr gobgpd:gobgpd nft:nftables ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping; do
+for pair in bird:bird2 vtysh:frr gobgpd:gobgpd nft:nftables ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping \
+    python3:python3 rpm:rpm mmdebstrap:mmdebstrap systemd-analyze:systemd vagrant:vagrant ruby:ruby; do
     bin=${pair%%:*}; pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/lib/frr/$bin" ] || need_pkgs+=("$pkg")
 done
@@ -45,3 +46,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --qui
         fi
     done
 )
+echo "== packages: .deb and .rpm contents, install into a throwaway root, systemd unit, Vagrantfile"
+tests/package.sh
+echo "== demo lab: up, requests through all three modes, down"
+PIER="$PWD/target/release/pier" tests/lab_test.sh

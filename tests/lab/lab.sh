@@ -13,13 +13,24 @@
 #   bgp, next_hop = self   10.77.1.10  router learns pier; pier forwards (multipath route)
 #   l2                     10.66.2.240 pier answers ARP on the LAN; pier forwards
 #
-# Usage: tests/lab/lab.sh up | down | status | requests
+# Usage: tests/lab/lab.sh up | down | status | requests [N] | routes
+#
+# Environment:
+#   PIER_LAB_PREFIX  prefix of the namespace names (default pierlab); set a
+#                    unique one to run several labs side by side (tests do)
+#   PIER_LAB_DIR     working directory under /tmp, /var/tmp or /run: configs,
+#                    logs, sockets, pid files; removed by down
+#                    (default /tmp/$PIER_LAB_PREFIX)
+#   PIER             a pier binary to use instead of building one
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-LAB=${PIER_LAB_DIR:-/tmp/pier-lab}
-P=pierlab
+P=${PIER_LAB_PREFIX:-pierlab}
+case $P in *[!a-z0-9-]* | "") echo "lab: PIER_LAB_PREFIX must be [a-z0-9-]+" >&2; exit 2 ;; esac
+LAB=${PIER_LAB_DIR:-/tmp/$P}
+# `down` removes $LAB: only a directory of its own.
+case $LAB in /tmp/?* | /var/tmp/?* | /run/?*) ;; *) echo "lab: PIER_LAB_DIR must be under /tmp, /var/tmp or /run" >&2; exit 2 ;; esac
 NS_LAN=$P-lan NS_R=$P-router NS_GW=$P-gw NS_C=$P-client
 NODES=(node1 node2 node3)
 NODE_IP=(10.66.2.11 10.66.2.12 10.66.2.13)
@@ -36,25 +47,59 @@ need() {
     local missing=()
     command -v bird >/dev/null || missing+=(bird2)
     command -v nft >/dev/null || missing+=(nftables)
+    command -v ip >/dev/null || missing+=(iproute2)
     command -v python3 >/dev/null || missing+=(python3)
     if [ ${#missing[@]} -gt 0 ]; then
+        command -v apt-get >/dev/null || die "missing ${missing[*]}: install them"
         say "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 }
 
+# cargo build --release, as the user who ran sudo when there is one (their
+# toolchain, their target/ stays theirs), else as root.
+build_pier() {
+    local user=${SUDO_USER:-root} cargo
+    if [ "$user" != root ]; then
+        local home
+        home=$(getent passwd "$user" | cut -d: -f6)
+        cargo=$(sudo -u "$user" -H bash -lc 'command -v cargo' 2>/dev/null || true)
+        [ -n "$cargo" ] || cargo="$home/.cargo/bin/cargo"
+        [ -x "$cargo" ] || die "cargo not found for $user: install Rust (https://rustup.rs) or set PIER=/path/to/pier"
+        (cd "$ROOT" && sudo -u "$user" -H "$cargo" build --release --quiet --bin pier)
+    else
+        cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+        [ -x "$cargo" ] || die "cargo not found: install Rust (https://rustup.rs) or set PIER=/path/to/pier"
+        (cd "$ROOT" && "$cargo" build --release --quiet --bin pier)
+    fi
+}
+
+# Every namespace of this lab that exists now.
+lab_namespaces() {
+    ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$P-(lan|router|gw|client|node[0-9]+)$" || true
+}
+
 down() {
-    for pidf in "$LAB"/*.pid; do
-        [ -f "$pidf" ] || continue
-        kill "$(cat "$pidf")" 2>/dev/null || true
+    local pidf ns pids
+    if [ -d "$LAB" ]; then
+        for pidf in "$LAB"/*.pid; do
+            [ -f "$pidf" ] || continue
+            kill "$(cat "$pidf")" 2>/dev/null || true
+        done
+    fi
+    # pier gets up to 10 s to withdraw and remove its routes and table (it
+    # needs far less); whatever is still running then is killed.
+    for _ in $(seq 100); do
+        pids=""
+        for ns in $(lab_namespaces); do pids="$pids $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"; done
+        [ -z "${pids// /}" ] && break
+        sleep 0.1
     done
-    sleep 0.3
-    for ns in $NS_C $NS_GW $NS_R $NS_LAN ${NODES[@]/#/$P-}; do
-        if ip netns pids "$ns" >/dev/null 2>&1; then
-            ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-            ip netns del "$ns" 2>/dev/null || true
-        fi
+    # shellcheck disable=SC2086
+    [ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null || true
+    for ns in $(lab_namespaces); do
+        ip netns del "$ns" 2>/dev/null || true
     done
     rm -rf "$LAB"
 }
@@ -75,7 +120,7 @@ sysctls() {
 
 topology() {
     say "namespaces"
-    for ns in $NS_LAN $NS_R $NS_GW $NS_C ${NODES[@]/#/$P-}; do
+    for ns in $NS_LAN $NS_R $NS_GW $NS_C "${NODES[@]/#/$P-}"; do
         ip netns add "$ns"
         sysctls "$ns"
     done
@@ -126,7 +171,9 @@ table inet kubeproxy {
     }
 }
 EOF
-        nsx "$ns" python3 "$HERE/node_http.py" "${NODES[$i]}" "${NODE_IP[$i]}" 8080 10256 \
+        # Not through nsx (a function runs in a subshell): $! must be the
+        # process itself, which `ip netns exec` becomes.
+        ip netns exec "$ns" python3 "$HERE/node_http.py" "${NODES[$i]}" "${NODE_IP[$i]}" 8080 10256 \
             >"$LAB/${NODES[$i]}.log" 2>&1 &
         echo $! >"$LAB/${NODES[$i]}.pid"
     done
@@ -216,7 +263,7 @@ ports = ["80/tcp"]
 nodes = ["10.66.2.11", "10.66.2.12", "10.66.2.13"]
 EOF
     "$PIER" check --config "$LAB/pier.toml" >/dev/null
-    nsx $NS_GW "$PIER" run --config "$LAB/pier.toml" >"$LAB/pier.log" 2>&1 &
+    ip netns exec $NS_GW "$PIER" run --config "$LAB/pier.toml" >"$LAB/pier.log" 2>&1 &
     echo $! >"$LAB/pier.pid"
 }
 
@@ -235,12 +282,16 @@ requests() {
     done
 }
 
+routes() {
+    nsx $NS_R ip route show proto bird
+    nsx $NS_R ip -6 route show proto bird
+}
+
 status() {
-    say "router's routes to the VIPs (kernel, installed by BIRD)"
-    nsx $NS_R ip route show proto bird || true
-    nsx $NS_R ip -6 route show proto bird || true
+    say "router's routes to the VIPs (kernel, installed by BIRD: ECMP over the nodes for next_hop = nodes)"
+    routes || true
     say "BIRD's view"
-    birdc -s "$LAB/bird.ctl" show route all 2>/dev/null | sed -n '1,40p' || true
+    birdc -s "$LAB/bird.ctl" show route 2>/dev/null || true
     say "pier"
     "$PIER" status --socket "$LAB/pier.sock" || true
     "$PIER" services --socket "$LAB/pier.sock" || true
@@ -252,28 +303,43 @@ up() {
     need
     down
     mkdir -p "$LAB"
-    say "building pier (release)"
-    (cd "$ROOT" && cargo build --release --quiet)
-    PIER="$ROOT/target/release/pier"
+    if [ -z "${PIER:-}" ]; then
+        say "building pier (cargo build --release; the first build takes a few minutes)"
+        build_pier
+        PIER="$ROOT/target/release/pier"
+    fi
+    [ -x "$PIER" ] || die "no pier binary at $PIER"
     topology
     nodes
     router
     gateway
-    say "waiting for the router to learn the VIPs"
-    for _ in $(seq 60); do
-        if nsx $NS_R ip route show 10.77.0.10 | grep -q nexthop; then break; fi
+    say "waiting for pier and the router (ECMP route, ARP answer, forwarding)"
+    local ok=0
+    for _ in $(seq 120); do
+        if [ "$(nsx $NS_R ip route show 10.77.0.10 | grep -c nexthop)" = 3 ] &&
+            nsx $NS_R ip route show 10.77.1.10 | grep -q 10.66.2.2 &&
+            [ "$(get 10.77.1.10)" != - ] && [ "$(get 10.66.2.240)" != - ]; then
+            ok=1
+            break
+        fi
+        if ! kill -0 "$(cat "$LAB/pier.pid")" 2>/dev/null; then
+            tail -n 20 "$LAB/pier.log" >&2
+            die "pier exited (log above: $LAB/pier.log)"
+        fi
         sleep 0.5
     done
+    [ $ok = 1 ] || echo "lab: not every VIP is reachable yet; see $LAB/pier.log and 'birdc -s $LAB/bird.ctl show protocols all'" >&2
     status
     echo
-    echo "pier log: $LAB/pier.log   BIRD: birdc -s $LAB/bird.ctl   tear down: $0 down"
+    echo "pier log: $LAB/pier.log   BIRD: birdc -s $LAB/bird.ctl   again: $0 requests   tear down: $0 down"
 }
 
-PIER="$ROOT/target/release/pier"
+PIER=${PIER:-}
 case "${1:-up}" in
     up) up ;;
     down) down; say "lab removed" ;;
-    status) status ;;
+    status) PIER=${PIER:-$ROOT/target/release/pier}; status ;;
+    routes) routes ;;
     requests) requests "${2:-6}" ;;
-    *) die "usage: $0 up | down | status | requests [N]" ;;
+    *) die "usage: $0 up | down | status | routes | requests [N]" ;;
 esac
