@@ -120,6 +120,10 @@ run_pier() {
     ip netns exec "$GW" "$BGP_VIPS_BIN" speaker 10.0.0.1 65000 65010 10.0.0.2 "$FIFO" >"$out" 2>&1 &
     pier_cmd "prepare $n"
     wait_for "$out" "prepared $n"
+    # Resident memory of the harness holding the plan alone (the engine's
+    # data, which pier holds anyway), then with the routes announced.
+    pier_cmd rss
+    wait_for "$out" "^rss"
     pier_cmd publish
     wait_for "$out" "published $n"
     bulk=$(measure pier "$n" -- ip netns exec "$R" birdc -s "$SOCK" enable pier | awk '{print $2}')
@@ -130,8 +134,8 @@ run_pier() {
     inc=$(measure pier "$n" -- sh -c "echo publish > '$FIFO'" | awk '{print $1}')
     if [ "$n" -ge 100000 ]; then
         pier_cmd rss
-        wait_for "$out" "^rss"
-        rss=$(grep '^rss' "$out" | tail -1 | awk '{printf "VmHWM %.1f MiB, VmRSS %.1f MiB", $3/1024, $5/1024}')
+        for _ in $(seq 1 100); do [ "$(grep -c '^rss' "$out")" -ge 2 ] && break; sleep 0.1; done
+        rss=$(grep '^rss' "$out" | awk 'NR==1{p=$5} END{printf "VmHWM %.1f MiB, VmRSS %.1f MiB (the plan alone: %.1f MiB)", $3/1024, $5/1024, p/1024}')
     fi
     wd=$(measure pier 0 -- sh -c "echo withdraw > '$FIFO'" | awk '{print $1}')
     pier_cmd quit
