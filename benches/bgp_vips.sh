@@ -165,9 +165,9 @@ cat >"$DIR/gobgpd.toml" <<'EOF'
     [neighbors.afi-safis.config]
       afi-safi-name = "ipv4-unicast"
 EOF
-G="gobgp -u 127.0.0.1 -p 50051"
-gobgp_cmd() { ip netns exec "$GW" $G "$@"; }
-SUMMARY="ip netns exec $GW $G global rib summary -a ipv4"
+G=(ip netns exec "$GW" gobgp -u 127.0.0.1 -p 50051)
+gobgp_cmd() { "${G[@]}" "$@"; }
+SUMMARY="${G[*]} global rib summary -a ipv4" # run by bgp_vips through sh -c
 
 # gobgpd at size N: prints "bulk arrived incremental arrived withdraw rss"
 run_gobgpd() {
@@ -180,13 +180,13 @@ run_gobgpd() {
         [ "$(cat /proc/"$p"/comm)" = gobgpd ] && echo "$p"; done | head -1)
     gobgp_cmd mrt inject global "$mrt" >/dev/null
     sleep 1
-    got1=$($SUMMARY | sed -n 's/.*Destination: \([0-9]*\).*/\1/p')
+    got1=$(gobgp_cmd global rib summary -a ipv4 | sed -n 's/.*Destination: \([0-9]*\).*/\1/p')
     read -r _ bulk got1 < <(measure gobgpd "$got1" -- ip netns exec "$R" birdc -s "$SOCK" enable gobgpd)
     gobgp_cmd global rib del all -a ipv4 >/dev/null
     measure gobgpd 0 -- true >/dev/null
-    read -r inc _ got2 < <(measure gobgpd - "$SUMMARY" -- ip netns exec "$GW" $G mrt inject global "$mrt")
+    read -r inc _ got2 < <(measure gobgpd - "$SUMMARY" -- "${G[@]}" mrt inject global "$mrt")
     rss=$(awk '/VmHWM/{h=$2} /VmRSS/{r=$2} END{printf "VmHWM %.1f MiB, VmRSS %.1f MiB", h/1024, r/1024}' /proc/"$pid"/status)
-    read -r wd _ _ < <(measure gobgpd 0 -- ip netns exec "$GW" $G global rib del all -a ipv4)
+    read -r wd _ _ < <(measure gobgpd 0 -- "${G[@]}" global rib del all -a ipv4)
     birdc disable gobgpd
     kill "$pid"
     wait
