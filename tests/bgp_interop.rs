@@ -26,21 +26,28 @@ fn lan(tag: &str) -> Lab {
 }
 
 struct PierOpts<'a> {
+    peer_address: &'a str,
     peer_asn: u32,
     local_asn: u32,
     extra_peer: &'a str,
     nodes: &'a [&'a str],
     shutdown: &'a str,
+    /// More keys of the IPv4 and IPv6 pools.
+    pool_extra: &'a str,
+    metrics_listen: &'a str,
 }
 
 impl Default for PierOpts<'_> {
     fn default() -> Self {
         PierOpts {
+            peer_address: "10.0.0.1",
             peer_asn: 65000,
             local_asn: 65010,
             extra_peer: "",
             nodes: &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
             shutdown: "withdraw",
+            pool_extra: "",
+            metrics_listen: "127.0.0.1:0",
         }
     }
 }
@@ -57,7 +64,7 @@ fn pier_config(lab: &Lab, o: &PierOpts) -> std::path::PathBuf {
 router_id = "10.0.0.2"
 state_dir = "{dir}/state"
 api_socket = "{dir}/pier.sock"
-metrics_listen = "127.0.0.1:0"
+metrics_listen = "{metrics}"
 shutdown = "{shutdown}"
 
 [bgp]
@@ -65,7 +72,7 @@ asn = {local}
 restart_time_s = 60
 
 [[bgp.peers]]
-address = "10.0.0.1"
+address = "{peer_address}"
 asn = {peer}
 hold_time = 9
 connect_retry_s = 1
@@ -78,12 +85,14 @@ mode = "bgp"
 next_hop = "nodes"
 communities = ["65010:100"]
 large_communities = ["65010:1:2"]
+{pool_extra}
 
 [[pools]]
 name = "public6"
 addresses = ["2001:db8:77::/64"]
 mode = "bgp"
 next_hop = "nodes"
+{pool_extra}
 
 [[static_services]]
 name = "demo/web"
@@ -103,6 +112,9 @@ health = "none"
 "#,
         dir = path_str(&lab.dir),
         shutdown = o.shutdown,
+        metrics = o.metrics_listen,
+        peer_address = o.peer_address,
+        pool_extra = o.pool_extra,
         local = o.local_asn,
         peer = o.peer_asn,
         extra = o.extra_peer,
@@ -651,4 +663,148 @@ fn graceful_restart_keeps_traffic_flowing_while_pier_restarts() {
     assert!(ok, "{out}");
     let pier_log = lab.log("pier");
     assert!(pier_log.contains("BGP session established"), "{pier_log}");
+}
+
+/// `pier peers --json` against the running pier of `lab`.
+fn pier_peers(lab: &Lab) -> Vec<serde_json::Value> {
+    let sock = path_str(&lab.dir.join("pier.sock"));
+    let out = std::process::Command::new(PIER)
+        .args(["peers", "--json", "--socket", &sock])
+        .output()
+        .expect("pier peers");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// pier's Prometheus metrics, read inside its namespace (the listener is
+/// on the namespace's loopback; bash's /dev/tcp needs no HTTP client).
+fn pier_metrics(lab: &Lab, port: u16) -> String {
+    lab.try_sh(
+        "gw",
+        &format!(
+            "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; printf \"GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" >&3; cat <&3'"
+        ),
+    )
+    .1
+}
+
+/// iBGP over an IPv6 session (both families on it), LOCAL_PREF from the
+/// pool, empty AS_PATH; `pier peers` and the metrics while up; pier's own
+/// hold timer expiring when the router falls silent.
+#[test]
+fn bird_ibgp_over_ipv6_local_pref_status_and_hold_timer() {
+    if !netlab::prerequisites("bird_ibgp6", &["ip", "bird", "birdc", "bash"]) {
+        return;
+    }
+    let mut lab = lan("b6");
+    let bird = bird_config(&lab, "direct;");
+    let text = std::fs::read_to_string(&bird).unwrap().replace(
+        "local 10.0.0.1 as 65000;\n  neighbor 10.0.0.2 as 65010;",
+        "local fd00::1 as 65010;\n  neighbor fd00::2 as 65010;",
+    );
+    assert!(text.contains("neighbor fd00::2"), "{text}");
+    let bird = lab.write("bird.conf", &text);
+    start_bird(&mut lab, &bird);
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            peer_address: "fd00::1",
+            peer_asn: 65010,
+            local_asn: 65010,
+            pool_extra: "local_pref = 200",
+            metrics_listen: "127.0.0.1:9469",
+            ..PierOpts::default()
+        },
+    );
+    start_pier(&mut lab, &cfg);
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        "IPv4 ECMP route learnt over an IPv6 iBGP session",
+    );
+    wait_gateways(
+        &lab,
+        "-6",
+        "2001:db8:77::10",
+        &["fd00::11", "fd00::12", "fd00::13"],
+        "IPv6 ECMP route learnt over an IPv6 iBGP session",
+    );
+    for prefix in ["192.0.2.10/32", "2001:db8:77::10/128"] {
+        let all = birdc(&lab, &format!("show route {prefix} all"));
+        assert!(all.contains("BGP.local_pref: 200"), "{all}");
+        assert!(
+            all.contains("BGP.as_path: \n") || all.contains("BGP.as_path:\n"),
+            "{all}"
+        );
+    }
+    let all = birdc(&lab, "show route 192.0.2.10/32 all");
+    assert!(
+        all.contains("(65010,100)") && all.contains("(65010, 1, 2)"),
+        "{all}"
+    );
+
+    // Status: state, uptime, negotiated capabilities, prefixes sent.
+    let peers = pier_peers(&lab);
+    let p = peers
+        .iter()
+        .find(|p| p["peer"] == "fd00::1")
+        .unwrap_or_else(|| panic!("{peers:?}"));
+    assert_eq!(p["state"], "Established", "{p}");
+    assert!(
+        p["uptime_s"].is_u64() && p["established_at"].is_u64(),
+        "{p}"
+    );
+    let caps: Vec<&str> = p["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    for c in [
+        "ipv4-unicast",
+        "ipv6-unicast",
+        "add-path(ipv4-unicast)",
+        "add-path(ipv6-unicast)",
+        "4-octet-as",
+        "route-refresh",
+    ] {
+        assert!(caps.contains(&c), "{c} missing from {caps:?}");
+    }
+    assert_eq!(p["prefixes_sent"], 6, "three paths per family: {p}");
+    assert_eq!(p["next_hop_self_fallback"], false, "{p}");
+    assert!(p["last_error"].is_null(), "{p}");
+    let m = pier_metrics(&lab, 9469);
+    assert!(m.contains("pier_bgp_session_up{peer=\"fd00::1\"} 1"), "{m}");
+    assert!(
+        m.contains("pier_bgp_prefixes_announced{peer=\"fd00::1\"} 6"),
+        "{m}"
+    );
+    let updates: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("pier_bgp_updates_sent_total{peer=\"fd00::1\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(updates >= 2, "IPv4 and IPv6 UPDATEs at least: {updates}");
+
+    // The router freezes: no keepalives; pier's hold timer (9 s) expires,
+    // it says so, and the metrics follow.
+    lab.signal("bird", libc::SIGSTOP);
+    wait_for("pier's hold timer expiry", Duration::from_secs(30), || {
+        let peers = pier_peers(&lab);
+        let p = peers.iter().find(|p| p["peer"] == "fd00::1");
+        match p.and_then(|p| p["last_error"].as_str()) {
+            Some(e) if e.contains("hold timer expired") => Ok(()),
+            _ => Err(format!("{peers:?}")),
+        }
+    });
+    let peers = pier_peers(&lab);
+    assert_ne!(peers[0]["state"], "Established", "{peers:?}");
+    assert_eq!(peers[0]["prefixes_sent"], 0, "{peers:?}");
+    let m = pier_metrics(&lab, 9469);
+    assert!(m.contains("pier_bgp_session_up{peer=\"fd00::1\"} 0"), "{m}");
+    lab.signal("bird", libc::SIGCONT);
 }

@@ -16,7 +16,7 @@ use super::codec::{
 };
 use crate::model::{AnnounceMode, Announcement, Desired};
 use ipnet::IpNet;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -85,6 +85,10 @@ pub struct AdjRibOut {
     /// VIPs left out, with why (for `pier peers`).
     pub skipped: BTreeMap<IpAddr, Skipped>,
     paths: usize,
+    /// One shared copy of each distinct set of path attributes: VIPs of a
+    /// pool have the same attributes per next hop, so 100,000 paths hold a
+    /// handful of these instead of 100,000 (about 140 bytes less per path).
+    interned: BTreeSet<Arc<PathAttrs>>,
 }
 
 /// A path id derived from the next hop (FNV-1a), never 0, so that it is the
@@ -115,6 +119,7 @@ impl AdjRibOut {
             fallback_self: false,
             skipped: BTreeMap::new(),
             paths: 0,
+            interned: BTreeSet::new(),
         }
     }
 
@@ -139,6 +144,16 @@ impl AdjRibOut {
         }
     }
 
+    /// The shared copy of `attrs`.
+    fn intern(&mut self, attrs: PathAttrs) -> Arc<PathAttrs> {
+        if let Some(a) = self.interned.get(&attrs) {
+            return a.clone();
+        }
+        let a = Arc::new(attrs);
+        self.interned.insert(a.clone());
+        a
+    }
+
     /// The paths this peer should have for one announcement.
     fn paths_for(&mut self, a: &Announcement) -> Vec<Path> {
         let family = Self::family_of(&a.vip);
@@ -150,6 +165,7 @@ impl AdjRibOut {
             self.skipped.insert(a.vip, Skipped::Family(a.vip));
             return Vec::new();
         }
+        let ebgp = self.view.ebgp;
         let attrs = |next_hop: IpAddr| PathAttrs {
             next_hop,
             communities: a.bgp.communities.iter().map(|c| c.0).collect(),
@@ -159,7 +175,7 @@ impl AdjRibOut {
                 .iter()
                 .map(|c| (c.0, c.1, c.2))
                 .collect(),
-            local_pref: if self.view.ebgp {
+            local_pref: if ebgp {
                 None
             } else {
                 Some(a.bgp.local_pref.unwrap_or(100))
@@ -177,10 +193,8 @@ impl AdjRibOut {
                 while out.iter().any(|p| p.id == id) {
                     id = id.wrapping_add(1).max(1);
                 }
-                out.push(Path {
-                    id,
-                    attrs: Arc::new(attrs(nh.address)),
-                });
+                let attrs = self.intern(attrs(nh.address));
+                out.push(Path { id, attrs });
             }
             out.sort_by_key(|p| p.id);
             return out;
@@ -196,10 +210,8 @@ impl AdjRibOut {
             self.skipped.insert(a.vip, Skipped::NoSelfAddress(a.vip));
             return Vec::new();
         };
-        vec![Path {
-            id: 1,
-            attrs: Arc::new(attrs(me)),
-        }]
+        let attrs = self.intern(attrs(me));
+        vec![Path { id: 1, attrs }]
     }
 
     fn nlri(&self, vip: IpAddr, id: u32) -> Nlri {
@@ -241,6 +253,11 @@ impl AdjRibOut {
         let mut out = Changes::default();
         let old = std::mem::take(&mut self.last.announcements);
         let new = &desired.announcements;
+        if old.is_empty() {
+            // The initial table: at least one path per VIP. Reserving it
+            // spares the copies (and the peak) of growing 100,000 entries.
+            out.announce.reserve(new.len());
+        }
         let (mut i, mut j) = (0, 0);
         while i < old.len() || j < new.len() {
             match (old.get(i), new.get(j)) {
@@ -271,6 +288,8 @@ impl AdjRibOut {
             }
         }
         self.last = desired.clone();
+        // Attributes no path uses any more (only `interned` holds them).
+        self.interned.retain(|a| Arc::strong_count(a) > 1);
         out
     }
 
@@ -304,9 +323,20 @@ impl AdjRibOut {
         if !w6.is_empty() {
             msgs.extend(pack_withdraw(AfiSafi::IPV6_UNICAST, &w6, ctx)?);
         }
-        let mut groups: BTreeMap<&PathAttrs, Vec<Nlri>> = BTreeMap::new();
+        // Sized before they are filled: the initial table of 100,000 paths
+        // would otherwise peak at twice its size while growing.
+        let mut sizes: BTreeMap<&PathAttrs, usize> = BTreeMap::new();
+        for (_, attrs) in &changes.announce {
+            *sizes.entry(attrs).or_default() += 1;
+        }
+        let mut groups: BTreeMap<&PathAttrs, Vec<Nlri>> = sizes
+            .into_iter()
+            .map(|(attrs, n)| (attrs, Vec::with_capacity(n)))
+            .collect();
         for (n, attrs) in &changes.announce {
-            groups.entry(attrs).or_default().push(*n);
+            if let Some(g) = groups.get_mut(&**attrs) {
+                g.push(*n);
+            }
         }
         for (attrs, nlri) in groups {
             let family = if attrs.next_hop.is_ipv4() && nlri[0].prefix.addr().is_ipv4() {
@@ -542,5 +572,38 @@ mod tests {
         let b = ann("192.0.2.10", AnnounceMode::BgpNodes, &["10.0.0.11"]);
         assert!(rib.update(&desired(2, vec![b])).is_empty());
         assert!(rib.update(&desired(3, vec![a])).is_empty());
+    }
+
+    #[test]
+    fn paths_share_one_copy_of_their_attributes() {
+        let mut rib = AdjRibOut::new(view(true));
+        let nodes = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+        let anns: Vec<_> = (0..500)
+            .map(|i| {
+                ann(
+                    &format!("10.77.{}.{}", i / 250, i % 250),
+                    AnnounceMode::BgpNodes,
+                    &nodes,
+                )
+            })
+            .collect();
+        let ch = rib.update(&desired(1, anns.clone()));
+        assert_eq!(ch.announce.len(), 1500);
+        // One attribute set per node, whatever the number of VIPs.
+        assert_eq!(rib.interned.len(), 3);
+        let per_node: BTreeSet<*const PathAttrs> =
+            ch.announce.iter().map(|(_, a)| Arc::as_ptr(a)).collect();
+        assert_eq!(per_node.len(), 3);
+        // A node leaves: its attributes go once no path holds them.
+        let two: Vec<_> = anns
+            .iter()
+            .map(|a| ann(&a.vip.to_string(), AnnounceMode::BgpNodes, &nodes[..2]))
+            .collect();
+        drop(ch);
+        let ch = rib.update(&desired(2, two));
+        assert_eq!(ch.withdraw.len(), 500);
+        assert_eq!(rib.interned.len(), 2);
+        rib.update(&desired(3, Vec::new()));
+        assert!(rib.interned.is_empty() && rib.is_empty());
     }
 }
