@@ -88,8 +88,8 @@ fn main() -> ExitCode {
         Command::Status(a) => query(a, "/v1/status", table::status),
         Command::Services(a) => query(a, "/v1/services", table::services),
         Command::Pools(a) => query(a, "/v1/pools", table::pools),
-        Command::Peers(a) => query(a, "/v1/peers", table::generic),
-        Command::Routes(a) => query(a, "/v1/routes", table::generic),
+        Command::Peers(a) => query(a, "/v1/peers", table::peers),
+        Command::Routes(a) => query(a, "/v1/routes", table::routes),
         Command::Nodes(a) => query(a, "/v1/nodes", table::nodes),
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -247,7 +247,16 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let board = speaker.as_ref().map(|s| s.board());
-    let datapath = start_datapath(&cfg, desired_rx.clone(), stop_rx.clone()).await?;
+    // Leadership of the lease; without Kubernetes this box always leads.
+    let (leader_tx, leader_rx) = watch::channel(kube.is_none());
+    let datapath = start_datapath(
+        &cfg,
+        desired_rx.clone(),
+        stop_rx.clone(),
+        leader_rx.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let routes_view = datapath.routes_view.clone();
     let api_ctx = ApiContext {
         engine: query_tx,
@@ -268,6 +277,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         &cfg.gateway.api_socket,
         &SocketOptions {
             mode: cfg.gateway.api_socket_mode,
+            owner: match &cfg.gateway.api_socket_owner {
+                Some(name) => Some(user_id(name)?),
+                None => None,
+            },
             group: match &cfg.gateway.api_socket_group {
                 Some(name) => Some(group_id(name)?),
                 None => None,
@@ -310,7 +323,6 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let mut lease_task = None;
     if let Some((client, k)) = kube {
         let id = pier::watch::lease::identity();
-        let (leader_tx, leader_rx) = watch::channel(false);
         kube_tasks.push(pier::watch::status::spawn(
             client.clone(),
             events_rx,
@@ -354,8 +366,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                         input_tx.send(input).await.context("engine stopped")?;
                     }
                     if let (Some(sp), Some(b)) = (speaker.as_mut(), new.bgp.as_ref()) {
-                        if let Err(e) = sp.reconfigure(b, new.gateway.router_id).await {
-                            warn!("SIGHUP: BGP peers not changed: {e}");
+                        if cfg.bgp.as_ref() != Some(b) {
+                            if let Err(e) = sp.reconfigure(b, new.gateway.router_id).await {
+                                error!("SIGHUP: BGP peers not changed: {e}");
+                            }
                         }
                     }
                     cfg = new;
@@ -412,6 +426,8 @@ async fn start_datapath(
     cfg: &Config,
     desired: watch::Receiver<Arc<Desired>>,
     mut stop: watch::Receiver<bool>,
+    leader: watch::Receiver<bool>,
+    metrics: Metrics,
 ) -> anyhow::Result<Datapath> {
     use pier::model::{NextHopMode, PoolMode};
     let view = Arc::new(std::sync::Mutex::new(serde_json::json!([])));
@@ -426,19 +442,11 @@ async fn start_datapath(
         .filter_map(|p| p.interface.clone())
         .collect();
     if !l2_interfaces.is_empty() {
-        let responder = pier::arp::ArpResponder::spawn(pier::arp::ArpConfig::default());
-        let mut rx = desired.clone();
-        tokio::spawn(async move {
-            loop {
-                let d = rx.borrow_and_update().clone();
-                if d.generation > 0 {
-                    responder.update(&d);
-                }
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
+        let responder = Arc::new(pier::arp::ArpResponder::spawn(
+            pier::arp::ArpConfig::default(),
+        ));
+        tokio::spawn(feed_arp(responder.clone(), desired.clone(), leader));
+        tokio::spawn(arp_metrics(responder, metrics));
     }
     let mut routes = None;
     if forwards {
@@ -510,6 +518,61 @@ async fn start_datapath(
     })
 }
 
+/// Feed the ARP/NDP responder every plan, once this gateway has led.
+///
+/// Two gateways with `l2` pools must not both answer for a VIP, so a
+/// standby (lease held by another gateway) stays silent, and starts
+/// answering, with gratuitous ARP, when it takes the lease. A gateway that
+/// loses the lease keeps answering: with the API server down nobody can
+/// hold the lease, and the data path must not depend on the API server; at
+/// worst (a gateway cut off from the API only) both answer, and both
+/// forward to the same nodes.
+async fn feed_arp(
+    responder: Arc<pier::arp::ArpResponder>,
+    mut desired: watch::Receiver<Arc<Desired>>,
+    mut leader: watch::Receiver<bool>,
+) {
+    let mut answering = false;
+    let mut leader_open = true;
+    loop {
+        if !answering && *leader.borrow_and_update() {
+            info!("l2: this gateway answers ARP/NDP for its VIPs from now on");
+            answering = true;
+        }
+        let d = desired.borrow_and_update().clone();
+        if d.generation > 0 && answering {
+            responder.update(&d);
+        }
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { break },
+            // The lease task ended: keep the current state.
+            changed = leader.changed(), if !answering && leader_open => leader_open = changed.is_ok(),
+        }
+    }
+}
+
+/// Copy the responder's counters into `pier_arp_replies_sent_total` and
+/// `pier_garp_sent_total` once a second.
+async fn arp_metrics(responder: Arc<pier::arp::ArpResponder>, metrics: Metrics) {
+    let mut seen: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        for (interface, c) in responder.counters() {
+            let last = seen.entry(interface.clone()).or_default();
+            let labels = metrics.interface(&interface);
+            metrics
+                .arp_replies_sent
+                .get_or_create(&labels)
+                .inc_by(c.replies.saturating_sub(last.0));
+            metrics
+                .garp_sent
+                .get_or_create(&labels)
+                .inc_by(c.gratuitous.saturating_sub(last.1));
+            *last = (c.replies, c.gratuitous);
+        }
+    }
+}
+
 /// The numeric id of a group, by name.
 fn group_id(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name).context("group name contains a NUL byte")?;
@@ -523,14 +586,48 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
+/// The numeric id of a user, by name.
+fn user_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("user name contains a NUL byte")?;
+    // SAFETY: getpwnam reads a NUL-terminated string and returns a pointer to
+    // static storage (or NULL); we read one field before any other call.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        anyhow::bail!("gateway.api_socket_owner: no user named {name:?}");
+    }
+    // SAFETY: non-null pointer from getpwnam, see above.
+    Ok(unsafe { (*pw).pw_uid })
+}
+
 /// Re-read the config; on errors keep the running one and log every error.
 fn reload(path: &Path, running: &Config) -> Option<Config> {
     match Config::load(path) {
-        Ok(new) => {
-            if new.gateway != running.gateway || new.kubernetes != running.kubernetes {
-                warn!("SIGHUP: [gateway] and [kubernetes] changes need a restart; applying pools and static services only");
+        Ok(mut new) => {
+            // What the running tasks were started with stays as it is, so
+            // that shutdown and the data path agree with what runs.
+            for (section, changed) in [
+                ("[gateway]", new.gateway != running.gateway),
+                ("[kubernetes]", new.kubernetes != running.kubernetes),
+                ("[health]", new.health != running.health),
+            ] {
+                if changed {
+                    warn!(config = %path.display(), "SIGHUP: {section} changes need a restart; not applied");
+                }
             }
-            info!(config = %path.display(), "SIGHUP: configuration reloaded");
+            new.gateway = running.gateway.clone();
+            new.kubernetes = running.kubernetes.clone();
+            new.health = running.health.clone();
+            if new.bgp.is_some() != running.bgp.is_some() {
+                warn!(config = %path.display(), "SIGHUP: adding or removing [bgp] needs a restart; BGP not changed");
+                new.bgp = running.bgp.clone();
+            }
+            info!(
+                config = %path.display(),
+                pools = new.pools.len(),
+                peers = new.bgp.as_ref().map_or(0, |b| b.peers.len()),
+                static_services = new.static_services.len(),
+                "SIGHUP: configuration reloaded"
+            );
             Some(new)
         }
         Err(errors) => {
@@ -551,7 +648,7 @@ fn reload_inputs(old: &Config, new: &Config) -> Vec<Input> {
     if old.pools != new.pools {
         inputs.push(Input::Pools(new.pools.clone()));
     }
-    if old.static_services != new.static_services || old.health != new.health {
+    if old.static_services != new.static_services {
         inputs.push(Input::Resync(Origin::Static));
         inputs.extend(source::static_inputs(new));
     }

@@ -69,6 +69,7 @@ pub struct ApiContext {
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
     pub mode: u32,
+    pub owner: Option<u32>,
     pub group: Option<u32>,
 }
 
@@ -88,8 +89,8 @@ pub fn bind_socket(path: &Path, opts: &SocketOptions) -> Result<UnixListener, Ap
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode)).map_err(err)?;
-    if let Some(gid) = opts.group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    if opts.owner.is_some() || opts.group.is_some() {
+        std::os::unix::fs::chown(path, opts.owner, opts.group).map_err(err)?;
     }
     Ok(listener)
 }
