@@ -35,7 +35,8 @@ fn set(items: &[String]) -> BTreeSet<&str> {
     items.iter().map(String::as_str).collect()
 }
 
-/// A pool and a static service appended to the config on SIGHUP.
+/// A pool, a static service and a peer (nobody at 10.0.0.9) appended to
+/// the config on SIGHUP.
 const EXTRA: &str = r#"[[pools]]
 name = "extra"
 addresses = ["192.0.2.64/28"]
@@ -49,6 +50,11 @@ ip = "192.0.2.70"
 ports = ["80/tcp"]
 nodes = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
 health = "none"
+
+[[bgp.peers]]
+address = "10.0.0.9"
+asn = 65009
+connect_retry_s = 1
 "#;
 
 /// Two errors, each to be logged with its place.
@@ -179,7 +185,28 @@ fn bgp_service_lifecycle_cli_metrics_reload_node_failure_and_restart() {
     assert_eq!(e.wait_status_ip("web2", &pier), vip, "IP not reusable");
     e.wait_router_hops(&vip, &ALL, "the reused IP routed again", &pier);
 
-    check_graceful_restart(&mut e, &cfg, &pier, &vip, &lvip);
+    let pier = check_graceful_restart(&mut e, &cfg, &pier, &vip, &lvip);
+
+    // shutdown = "withdraw": a stop withdraws at once (the router's
+    // graceful-restart hold would otherwise keep the routes for 60 s).
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replace("shutdown = \"keep\"", "shutdown = \"withdraw\""),
+    )
+    .expect("config");
+    e.lab.stop(&pier);
+    let pier = e.start_pier("gw", &cfg);
+    wait_for("the session back, pier ready", PATIENCE, || {
+        match (e.http_get("gw", "/readyz"), e.lab.log(&pier)) {
+            ((200, _), log) if log.contains("BGP session established") => Ok(()),
+            (_, log) => Err(log),
+        }
+    });
+    e.wait_router_hops(&vip, &ALL, "routes after the restart", &pier);
+    e.lab.stop(&pier);
+    e.wait_router_hops(&vip, &[], "routes withdrawn by the stop", &pier);
+    e.wait_router_hops("192.0.2.70", &[], "routes withdrawn by the stop", &pier);
 }
 
 /// The CLI against the running daemon: readable tables, `--json`, and a
@@ -326,6 +353,13 @@ fn check_reload(e: &mut E2eLab, cfg: &std::path::Path, pier: &str, vip: &str) {
     );
     assert_eq!(e.bird_session(), session, "SIGHUP reset the BGP session");
     assert_eq!(e.router_hops(vip), ALL);
+    let (_, peers) = e.cli("gw", "peers");
+    assert!(
+        peers
+            .lines()
+            .any(|l| l.starts_with("10.0.0.9 ") && l.contains("65009")),
+        "the peer added by SIGHUP: {peers}"
+    );
     assert_eq!(e.status_ips("web"), [vip]);
     let a = e.requests("192.0.2.70", 6);
     assert!(!a.iter().any(|x| x == "FAIL"), "{a:?}");
@@ -365,7 +399,7 @@ fn check_graceful_restart(
     pier: &str,
     vip: &str,
     lvip: &str,
-) {
+) -> String {
     let before = (e.status_ips("web2"), e.status_ips("local"));
     let stop = e.lab.dir.join("stop-load");
     let load = format!(
@@ -413,6 +447,7 @@ fn check_graceful_restart(
         answers.len()
     );
     assert_eq!((e.status_ips("web2"), e.status_ips("local")), before);
+    again
 }
 
 #[test]

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pair in bird:bird2 vtysh:frr gobgpd:gobgpd nft:nftables ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping; do
+for pair in bird:bird2 vtysh:frr gobgpd:gobgpd nft:nftables ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping python3:python3 curl:curl; do
     bin=${pair%%:*}; pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/lib/frr/$bin" ] || need_pkgs+=("$pkg")
 done
