@@ -181,6 +181,12 @@ fn bgp_service_lifecycle_cli_metrics_reload_node_failure_and_restart() {
         .delete("v1", "Service", Some("shop"), "web")
         .expect("delete");
     e.wait_router_hops(&vip, &[], "the deleted Service withdrawn", &pier);
+    let log = e.lab.log(&pier);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("withdraw") && l.contains(&vip) && l.contains("shop/web")),
+        "no withdraw line naming the Service: {log}"
+    );
     e.create_service("web2", false, json!({"pier.io/ip": vip}));
     assert_eq!(e.wait_status_ip("web2", &pier), vip, "IP not reusable");
     e.wait_router_hops(&vip, &ALL, "the reused IP routed again", &pier);
@@ -476,7 +482,7 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
         lease,
         ..Gateway::default()
     });
-    let standby = e.start_pier("gw2", &cfg2);
+    let standby = e.start_pier_with("gw2", &cfg2, &["--log-format", "json"]);
     wait_for("the standby ready", PATIENCE, || {
         match e.http_get("gw2", "/readyz") {
             (200, _) => Ok(()),
@@ -518,8 +524,19 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
         metrics.contains("pier_arp_replies_sent_total{interface=\"eth0\"}"),
         "{metrics}"
     );
+    // --log-format json: one JSON object per line, the decision in
+    // `fields.message`.
     let log = e.lab.log(&standby);
-    assert!(log.contains("lease acquired"), "{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("lease acquired"))),
+        "{log}"
+    );
     let a = e.requests(&vip, 6);
     assert!(!a.iter().any(|x| x == "FAIL"), "after the failover: {a:?}");
     assert_eq!(e.status_ips("lan"), [vip], "the IP changed with the leader");

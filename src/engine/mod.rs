@@ -1141,6 +1141,12 @@ fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
             }
         }
     };
+    let withdraw = |a: &Announcement| {
+        if tracing::enabled!(tracing::Level::INFO) {
+            let services: Vec<String> = a.services.iter().map(|s| s.to_string()).collect();
+            info!(vip = %a.vip, pool = %a.pool, services = ?services, "withdraw");
+        }
+    };
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
         match (old.get(i), new.get(j)) {
@@ -1154,11 +1160,11 @@ fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
                 j += 1;
             }
             (Some(o), Some(n)) if o.vip < n.vip => {
-                info!(vip = %o.vip, "withdraw");
+                withdraw(o);
                 i += 1;
             }
             (Some(o), None) => {
-                info!(vip = %o.vip, "withdraw");
+                withdraw(o);
                 i += 1;
             }
             (_, Some(n)) => {

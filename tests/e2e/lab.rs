@@ -259,11 +259,23 @@ rise = 2
     /// Starts pier on `host` with `config`; the name of its process (and
     /// log) for `Lab::stop`, `Lab::signal` and `Lab::log`.
     pub fn start_pier(&mut self, host: &str, config: &std::path::Path) -> String {
+        self.start_pier_with(host, config, &[])
+    }
+
+    /// The same with more arguments to `pier run`.
+    pub fn start_pier_with(
+        &mut self,
+        host: &str,
+        config: &std::path::Path,
+        extra: &[&str],
+    ) -> String {
         self.runs += 1;
         let name = format!("pier-{host}-{}", self.runs);
         let bin = path_str(&self.pier_bin);
-        self.lab
-            .spawn(host, &name, &[&bin, "run", "--config", &path_str(config)]);
+        let config = path_str(config);
+        let mut args = vec![bin.as_str(), "run", "--config", config.as_str()];
+        args.extend_from_slice(extra);
+        self.lab.spawn(host, &name, &args);
         name
     }
 
