@@ -539,5 +539,28 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
     );
     let a = e.requests(&vip, 6);
     assert!(!a.iter().any(|x| x == "FAIL"), "after the failover: {a:?}");
-    assert_eq!(e.status_ips("lan"), [vip], "the IP changed with the leader");
+    assert_eq!(
+        e.status_ips("lan"),
+        [vip.clone()],
+        "the IP changed with the leader"
+    );
+    // In l2 mode pier forwards: `pier routes` shows the multipath route and
+    // the packets its nftables rules accepted (refreshed every 5 s).
+    wait_for("the forwarded VIP in `pier routes`", PATIENCE, || {
+        let (ok, out) = e.cli("gw2", "routes");
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{vip}/32")))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>());
+        match row {
+            Some(cols)
+                if ok
+                    && cols.get(1) == Some(&"10.0.0.11,10.0.0.12,10.0.0.13")
+                    && cols.get(2).and_then(|n| n.parse::<u64>().ok()) > Some(0) =>
+            {
+                Ok(())
+            }
+            _ => Err(out),
+        }
+    });
 }
