@@ -541,7 +541,7 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
     assert!(!a.iter().any(|x| x == "FAIL"), "after the failover: {a:?}");
     assert_eq!(
         e.status_ips("lan"),
-        [vip.clone()],
+        std::slice::from_ref(&vip),
         "the IP changed with the leader"
     );
     // In l2 mode pier forwards: `pier routes` shows the multipath route and
