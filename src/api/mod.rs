@@ -266,3 +266,33 @@ async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn socket_gets_mode_owner_and_group_and_replaces_a_stale_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/pier.sock");
+        // A stale file from a daemon that died.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"stale").unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let opts = SocketOptions {
+            mode: 0o640,
+            // Only root may give the socket away (nobody/nogroup).
+            owner: root.then_some(65534),
+            group: root.then_some(65534),
+        };
+        let _listener = bind_socket(&path, &opts).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+        assert_eq!(m.mode() & 0o777, 0o640);
+        if root {
+            assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        }
+    }
+}
