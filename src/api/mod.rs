@@ -272,6 +272,52 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// An engine stand-in answering `Status` with `synced`.
+    fn context(synced: bool, peers_attempted: bool) -> ApiContext {
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                if let Query::Status(reply) = q {
+                    let _ = reply.send(crate::engine::EngineStatus {
+                        synced,
+                        leader: true,
+                        generation: 1,
+                        services: 0,
+                        allocated: 0,
+                        pending: 0,
+                        vips_announced: 0,
+                        vips_unannounced: 0,
+                        nodes: 0,
+                        pools: 0,
+                    });
+                }
+            }
+        });
+        ApiContext {
+            engine: tx,
+            metrics: metrics::Metrics::new(),
+            started: Instant::now(),
+            peers: None,
+            routes: None,
+            ready_extra: Some(Arc::new(move || peers_attempted)),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_needs_the_initial_sync_and_every_peer_attempted() {
+        assert!(ready(&context(true, true)).await);
+        assert!(!ready(&context(false, true)).await);
+        assert!(!ready(&context(true, false)).await);
+        // An engine that is gone is not ready either.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let ctx = ApiContext {
+            engine: tx,
+            ..context(true, true)
+        };
+        assert!(!ready(&ctx).await);
+    }
+
     #[tokio::test]
     async fn socket_gets_mode_owner_and_group_and_replaces_a_stale_file() {
         let dir = tempfile::tempdir().unwrap();
