@@ -348,6 +348,9 @@ fn check_metrics(e: &E2eLab) {
 fn check_reload(e: &mut E2eLab, cfg: &std::path::Path, pier: &str, vip: &str) {
     let session = e.bird_session();
     assert!(session.contains("Established"), "{session}");
+    // BIRD's routes carry the time they were last received: a route pier
+    // re-sent would show a new one.
+    let routes = e.birdc(&format!("show route for {vip} all"));
     let good = std::fs::read_to_string(cfg).expect("config");
     std::fs::write(cfg, format!("{good}\n{EXTRA}")).expect("config");
     e.lab.signal(pier, libc::SIGHUP);
@@ -359,6 +362,11 @@ fn check_reload(e: &mut E2eLab, cfg: &std::path::Path, pier: &str, vip: &str) {
     );
     assert_eq!(e.bird_session(), session, "SIGHUP reset the BGP session");
     assert_eq!(e.router_hops(vip), ALL);
+    assert_eq!(
+        e.birdc(&format!("show route for {vip} all")),
+        routes,
+        "SIGHUP re-sent an unchanged route"
+    );
     let (_, peers) = e.cli("gw", "peers");
     assert!(
         peers
@@ -387,6 +395,7 @@ fn check_reload(e: &mut E2eLab, cfg: &std::path::Path, pier: &str, vip: &str) {
         session,
         "a broken reload reset the session"
     );
+    assert_eq!(e.birdc(&format!("show route for {vip} all")), routes);
     assert_eq!(e.router_hops("192.0.2.70"), ALL);
     assert_eq!(e.router_hops(vip), ALL);
     let (_, pools) = e.cli("gw", "pools");
