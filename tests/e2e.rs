@@ -351,6 +351,10 @@ fn check_reload(e: &mut E2eLab, cfg: &std::path::Path, pier: &str, vip: &str) {
     // BIRD's routes carry the time they were last received: a route pier
     // re-sent would show a new one.
     let routes = e.birdc(&format!("show route for {vip} all"));
+    assert!(
+        routes.contains(&format!("{vip}/32")) && routes.contains("[pier "),
+        "{routes}"
+    );
     let good = std::fs::read_to_string(cfg).expect("config");
     std::fs::write(cfg, format!("{good}\n{EXTRA}")).expect("config");
     e.lab.signal(pier, libc::SIGHUP);
