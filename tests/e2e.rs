@@ -507,6 +507,15 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
     let a = e.requests(&vip, 5);
     assert!(!a.iter().any(|x| x == "FAIL"), "{a:?}");
     assert_eq!(e.client_neighbour(&vip), Some(e.mac("gw")));
+    // ... and the standby sent no reply (its counters reach /metrics once
+    // a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, metrics) = e.http_get("gw2", "/metrics");
+    assert!(
+        !metrics.contains("pier_arp_replies_sent_total{")
+            || metrics.contains("pier_arp_replies_sent_total{interface=\"eth0\"} 0"),
+        "the standby answered ARP:\n{metrics}"
+    );
 
     // The leader's box dies: process killed, link down.
     e.lab.signal(&leader, libc::SIGKILL);
