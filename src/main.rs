@@ -88,8 +88,8 @@ fn main() -> ExitCode {
         Command::Status(a) => query(a, "/v1/status", table::status),
         Command::Services(a) => query(a, "/v1/services", table::services),
         Command::Pools(a) => query(a, "/v1/pools", table::pools),
-        Command::Peers(a) => query(a, "/v1/peers", table::generic),
-        Command::Routes(a) => query(a, "/v1/routes", table::generic),
+        Command::Peers(a) => query(a, "/v1/peers", table::peers),
+        Command::Routes(a) => query(a, "/v1/routes", table::routes),
         Command::Nodes(a) => query(a, "/v1/nodes", table::nodes),
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -249,7 +249,17 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     // The speaker's status board; a speaker started later from a BgpConf
     // (kubernetes.crds) puts its own here.
     let board = pier::watch::openelb::BoardSlot::new(speaker.as_ref().map(|s| s.board()));
-    let datapath = start_datapath(&cfg, desired_rx.clone(), stop_rx.clone(), &metrics).await?;
+    // Leadership of the lease; without Kubernetes this box always leads.
+    let (leader_tx, leader_rx) = watch::channel(kube.is_none());
+    let datapath = start_datapath(
+        &cfg,
+        desired_rx.clone(),
+        stop_rx.clone(),
+        leader_rx.clone(),
+        metrics.clone(),
+        board.clone(),
+    )
+    .await?;
     let routes_view = datapath.routes_view.clone();
     let api_ctx = ApiContext {
         engine: query_tx,
@@ -273,6 +283,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         &cfg.gateway.api_socket,
         &SocketOptions {
             mode: cfg.gateway.api_socket_mode,
+            owner: match &cfg.gateway.api_socket_owner {
+                Some(name) => Some(user_id(name)?),
+                None => None,
+            },
             group: match &cfg.gateway.api_socket_group {
                 Some(name) => Some(group_id(name)?),
                 None => None,
@@ -316,7 +330,6 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let mut crds = None;
     if let Some((client, k)) = kube {
         let id = pier::watch::lease::identity();
-        let (leader_tx, leader_rx) = watch::channel(false);
         // Pools and peers from Eip/BgpConf/BgpPeer objects, merged with the
         // file's; the task owns the speaker while it runs.
         let mut gate = None;
@@ -390,8 +403,10 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                         input_tx.send(input).await.context("engine stopped")?;
                     }
                     if let (Some(sp), Some(b)) = (speaker.as_mut(), new.bgp.as_ref()) {
-                        if let Err(e) = sp.reconfigure(b, new.gateway.router_id).await {
-                            warn!("SIGHUP: BGP peers not changed: {e}");
+                        if cfg.bgp.as_ref() != Some(b) {
+                            if let Err(e) = sp.reconfigure(b, new.gateway.router_id).await {
+                                error!("SIGHUP: BGP peers not changed: {e}");
+                            }
                         }
                     }
                     cfg = new;
@@ -461,7 +476,9 @@ async fn start_datapath(
     cfg: &Config,
     desired: watch::Receiver<Arc<Desired>>,
     mut stop: watch::Receiver<bool>,
-    metrics: &Metrics,
+    leader: watch::Receiver<bool>,
+    metrics: Metrics,
+    board: pier::watch::openelb::BoardSlot,
 ) -> anyhow::Result<Datapath> {
     use pier::model::{NextHopMode, PoolMode};
     let view = Arc::new(std::sync::Mutex::new(serde_json::json!([])));
@@ -475,62 +492,37 @@ async fn start_datapath(
         .filter(|p| p.mode == PoolMode::L2)
         .filter_map(|p| p.interface.clone())
         .collect();
-    if !l2_interfaces.is_empty() {
+    // Eip objects may bring `layer2` pools at any time; the responder opens
+    // nothing until a plan names an l2 VIP.
+    if !l2_interfaces.is_empty() || cfg.kubernetes.as_ref().is_some_and(|k| k.crds) {
         let responder = Arc::new(pier::arp::ArpResponder::spawn(
             pier::arp::ArpConfig::default(),
         ));
-        let mut rx = desired.clone();
-        // The desired-state task owns the responder (it stops answering
-        // when that task ends); the metrics copier only looks at it.
-        let weak = Arc::downgrade(&responder);
-        let arp = responder;
-        tokio::spawn(async move {
-            loop {
-                let d = rx.borrow_and_update().clone();
-                if d.generation > 0 {
-                    arp.update(&d);
-                }
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-        // The responder counts on its own; copy the increments into
-        // pier_arp_replies_sent_total / pier_garp_sent_total.
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut seen: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                let Some(responder) = weak.upgrade() else {
-                    break;
-                };
-                for (interface, c) in responder.counters() {
-                    let labels = metrics.interface(&interface);
-                    let last = seen.entry(interface).or_default();
-                    metrics
-                        .arp_replies_sent
-                        .get_or_create(&labels)
-                        .inc_by(c.replies.saturating_sub(last.0));
-                    metrics
-                        .garp_sent
-                        .get_or_create(&labels)
-                        .inc_by(c.gratuitous.saturating_sub(last.1));
-                    *last = (c.replies, c.gratuitous);
-                }
-            }
-        });
+        tokio::spawn(feed_arp(responder.clone(), desired.clone(), leader));
+        tokio::spawn(arp_metrics(Arc::downgrade(&responder), metrics));
     }
     let mut routes = None;
-    if forwards {
-        let rc = pier::route::RouteConfig {
-            lan_interfaces: l2_interfaces,
-            sysctl: cfg.gateway.sysctl,
-            ..Default::default()
-        };
-        let mut actuator = pier::route::RouteActuator::start(rc)
-            .await
-            .context("cannot start the kernel route and nftables actuator")?;
+    let rc = pier::route::RouteConfig {
+        lan_interfaces: l2_interfaces,
+        sysctl: cfg.gateway.sysctl,
+        ..Default::default()
+    };
+    // When the file's pools forward, a wrong sysctl or an unusable nftables
+    // refuses the start. Otherwise the actuator starts on the first plan
+    // that needs it (pools from Eip objects, or a peer without ADD-PATH
+    // that was sent pier as next hop for `next_hop = "nodes"` VIPs) and
+    // touches neither sysctls nor nftables before.
+    let eager = if forwards {
+        Some(
+            pier::route::RouteActuator::start(rc.clone())
+                .await
+                .context("cannot start the kernel route and nftables actuator")?,
+        )
+    } else {
+        None
+    };
+    let may_forward_later = cfg.bgp.is_some() || cfg.kubernetes.as_ref().is_some_and(|k| k.crds);
+    if eager.is_some() || may_forward_later {
         let keep = cfg.gateway.shutdown == pier::config::Shutdown::Keep;
         let view = view.clone();
         routes = Some(tokio::spawn(async move {
@@ -545,9 +537,20 @@ async fn start_datapath(
                 _ = stopping => false,
             };
             if !go {
-                let _ = actuator.shutdown(keep).await;
+                if let Some(actuator) = eager {
+                    let _ = actuator.shutdown(keep).await;
+                }
                 return;
             }
+            let mut actuator = match eager {
+                Some(a) => a,
+                None => {
+                    match start_routes_when_needed(rc, desired.clone(), stop.clone(), board).await {
+                        Some(a) => a,
+                        None => return,
+                    }
+                }
+            };
             let refresher = tokio::spawn(async move {
                 loop {
                     let routes = pier::route::installed_routes().await.ok();
@@ -591,6 +594,105 @@ async fn start_datapath(
     })
 }
 
+/// Wait until a plan needs pier to forward ([`pier::route::needed`]), then
+/// start the route actuator; `None` when pier stops first. A start that
+/// fails (sysctls, nftables) is logged and tried again.
+async fn start_routes_when_needed(
+    rc: pier::route::RouteConfig,
+    mut desired: watch::Receiver<Arc<Desired>>,
+    mut stop: watch::Receiver<bool>,
+    board: pier::watch::openelb::BoardSlot,
+) -> Option<pier::route::RouteActuator> {
+    let mut logged = false;
+    loop {
+        let d = desired.borrow_and_update().clone();
+        let fallback = board.snapshot().iter().any(|p| p.next_hop_self_fallback);
+        if pier::route::needed(&d, fallback) {
+            match pier::route::RouteActuator::start(rc.clone()).await {
+                Ok(a) => {
+                    info!(
+                        next_hop_self_fallback = fallback,
+                        "routes: VIP traffic now comes through this gateway; kernel routes and nftables started"
+                    );
+                    return Some(a);
+                }
+                Err(e) if !logged => {
+                    error!("cannot start the kernel route and nftables actuator: {e}; VIP traffic sent to this gateway is not forwarded");
+                    logged = true;
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return None },
+            // Peers' fallback shows on the status board, not in the plan.
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+    }
+}
+
+/// Feed the ARP/NDP responder every plan, once this gateway has led.
+///
+/// Two gateways with `l2` pools must not both answer for a VIP, so a
+/// standby (lease held by another gateway) stays silent, and starts
+/// answering, with gratuitous ARP, when it takes the lease. A gateway that
+/// loses the lease keeps answering: with the API server down nobody can
+/// hold the lease, and the data path must not depend on the API server; at
+/// worst (a gateway cut off from the API only) both answer, and both
+/// forward to the same nodes.
+async fn feed_arp(
+    responder: Arc<pier::arp::ArpResponder>,
+    mut desired: watch::Receiver<Arc<Desired>>,
+    mut leader: watch::Receiver<bool>,
+) {
+    let mut answering = false;
+    let mut leader_open = true;
+    loop {
+        if !answering && *leader.borrow_and_update() {
+            info!("l2: this gateway answers ARP/NDP for its VIPs from now on");
+            answering = true;
+        }
+        let d = desired.borrow_and_update().clone();
+        if d.generation > 0 && answering {
+            responder.update(&d);
+        }
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { break },
+            // The lease task ended: keep the current state.
+            changed = leader.changed(), if !answering && leader_open => leader_open = changed.is_ok(),
+        }
+    }
+}
+
+/// Copy the responder's counters into `pier_arp_replies_sent_total` and
+/// `pier_garp_sent_total` once a second.
+///
+/// It holds the responder weakly: the desired-state task owns it, and the
+/// responder stops answering when that task ends.
+async fn arp_metrics(responder: std::sync::Weak<pier::arp::ArpResponder>, metrics: Metrics) {
+    let mut seen: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(responder) = responder.upgrade() else {
+            break;
+        };
+        for (interface, c) in responder.counters() {
+            let last = seen.entry(interface.clone()).or_default();
+            let labels = metrics.interface(&interface);
+            metrics
+                .arp_replies_sent
+                .get_or_create(&labels)
+                .inc_by(c.replies.saturating_sub(last.0));
+            metrics
+                .garp_sent
+                .get_or_create(&labels)
+                .inc_by(c.gratuitous.saturating_sub(last.1));
+            *last = (c.replies, c.gratuitous);
+        }
+    }
+}
+
 /// The numeric id of a group, by name.
 fn group_id(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name).context("group name contains a NUL byte")?;
@@ -604,14 +706,48 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
+/// The numeric id of a user, by name.
+fn user_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("user name contains a NUL byte")?;
+    // SAFETY: getpwnam reads a NUL-terminated string and returns a pointer to
+    // static storage (or NULL); we read one field before any other call.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        anyhow::bail!("gateway.api_socket_owner: no user named {name:?}");
+    }
+    // SAFETY: non-null pointer from getpwnam, see above.
+    Ok(unsafe { (*pw).pw_uid })
+}
+
 /// Re-read the config; on errors keep the running one and log every error.
 fn reload(path: &Path, running: &Config) -> Option<Config> {
     match Config::load(path) {
-        Ok(new) => {
-            if new.gateway != running.gateway || new.kubernetes != running.kubernetes {
-                warn!("SIGHUP: [gateway] and [kubernetes] changes need a restart; applying pools and static services only");
+        Ok(mut new) => {
+            // What the running tasks were started with stays as it is, so
+            // that shutdown and the data path agree with what runs.
+            for (section, changed) in [
+                ("[gateway]", new.gateway != running.gateway),
+                ("[kubernetes]", new.kubernetes != running.kubernetes),
+                ("[health]", new.health != running.health),
+            ] {
+                if changed {
+                    warn!(config = %path.display(), "SIGHUP: {section} changes need a restart; not applied");
+                }
             }
-            info!(config = %path.display(), "SIGHUP: configuration reloaded");
+            new.gateway = running.gateway.clone();
+            new.kubernetes = running.kubernetes.clone();
+            new.health = running.health.clone();
+            if new.bgp.is_some() != running.bgp.is_some() {
+                warn!(config = %path.display(), "SIGHUP: adding or removing [bgp] needs a restart; BGP not changed");
+                new.bgp = running.bgp.clone();
+            }
+            info!(
+                config = %path.display(),
+                pools = new.pools.len(),
+                peers = new.bgp.as_ref().map_or(0, |b| b.peers.len()),
+                static_services = new.static_services.len(),
+                "SIGHUP: configuration reloaded"
+            );
             Some(new)
         }
         Err(errors) => {
@@ -632,7 +768,7 @@ fn reload_inputs(old: &Config, new: &Config) -> Vec<Input> {
     if old.pools != new.pools {
         inputs.push(Input::Pools(new.pools.clone()));
     }
-    if old.static_services != new.static_services || old.health != new.health {
+    if old.static_services != new.static_services {
         inputs.push(Input::Resync(Origin::Static));
         inputs.extend(source::static_inputs(new));
     }

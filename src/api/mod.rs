@@ -69,6 +69,7 @@ pub struct ApiContext {
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
     pub mode: u32,
+    pub owner: Option<u32>,
     pub group: Option<u32>,
 }
 
@@ -88,8 +89,8 @@ pub fn bind_socket(path: &Path, opts: &SocketOptions) -> Result<UnixListener, Ap
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode)).map_err(err)?;
-    if let Some(gid) = opts.group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    if opts.owner.is_some() || opts.group.is_some() {
+        std::os::unix::fs::chown(path, opts.owner, opts.group).map_err(err)?;
     }
     Ok(listener)
 }
@@ -263,5 +264,81 @@ async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full
             }
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// An engine stand-in answering `Status` with `synced`.
+    fn context(synced: bool, peers_attempted: bool) -> ApiContext {
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                if let Query::Status(reply) = q {
+                    let _ = reply.send(crate::engine::EngineStatus {
+                        synced,
+                        leader: true,
+                        generation: 1,
+                        services: 0,
+                        allocated: 0,
+                        pending: 0,
+                        vips_announced: 0,
+                        vips_unannounced: 0,
+                        nodes: 0,
+                        pools: 0,
+                    });
+                }
+            }
+        });
+        ApiContext {
+            engine: tx,
+            metrics: metrics::Metrics::new(),
+            started: Instant::now(),
+            peers: None,
+            routes: None,
+            ready_extra: Some(Arc::new(move || peers_attempted)),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_needs_the_initial_sync_and_every_peer_attempted() {
+        assert!(ready(&context(true, true)).await);
+        assert!(!ready(&context(false, true)).await);
+        assert!(!ready(&context(true, false)).await);
+        // An engine that is gone is not ready either.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let ctx = ApiContext {
+            engine: tx,
+            ..context(true, true)
+        };
+        assert!(!ready(&ctx).await);
+    }
+
+    #[tokio::test]
+    async fn socket_gets_mode_owner_and_group_and_replaces_a_stale_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/pier.sock");
+        // A stale file from a daemon that died.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"stale").unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let opts = SocketOptions {
+            mode: 0o640,
+            // Only root may give the socket away (nobody/nogroup).
+            owner: root.then_some(65534),
+            group: root.then_some(65534),
+        };
+        let _listener = bind_socket(&path, &opts).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+        assert_eq!(m.mode() & 0o777, 0o640);
+        if root {
+            assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        }
     }
 }

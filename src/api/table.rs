@@ -193,6 +193,99 @@ pub fn nodes(v: &Value) -> String {
     table(&["NODE", "ADDRESSES", "NEXT HOP", "VIPS"], &rows)
 }
 
+/// Seconds as `3d04h`, `2h05m`, `4m07s` or `9s`.
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// BGP peers: session state, uptime, what was negotiated, the last error.
+pub fn peers(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    let caps: Vec<String> = x["capabilities"]
+                        .as_array()
+                        .map(|c| c.iter().map(s).collect())
+                        .unwrap_or_default();
+                    // Families first, then ADD-PATH per family; the other
+                    // capabilities are in --json.
+                    let mut negotiated: Vec<String> = caps
+                        .iter()
+                        .filter(|c| c.starts_with("ipv4") || c.starts_with("ipv6"))
+                        .cloned()
+                        .collect();
+                    negotiated.extend(caps.iter().filter(|c| c.starts_with("add-path")).cloned());
+                    if x["next_hop_self_fallback"] == Value::Bool(true) {
+                        negotiated.push("next-hop-self fallback".into());
+                    }
+                    vec![
+                        s(&x["peer"]),
+                        s(&x["asn"]),
+                        s(&x["state"]),
+                        x["uptime_s"].as_u64().map_or("-".into(), duration),
+                        s(&x["prefixes_sent"]),
+                        if negotiated.is_empty() {
+                            "-".into()
+                        } else {
+                            negotiated.join(",")
+                        },
+                        x["last_error"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no BGP peers configured\n".into();
+    }
+    table(
+        &[
+            "PEER",
+            "ASN",
+            "STATE",
+            "UPTIME",
+            "SENT",
+            "NEGOTIATED",
+            "LAST ERROR",
+        ],
+        &rows,
+    )
+}
+
+/// Kernel routes pier installed, with the nftables counters of each VIP.
+pub fn routes(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    vec![
+                        s(&x["vip"]),
+                        s(&x["next_hops"]),
+                        s(&x["accepted_packets"]),
+                        s(&x["dropped_packets"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no routes installed (no VIP is forwarded through this gateway)\n".into();
+    }
+    table(&["VIP", "NEXT HOPS", "ACCEPTED", "DROPPED"], &rows)
+}
+
 /// A table of an array of flat objects, columns in the order of the first.
 pub fn generic(v: &Value) -> String {
     let Some(items) = v.as_array() else {
@@ -235,6 +328,65 @@ mod tests {
             lines[2],
             "shop/api     static      -                 pool \"x\" exhausted"
         );
+    }
+
+    #[test]
+    fn peers_table_shows_state_uptime_families_and_error() {
+        let v = json!([
+            {"peer": "10.0.0.1", "asn": 65000, "local_asn": 65010, "state": "Established",
+             "uptime_s": 3725, "prefixes_sent": 6, "updates_sent": 3, "updates_received": 1,
+             "capabilities": ["ipv4-unicast", "ipv6-unicast", "add-path(ipv4-unicast)", "4-octet-as", "graceful-restart"],
+             "next_hop_self_fallback": false, "last_error": null, "attempted": true},
+            {"peer": "10.0.0.9", "asn": 65009, "state": "Connect", "uptime_s": null,
+             "prefixes_sent": 0, "capabilities": [], "next_hop_self_fallback": false,
+             "last_error": "connect: Connection refused", "attempted": true},
+        ]);
+        let t = peers(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "PEER      ASN    STATE        UPTIME  SENT  NEGOTIATED                                        LAST ERROR"
+        );
+        assert_eq!(
+            lines[1],
+            "10.0.0.1  65000  Established  1h02m   6     ipv4-unicast,ipv6-unicast,add-path(ipv4-unicast)"
+        );
+        assert_eq!(
+            lines[2],
+            "10.0.0.9  65009  Connect      -       0     -                                                 connect: Connection refused"
+        );
+        assert_eq!(peers(&json!([])), "no BGP peers configured\n");
+    }
+
+    #[test]
+    fn routes_table_shows_next_hops_and_counters() {
+        let v = json!([
+            {"vip": "10.77.1.10/32", "next_hops": ["10.66.2.11", "10.66.2.12"], "accepted_packets": 42, "dropped_packets": 0},
+            {"vip": "fd66:77::10/128", "next_hops": [], "accepted_packets": 0, "dropped_packets": 7},
+        ]);
+        let t = routes(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "VIP              NEXT HOPS              ACCEPTED  DROPPED"
+        );
+        assert_eq!(
+            lines[1],
+            "10.77.1.10/32    10.66.2.11,10.66.2.12  42        0"
+        );
+        assert_eq!(
+            lines[2],
+            "fd66:77::10/128  -                      0         7"
+        );
+        assert!(routes(&json!([])).starts_with("no routes installed"));
+    }
+
+    #[test]
+    fn durations_read_like_uptimes() {
+        assert_eq!(duration(9), "9s");
+        assert_eq!(duration(247), "4m07s");
+        assert_eq!(duration(7500), "2h05m");
+        assert_eq!(duration(273_600), "3d04h");
     }
 
     #[test]

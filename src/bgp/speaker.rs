@@ -494,6 +494,10 @@ struct PeerTask {
     origin: Instant,
     up_since: Option<Instant>,
     fallback_logged: bool,
+    /// End-of-RIB waits for the engine's first plan: sent before it, an
+    /// empty table would make a graceful-restart helper flush the routes
+    /// it holds for us (RFC 4724 §4.1: EoR after the initial update).
+    eor_pending: bool,
 }
 
 impl PeerTask {
@@ -535,6 +539,7 @@ impl PeerTask {
             origin: Instant::now(),
             up_since: None,
             fallback_logged: false,
+            eor_pending: false,
         }
     }
 
@@ -593,6 +598,10 @@ impl PeerTask {
                 changed = self.desired.changed(), if self.rib.is_some() => {
                     if changed.is_ok() {
                         self.send_changes().await;
+                        if self.eor_pending && self.desired.borrow().generation > 0 {
+                            self.eor_pending = false;
+                            self.send_end_of_rib().await;
+                        }
                     }
                 }
             }
@@ -1006,13 +1015,18 @@ impl PeerTask {
                             .set(1);
                     }
                     self.send_changes().await;
-                    self.send_end_of_rib().await;
+                    if self.desired.borrow().generation > 0 {
+                        self.send_end_of_rib().await;
+                    } else {
+                        self.eor_pending = true;
+                    }
                 }
                 Action::Down(why) => {
                     warn!(peer = %self.label(), reason = %why, "BGP session down");
                     self.rib = None;
                     self.up_since = None;
                     self.fallback_logged = false;
+                    self.eor_pending = false;
                     self.ctx_in = Context::default();
                     self.ctx_out = Context::default();
                     self.set_status(|s| {

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub api_socket_mode: u32,
     /// Group owning the API socket (members may run `pier status`).
     pub api_socket_group: Option<String>,
+    /// User owning the API socket (default: the user pier runs as).
+    pub api_socket_owner: Option<String>,
     /// On stop: withdraw everything, or keep routes and let BGP graceful
     /// restart hold them at the routers.
     pub shutdown: Shutdown,

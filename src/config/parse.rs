@@ -433,6 +433,7 @@ const GATEWAY: &[&str] = &[
     "metrics_listen",
     "api_socket_mode",
     "api_socket_group",
+    "api_socket_owner",
     "shutdown",
     "sysctl",
     "log_format",
@@ -655,6 +656,7 @@ fn gateway(ctx: &mut Ctx<'_>, t: &DeTable<'_>, span: Span) -> Option<GatewayConf
         })
         .map_or(0o660, |(m, _)| m);
     let api_socket_group = s.str(ctx, "api_socket_group").map(|(g, _)| g);
+    let api_socket_owner = s.str(ctx, "api_socket_owner").map(|(u, _)| u);
     let shutdown = s
         .parsed(ctx, "shutdown", |v| match v {
             "withdraw" => Ok(Shutdown::Withdraw),
@@ -683,6 +685,7 @@ fn gateway(ctx: &mut Ctx<'_>, t: &DeTable<'_>, span: Span) -> Option<GatewayConf
         metrics_listen,
         api_socket_mode,
         api_socket_group,
+        api_socket_owner,
         shutdown,
         sysctl,
         log_format,

@@ -77,6 +77,7 @@ fn defaults() {
     assert!(c.kubernetes.is_none() && c.bgp.is_none());
     assert_eq!(c.gateway.api_socket, PathBuf::from("/run/pier/pier.sock"));
     assert_eq!(c.gateway.api_socket_mode, 0o660);
+    assert_eq!(c.gateway.api_socket_owner, None);
     assert_eq!(c.gateway.shutdown, Shutdown::Withdraw);
     assert_eq!(c.health, HealthConfig::default());
     let c = parse(&format!(
@@ -87,6 +88,19 @@ fn defaults() {
     assert_eq!((p.hold_time, p.port, p.connect_retry_s), (90, 179, 5));
     assert_eq!(p.families, vec![Family::V4, Family::V6]);
     assert!(p.add_path && !p.passive);
+}
+
+#[test]
+fn api_socket_owner_and_group() {
+    let text = GATEWAY.replace(
+        "[gateway]\n",
+        "[gateway]\napi_socket_owner = \"pier\"\napi_socket_group = \"pier-admins\"\napi_socket_mode = \"0640\"\n",
+    );
+    assert_ne!(text, GATEWAY);
+    let c = parse(&text).unwrap();
+    assert_eq!(c.gateway.api_socket_owner.as_deref(), Some("pier"));
+    assert_eq!(c.gateway.api_socket_group.as_deref(), Some("pier-admins"));
+    assert_eq!(c.gateway.api_socket_mode, 0o640);
 }
 
 #[test]

@@ -419,6 +419,29 @@ impl Engine {
             .collect()
     }
 
+    /// Each node's health for `pier_node_healthy` and the node down/up
+    /// log lines: Kubernetes nodes by name (healthy = none of its probes
+    /// failing), addresses probed for static services by address.
+    pub fn node_health(&self) -> BTreeMap<String, bool> {
+        let mut out: BTreeMap<String, bool> = BTreeMap::new();
+        let mut covered: BTreeSet<IpAddr> = BTreeSet::new();
+        for n in self.nodes.values() {
+            let mut healthy = true;
+            for a in n.internal_ips.iter().chain(n.external_ips.iter()) {
+                covered.insert(*a);
+                healthy &= !self.health.down.iter().any(|t| t.address == *a);
+            }
+            out.insert(n.name.clone(), healthy);
+        }
+        for t in &self.probe_targets {
+            if !covered.contains(&t.address) {
+                let up = self.health.is_up(t);
+                *out.entry(t.address.to_string()).or_insert(true) &= up;
+            }
+        }
+        out
+    }
+
     fn answer(&self, q: Query) {
         // A caller that gave up is no error.
         let _ = match q {
@@ -1118,6 +1141,12 @@ fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
             }
         }
     };
+    let withdraw = |a: &Announcement| {
+        if tracing::enabled!(tracing::Level::INFO) {
+            let services: Vec<String> = a.services.iter().map(|s| s.to_string()).collect();
+            info!(vip = %a.vip, pool = %a.pool, services = ?services, "withdraw");
+        }
+    };
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
         match (old.get(i), new.get(j)) {
@@ -1131,11 +1160,11 @@ fn log_plan_changes(old: &[Arc<Announcement>], new: &[Arc<Announcement>]) {
                 j += 1;
             }
             (Some(o), Some(n)) if o.vip < n.vip => {
-                info!(vip = %o.vip, "withdraw");
+                withdraw(o);
                 i += 1;
             }
             (Some(o), None) => {
-                info!(vip = %o.vip, "withdraw");
+                withdraw(o);
                 i += 1;
             }
             (_, Some(n)) => {
@@ -1183,6 +1212,7 @@ pub async fn run(
 ) {
     let mut buf = Vec::with_capacity(1024);
     let mut queries_open = true;
+    let mut node_health: BTreeMap<String, bool> = BTreeMap::new();
     loop {
         tokio::select! {
             n = inputs.recv_many(&mut buf, MAX_BATCH) => {
@@ -1198,6 +1228,12 @@ pub async fn run(
                 continue;
             }
         }
+        let mut nodes_touched = buf.iter().any(|i| {
+            matches!(
+                i,
+                Input::Health(_) | Input::Node(_) | Input::NodeGone(_) | Input::Synced(_)
+            )
+        });
         let started = std::time::Instant::now();
         let step = engine.step(std::mem::take(&mut buf));
         out.metrics
@@ -1208,6 +1244,7 @@ pub async fn run(
             out.desired.send_replace(d);
         }
         if let Some(t) = step.probe_targets {
+            nodes_touched = true;
             out.probe_targets.send_replace(t);
         }
         if engine.synced() && (changed || out.states.borrow().is_empty()) {
@@ -1221,6 +1258,30 @@ pub async fn run(
                         .set_pool(&p.name, u.family.as_str(), u.total, u.in_use);
                 }
             }
+        }
+        if engine.synced() && nodes_touched {
+            let now = engine.node_health();
+            for (node, healthy) in &now {
+                match node_health.get(node) {
+                    Some(was) if was == healthy => continue,
+                    None if *healthy => {}
+                    Some(_) | None => {
+                        if *healthy {
+                            info!(%node, "node up: passes its health probes again");
+                        } else {
+                            warn!(%node, "node down: failing its health probe; no longer a next hop");
+                        }
+                    }
+                }
+                out.metrics
+                    .node_healthy
+                    .get_or_create(&out.metrics.node(node))
+                    .set(i64::from(*healthy));
+            }
+            for gone in node_health.keys().filter(|n| !now.contains_key(*n)) {
+                out.metrics.node_healthy.remove(&out.metrics.node(gone));
+            }
+            node_health = now;
         }
         if let Some(tx) = &out.events {
             for ev in step.events {

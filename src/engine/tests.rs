@@ -391,3 +391,48 @@ fn dual_stack_static_like_service_gets_both_families() {
     e.step(vec![Input::Service(s), Input::Synced(Origin::Kubernetes)]);
     assert_eq!(ips_of(&e, "dual"), [ip("10.77.0.0"), ip("fd77::")]);
 }
+
+#[test]
+fn node_health_names_nodes_and_static_addresses() {
+    let store = MemoryStore::new();
+    let mut e = Engine::new(
+        Box::new(store.clone()),
+        pools(),
+        EngineSettings {
+            sources: [Origin::Kubernetes, Origin::Static].into(),
+            ..settings(true)
+        },
+    )
+    .unwrap();
+    let mut stat = svc("static");
+    stat.origin = Origin::Static;
+    stat.static_next_hops = Some(vec![ip("10.0.9.9")]);
+    stat.static_probe_port = Some(8080);
+    let step = e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
+        Input::Node(node("n2", "10.0.0.2")),
+        Input::Service(svc("web")),
+        Input::Service(stat),
+        Input::Synced(Origin::Kubernetes),
+        Input::Synced(Origin::Static),
+    ]);
+    let targets = step.probe_targets.unwrap();
+    let all_up: BTreeMap<String, bool> = [("10.0.9.9", true), ("n1", true), ("n2", true)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(e.node_health(), all_up);
+    let mut h = HealthView::default();
+    h.down.extend(
+        targets
+            .iter()
+            .filter(|t| t.address == ip("10.0.0.2") || t.address == ip("10.0.9.9"))
+            .cloned(),
+    );
+    assert_eq!(h.down.len(), 2, "{targets:?}");
+    e.step(vec![Input::Health(h)]);
+    let health = e.node_health();
+    assert!(health["n1"]);
+    assert!(!health["n2"]);
+    assert!(!health["10.0.9.9"]);
+}

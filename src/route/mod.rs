@@ -464,3 +464,14 @@ pub fn forwards_any(desired: &Desired) -> bool {
         .iter()
         .any(|a| a.mode.gateway_forwards())
 }
+
+/// Does traffic of some VIP of `desired` come to pier, so that pier must
+/// route and filter it? VIPs of `next_hop = "self"` and `l2` pools always;
+/// `next_hop = "nodes"` VIPs once a peer without ADD-PATH receive was sent
+/// pier as their next hop (`peers_fall_back`).
+pub fn needed(desired: &Desired, peers_fall_back: bool) -> bool {
+    desired
+        .announcements
+        .iter()
+        .any(|a| peers_fall_back || a.mode.gateway_forwards())
+}

@@ -619,6 +619,50 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
     }
 }
 
+/// Runs `f` on a new thread inside the network namespace `ns` (sockets it
+/// creates, e.g. a listener bound there, stay in that namespace; threads it
+/// starts, e.g. a runtime's workers, start there too).
+pub fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: a valid netns fd; affects only the calling thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
+/// The gateways of `host`'s kernel route to `prefix` (`family` is `-4` or
+/// `-6`), sorted; empty when there is no route.
+pub fn route_gateways(lab: &Lab, host: &str, family: &str, prefix: &str) -> Vec<String> {
+    let (_, out) = lab.try_sh(host, &format!("ip {family} -j route show {prefix}"));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    let mut gws = Vec::new();
+    for r in v.as_array().into_iter().flatten() {
+        if let Some(g) = r.get("gateway").and_then(|g| g.as_str()) {
+            gws.push(g.to_string());
+        }
+        for nh in r
+            .get("nexthops")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(g) = nh.get("gateway").and_then(|g| g.as_str()) {
+                gws.push(g.to_string());
+            }
+        }
+    }
+    gws.sort();
+    gws
+}
+
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
