@@ -56,14 +56,16 @@ pub fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-/// The routes pier wants: one per VIP that pier forwards itself
-/// ([`crate::model::AnnounceMode::gateway_forwards`]), over the next hops of
-/// the VIP's family. A VIP left with no next hop of its family gets no route.
+/// The routes pier wants: one per VIP, over the next hops of the VIP's
+/// family. A VIP left with no next hop of its family gets no route.
+///
+/// `next_hop = "nodes"` VIPs are included: a peer that did not negotiate
+/// ADD-PATH receive is sent pier as their next hop (the speaker's fallback),
+/// and their traffic must not be blackholed when it arrives here.
 pub fn desired_routes(desired: &Desired) -> RouteTable {
     desired
         .announcements
         .iter()
-        .filter(|a| a.mode.gateway_forwards())
         .filter_map(|a| {
             let family = Family::of(&a.vip);
             let hops: BTreeSet<IpAddr> = a
@@ -382,7 +384,32 @@ mod tests {
     }
 
     #[test]
-    fn desired_keeps_only_gateway_forwarded_vips_with_hops_of_their_family() {
+    fn nodes_vips_need_pier_only_once_a_peer_falls_back_to_next_hop_self() {
+        let nodes = Desired {
+            generation: 1,
+            announcements: vec![ann("10.77.0.2", AnnounceMode::BgpNodes, &["10.0.0.1"])],
+        };
+        assert!(
+            !crate::route::needed(&nodes, false),
+            "routers reach the nodes directly"
+        );
+        assert!(
+            crate::route::needed(&nodes, true),
+            "a peer without ADD-PATH sends the traffic to pier"
+        );
+        let selfd = Desired {
+            generation: 1,
+            announcements: vec![ann("10.77.0.1", AnnounceMode::BgpSelf, &["10.0.0.1"])],
+        };
+        assert!(crate::route::needed(&selfd, false));
+        assert!(
+            !crate::route::needed(&Desired::default(), true),
+            "nothing to forward"
+        );
+    }
+
+    #[test]
+    fn desired_keeps_every_vip_with_hops_of_their_family() {
         let d = Desired {
             generation: 1,
             announcements: vec![
@@ -406,6 +433,8 @@ mod tests {
         let t = desired_routes(&d);
         let want: RouteTable = [
             ("10.77.0.1/32", set(&["10.0.0.1", "10.0.0.2"])),
+            // next_hop = "nodes": ready for a peer without ADD-PATH.
+            ("10.77.0.2/32", set(&["10.0.0.1"])),
             ("10.77.0.3/32", set(&["10.0.0.3"])),
             ("fd66::1/128", set(&["fd00::1"])),
         ]

@@ -1,6 +1,7 @@
 //! The gateway's data path: kernel multipath routes and the nftables
-//! forwarding firewall for VIPs that pier forwards itself
-//! (`next_hop = "self"` and `l2` pools, [`AnnounceMode::gateway_forwards`]).
+//! forwarding firewall for the VIPs whose traffic reaches pier:
+//! `next_hop = "self"` and `l2` pools, and `next_hop = "nodes"` pools too,
+//! since a peer that did not negotiate ADD-PATH gets pier as next hop.
 //!
 //! # API
 //!
@@ -17,8 +18,9 @@
 //!
 //! `run` applies whatever the watch holds first: publish into it only once
 //! the engine has its first real plan, or a restart would withdraw every
-//! route until then. Construct the actuator only when some pool forwards
-//! ([`forwards_any`] or the config), since `start` insists on the sysctls.
+//! route until then. `start` insists on the sysctls: `pier run` starts the
+//! actuator at once when the file's pools forward, and otherwise on the
+//! first plan that [`needed`] says pier must forward.
 //!
 //! # Ownership
 //!
@@ -455,14 +457,6 @@ pub async fn installed_routes() -> Result<RouteTable, RouteError> {
     let r = kernel::dump(&handle).await;
     task.abort();
     r
-}
-
-/// Does pier forward any VIP of `desired` itself (so the actuator is needed)?
-pub fn forwards_any(desired: &Desired) -> bool {
-    desired
-        .announcements
-        .iter()
-        .any(|a| a.mode.gateway_forwards())
 }
 
 /// Does traffic of some VIP of `desired` come to pier, so that pier must

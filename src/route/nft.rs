@@ -64,12 +64,13 @@ fn any_source(family: Family) -> IpNet {
     }
 }
 
-/// Reduce the desired state to the firewall (pure).
+/// Reduce the desired state to the firewall (pure). Every VIP, as for the
+/// routes: `next_hop = "nodes"` VIPs reach pier from a peer that fell back
+/// to next hop self (no ADD-PATH).
 pub fn firewall(desired: &Desired) -> Firewall {
     desired
         .announcements
         .iter()
-        .filter(|a| a.mode.gateway_forwards())
         .map(|a| {
             let family = Family::of(&a.vip);
             let mut rules = VipRules::default();
@@ -516,7 +517,11 @@ mod tests {
     #[test]
     fn firewall_takes_forwarded_vips_truncates_and_filters_sources() {
         let fw = firewall(&sample());
-        assert_eq!(fw.len(), 2, "BgpNodes VIP is not pier's to firewall");
+        assert_eq!(
+            fw.len(),
+            3,
+            "BgpNodes VIPs too: a peer without ADD-PATH sends their traffic to pier"
+        );
         let v4 = &fw[&"10.77.0.10".parse::<IpAddr>().unwrap()];
         assert_eq!(
             v4.ports[&(Protocol::Tcp, 443)],
@@ -573,14 +578,16 @@ add map inet pier dropped6 { type ipv6_addr : counter; }
 delete counter inet pier a_0a4d0063
 delete counter inet pier d_0a4d0063
 add counter inet pier a_0a4d000a
+add counter inet pier a_0a4d000b
 add counter inet pier a_fd660000000000000000000000000010
 add counter inet pier d_0a4d000a
+add counter inet pier d_0a4d000b
 add counter inet pier d_fd660000000000000000000000000010
-add element inet pier vips4 { 10.77.0.10 }
-add element inet pier ports4 { 10.77.0.10 . tcp . 80, 10.77.0.10 . tcp . 443 }
-add element inet pier allow4 { 10.77.0.10 . tcp . 80 . 0.0.0.0/0, 10.77.0.10 . tcp . 443 . 192.0.2.0/24 }
-add element inet pier accepted4 { 10.77.0.10 : "a_0a4d000a" }
-add element inet pier dropped4 { 10.77.0.10 : "d_0a4d000a" }
+add element inet pier vips4 { 10.77.0.10, 10.77.0.11 }
+add element inet pier ports4 { 10.77.0.10 . tcp . 80, 10.77.0.10 . tcp . 443, 10.77.0.11 . tcp . 80 }
+add element inet pier allow4 { 10.77.0.10 . tcp . 80 . 0.0.0.0/0, 10.77.0.10 . tcp . 443 . 192.0.2.0/24, 10.77.0.11 . tcp . 80 . 0.0.0.0/0 }
+add element inet pier accepted4 { 10.77.0.10 : "a_0a4d000a", 10.77.0.11 : "a_0a4d000b" }
+add element inet pier dropped4 { 10.77.0.10 : "d_0a4d000a", 10.77.0.11 : "d_0a4d000b" }
 add element inet pier vips6 { fd66::10 }
 add element inet pier ports6 { fd66::10 . udp . 53 }
 add element inet pier allow6 { fd66::10 . udp . 53 . 2001:db8::/32 }
