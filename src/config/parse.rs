@@ -711,9 +711,11 @@ fn kubernetes(ctx: &mut Ctx<'_>, t: &DeTable<'_>, span: Span) -> Option<Kubernet
         .map_or_else(|| "pier".to_string(), |(c, _)| c);
     let lease_duration_s = s
         .int(ctx, "lease_duration_s", 2, 3600)
-        .map_or(15, |(n, _)| n as u32);
+        // Short: an l2 standby takes over a crashed leader's VIPs after
+        // about this long (docs/benchmarks.md, "End to end").
+        .map_or(2, |(n, _)| n as u32);
     let renew = s.int(ctx, "lease_renew_s", 1, 3600);
-    let lease_renew_s = renew.as_ref().map_or(5, |(n, _)| *n as u32);
+    let lease_renew_s = renew.as_ref().map_or(1, |(n, _)| *n as u32);
     if lease_renew_s >= lease_duration_s {
         let span = renew.map_or(s.span.clone(), |(_, sp)| sp);
         ctx.err(&span, "kubernetes.lease_renew_s", format!("{lease_renew_s} must be less than lease_duration_s ({lease_duration_s}): the leader renews before the lease expires"));

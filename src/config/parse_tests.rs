@@ -38,6 +38,11 @@ fn design_example_parses_as_written() {
     assert_eq!(k.load_balancer_class, "pier.io/gateway");
     assert!(k.claim_unclassed);
     assert_eq!(k.lease_namespace, "pier-system");
+    assert_eq!(
+        (k.lease_duration_s, k.lease_renew_s),
+        (2, 1),
+        "l2 failover < 3 s by default"
+    );
     let b = c.bgp.as_ref().unwrap();
     assert_eq!(b.asn, 65001);
     assert_eq!(b.peers[0].address.to_string(), "10.66.0.1");
