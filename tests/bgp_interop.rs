@@ -808,3 +808,69 @@ fn bird_ibgp_over_ipv6_local_pref_status_and_hold_timer() {
     assert!(m.contains("pier_bgp_session_up{peer=\"fd00::1\"} 0"), "{m}");
     lab.signal("bird", libc::SIGCONT);
 }
+
+/// A router without ADD-PATH receive is sent pier itself as next hop for
+/// `next_hop = "nodes"` VIPs (the speaker's fallback); pier must then
+/// forward that traffic to the nodes, or the VIP is blackholed.
+#[test]
+fn router_without_add_path_gets_next_hop_self_and_pier_forwards() {
+    if !netlab::prerequisites("bird_no_addpath", &["ip", "bird", "birdc", "nft"]) {
+        return;
+    }
+    let mut lab = lan("nap");
+    lab.host("c", &["10.0.0.50/24"]);
+    lab.sh("c", "ip route add 192.0.2.0/24 via 10.0.0.1");
+    lab.sh("r", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
+    let mut servers = Vec::new();
+    for n in ["n1", "n2", "n3"] {
+        lab.sh(n, "ip addr add 192.0.2.10/32 dev lo");
+        servers.push(lab.http_server(n, "192.0.2.10:80", n));
+    }
+    let bird = bird_config(&lab, "");
+    let text = std::fs::read_to_string(&bird)
+        .unwrap()
+        .replace(" add paths rx;", "");
+    assert!(!text.contains("add paths"), "{text}");
+    let bird = lab.write("bird.conf", &text);
+    start_bird(&mut lab, &bird);
+    let cfg = pier_config(&lab, &PierOpts::default());
+    start_pier(&mut lab, &cfg);
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.2"],
+        "the router's route via pier (no ADD-PATH)",
+    );
+    let three = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+    wait_for(
+        "pier's kernel route over the nodes",
+        Duration::from_secs(15),
+        || {
+            let g = netlab::route_gateways(&lab, "gw", "-4", "192.0.2.10");
+            if g == three {
+                Ok(())
+            } else {
+                Err(format!("{g:?}\n{}", lab.log("pier")))
+            }
+        },
+    );
+    let vip: std::net::SocketAddr = "192.0.2.10:80".parse().unwrap();
+    let answers: Vec<Result<String, String>> = lab.in_host("c", || {
+        (0..12)
+            .map(|_| netlab::http_get(vip, "/", Duration::from_secs(2)))
+            .collect()
+    });
+    for a in &answers {
+        assert!(
+            a.is_ok(),
+            "a request through pier failed: {answers:?}\n{}",
+            lab.log("pier")
+        );
+    }
+    let peers = pier_peers(&lab);
+    assert_eq!(
+        peers[0]["next_hop_self_fallback"], true,
+        "pier peers shows the fallback: {peers:?}"
+    );
+}
