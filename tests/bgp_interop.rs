@@ -164,26 +164,7 @@ fn birdc(lab: &Lab, cmd: &str) -> String {
 
 /// The gateways of the router's kernel route to `prefix`, sorted.
 fn kernel_gateways(lab: &Lab, family: &str, prefix: &str) -> Vec<String> {
-    let (_, out) = lab.try_sh("r", &format!("ip {family} -j route show {prefix}"));
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
-    let mut gws = Vec::new();
-    for r in v.as_array().into_iter().flatten() {
-        if let Some(g) = r.get("gateway").and_then(|g| g.as_str()) {
-            gws.push(g.to_string());
-        }
-        for nh in r
-            .get("nexthops")
-            .and_then(|n| n.as_array())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(g) = nh.get("gateway").and_then(|g| g.as_str()) {
-                gws.push(g.to_string());
-            }
-        }
-    }
-    gws.sort();
-    gws
+    netlab::route_gateways(lab, "r", family, prefix)
 }
 
 fn wait_gateways(lab: &Lab, family: &str, prefix: &str, want: &[&str], what: &str) {

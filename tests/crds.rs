@@ -11,9 +11,8 @@
 mod rbac;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,53 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 const V2: &str = "network.kubesphere.io/v1alpha2";
 const V1: &str = "network.kubesphere.io/v1alpha1";
 
-struct Pier {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Pier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.log) {
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("--- last lines of {} ---", self.log.display());
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-impl Pier {
-    fn start(config: &Path) -> Pier {
-        let log = config.with_extension("log");
-        let err = File::create(&log).expect("create the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("PIER_LOG", "pier=debug")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("start pier");
-        Pier { child, log }
-    }
-
-    /// SIGTERM, and wait for the exit.
-    fn stop(mut self) {
-        self.signal(libc::SIGTERM);
-        let _ = self.child.wait();
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::Pier;
 
 struct Env {
     api: TestApiServer,
@@ -267,7 +222,7 @@ async fn eips_become_pools_and_report_usage_conflicts_and_overlaps() {
     env.create(V2, "Eip", "public", json!({"address": "10.90.0.0/24"}));
     env.create(V2, "Eip", "eip-bad", json!({"address": "10.0.0.300"}));
     let cfg = env.config("");
-    let _pier = Pier::start(&cfg);
+    let _pier = Pier::start_logging(&cfg, "pier=debug");
 
     // Each field, as pier's pools show it.
     let pools = until("the Eips' pools", || {
@@ -606,7 +561,7 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
         text.replace("[kubernetes]", "shutdown = \"keep\"\n\n[kubernetes]"),
     )
     .unwrap();
-    let pier = Pier::start(&cfg);
+    let pier = Pier::start_logging(&cfg, "pier=debug");
 
     // What pier sends tells the BgpConf and r1 were honoured.
     let first = accept_peer(&router).await;
@@ -784,7 +739,7 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
         env.dir.path().join("state/bgp-graceful-stop").exists(),
         "no graceful stop"
     );
-    let _pier = Pier::start(&cfg);
+    let _pier = Pier::start_logging(&cfg, "pier=debug");
     let third = accept_peer(&router).await;
     let caps = parse_open(&third.open).3;
     let gr = caps
@@ -827,7 +782,7 @@ asn = 65000
 passive = true
 "#;
     let cfg = env.config(bgp);
-    let pier = Pier::start(&cfg);
+    let pier = Pier::start_logging(&cfg, "pier=debug");
     for (kind, name) in [("BgpConf", "default"), ("BgpPeer", "same")] {
         until("ConfigConflict Event", || {
             env.events(kind, name, "ConfigConflict").pop()
@@ -879,7 +834,7 @@ async fn v1alpha1_objects_and_an_eip_deleted_while_in_use() {
     // Written as v1alpha1; pier reads v1alpha2 from the same storage.
     env.create(V1, "Eip", "old", json!({"address": "10.86.0.0/30"}));
     let cfg = env.config("");
-    let _pier = Pier::start(&cfg);
+    let _pier = Pier::start_logging(&cfg, "pier=debug");
     until("the v1alpha1 Eip as a pool", || {
         env.pools()
             .get("old")
@@ -1091,7 +1046,7 @@ async fn relists_and_api_restarts_change_nothing() {
         json!({"address": "10.87.0.0/30", "namespaces": ["shop"]}),
     );
     let cfg = env.config("");
-    let pier = Pier::start(&cfg);
+    let pier = Pier::start_logging(&cfg, "pier=debug");
     env.service("shop", "web", json!({}), 80);
     until("web", || {
         (env.ips("shop", "web") == ["10.87.0.0"]).then_some(())
@@ -1142,7 +1097,7 @@ async fn stops_promptly_while_the_api_server_hangs() {
     let env = Env::new().await;
     env.create(V2, "Eip", "e", json!({"address": "10.89.0.0/30"}));
     let cfg = env.config("");
-    let mut pier = Pier::start(&cfg);
+    let mut pier = Pier::start_logging(&cfg, "pier=debug");
     until("the Eip's status", || {
         (env.status("Eip", "e")["ready"] == true).then_some(())
     })

@@ -5,50 +5,17 @@
 //! gateways, and clear start-up errors (RBAC, unreachable server).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/rbac.rs"]
 mod rbac;
+use daemon::Pier;
 
 use pier_testapi::{ServerOptions, TestApiServer};
 use serde_json::{json, Value};
-
-struct Pier {
-    child: Child,
-}
-
-impl Drop for Pier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Pier {
-    fn start(config: &Path) -> Pier {
-        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "pier=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pier");
-        Pier { child }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Send SIGTERM and wait for a clean exit.
-    fn stop(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 fn config(dir: &Path, name: &str, kubeconfig: &Path, lease: (u32, u32)) -> PathBuf {
     let state = dir.join(format!("state-{name}"));

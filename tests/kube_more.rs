@@ -6,58 +6,16 @@
 //! the status written, the Events listed, the request log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pier_testapi::{ServerOptions, TestApiServer};
 use serde_json::{json, Value};
 
-struct Pier {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Pier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Leave the daemon's log where a failing test can be understood.
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.log) {
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("--- last lines of {} ---", self.log.display());
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-impl Pier {
-    /// Start `pier run`; its log goes to a file next to the config (a pipe
-    /// nobody reads would stall the daemon once it has logged 64 KiB).
-    fn start(config: &Path) -> Pier {
-        let log = config.with_extension("log");
-        let err = File::create(&log).expect("create the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("PIER_LOG", "pier=info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("start pier");
-        Pier { child, log }
-    }
-
-    fn holder_suffix(&self) -> String {
-        format!("_{}", self.child.id())
-    }
-}
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::Pier;
 
 fn config(dir: &Path, name: &str, kubeconfig: &Path, lease: (u32, u32), pools: &str) -> PathBuf {
     let state = dir.join(format!("state-{name}"));
