@@ -6,10 +6,13 @@
 //! - full initial sync of 10,000 Services and 500 Nodes with their
 //!   EndpointSlices already present (from process start to every status
 //!   written), with the phases read from pier's log;
-//! - pier's resident memory at that point (VmRSS, VmHWM).
+//! - pier's resident memory at that point (VmRSS, VmHWM);
+//! - idle cost: pier's CPU time and memory while nothing changes, after
+//!   syncing 1,000 Services (CPU from `/proc/PID/stat` over 30 s).
 //!
-//! `cargo bench --bench kube_sync` (env `KUBE_SYNC_SERVICES`, `KUBE_SYNC_NODES`
-//! and `KUBE_SYNC_LATENCY_N` change the sizes).
+//! `cargo bench --bench kube_sync` (env `KUBE_SYNC_SERVICES`, `KUBE_SYNC_NODES`,
+//! `KUBE_SYNC_LATENCY_N`, `KUBE_SYNC_IDLE_SERVICES` and `KUBE_SYNC_IDLE_S`
+//! change the sizes; `KUBE_SYNC_WRAPPER` runs pier under a profiler).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -317,6 +320,60 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
     }
 }
 
+struct Idle {
+    services: usize,
+    secs: u64,
+    cpu_pier: f64,
+    cpu_server: f64,
+    rss_before: String,
+    rss_after: String,
+}
+
+/// (d) idle cost: `services` Services synced, then pier left alone for
+/// `secs` seconds (it renews its lease, the watches get bookmarks).
+async fn idle(services: usize, nodes: usize, secs: u64) -> Idle {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, kc) = server(dir.path()).await;
+    for k in 0..nodes {
+        api.create(node(k)).expect("node");
+    }
+    for i in 0..services {
+        let name = format!("s{i:05}");
+        api.create(lb(&name)).expect("service");
+        api.create(slice(&name, i, nodes)).expect("slice");
+    }
+    api.clear_requests();
+    let pier = start_pier(dir.path(), &kc, "10.80.0.0/16");
+    let t0 = Instant::now();
+    while api
+        .count_requests(|r| r.method == "PATCH" && r.status == 200 && r.path.ends_with("/status"))
+        < services
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "sync did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the Events and the first lease renewals pass.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stat = format!("/proc/{}/stat", pier.child.id());
+    let (rss_before, _) = rss(pier.child.id());
+    let (p0, s0) = (cpu_seconds(&stat), cpu_seconds("/proc/self/stat"));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (p1, s1) = (cpu_seconds(&stat), cpu_seconds("/proc/self/stat"));
+    let (rss_after, _) = rss(pier.child.id());
+    drop(pier);
+    Idle {
+        services,
+        secs,
+        cpu_pier: p1 - p0,
+        cpu_server: s1 - s0,
+        rss_before,
+        rss_after,
+    }
+}
+
 /// utime + stime of a process, in seconds (clock ticks of 1/100 s).
 fn cpu_seconds(stat: &str) -> f64 {
     let text = std::fs::read_to_string(stat).unwrap_or_default();
@@ -345,6 +402,8 @@ fn main() {
     let n_lat = env_usize("KUBE_SYNC_LATENCY_N", 1_000);
     let n_svc = env_usize("KUBE_SYNC_SERVICES", 10_000);
     let n_nodes = env_usize("KUBE_SYNC_NODES", 500);
+    let n_idle = env_usize("KUBE_SYNC_IDLE_SERVICES", 1_000);
+    let idle_secs = env_usize("KUBE_SYNC_IDLE_S", 30) as u64;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -352,6 +411,7 @@ fn main() {
     let mut lat = rt.block_on(latency(n_lat));
     lat.sort();
     let sync = rt.block_on(full_sync(n_svc, n_nodes));
+    let idle = rt.block_on(idle(n_idle, 50, idle_secs));
     let secs = |t: Option<f64>| t.map_or("?".into(), |t| format!("{t:.2} s"));
 
     println!("machine: {}", machine());
@@ -389,5 +449,20 @@ fn main() {
     println!(
         "| pier RSS at {n_svc} Services with slices (VmRSS / VmHWM) | {} / {} | < 100 MiB |",
         sync.rss, sync.hwm
+    );
+    println!(
+        "| idle, {} Services + 50 Nodes synced: pier CPU over {} s (share of one core) | {:.2} s ({:.2} %) | |",
+        idle.services,
+        idle.secs,
+        idle.cpu_pier,
+        idle.cpu_pier / idle.secs as f64 * 100.0
+    );
+    println!(
+        "| … test API server CPU over the same time | {:.2} s | |",
+        idle.cpu_server
+    );
+    println!(
+        "| … pier VmRSS at the start / end of the idle time | {} / {} | |",
+        idle.rss_before, idle.rss_after
     );
 }

@@ -194,6 +194,11 @@ impl Ipam {
         self.by_service.get(key).map_or(&[], Vec::as_slice)
     }
 
+    /// Every held IP with its holders, sorted: the planner's index.
+    pub fn by_ip(&self) -> &BTreeMap<IpAddr, Vec<Allocation>> {
+        &self.holders
+    }
+
     /// The Services on `ip`.
     pub fn holders(&self, ip: &IpAddr) -> &[Allocation] {
         self.holders.get(ip).map_or(&[], Vec::as_slice)
