@@ -787,7 +787,7 @@ fn node(n: usize) -> Value {
         "metadata": {"name": format!("node{n:03}"), "labels": {"kubernetes.io/hostname": format!("node{n:03}")}},
         "status": {
             "conditions": [{"type": "Ready", "status": "True"}],
-            "addresses": [{"type": "InternalIP", "address": format!("10.66.{}.{}", n / 200, 10 + n % 200)}]
+            "addresses": [{"type": "InternalIP", "address": format!("127.66.{}.{}", n / 200, 10 + n % 200)}]
         }
     })
 }

@@ -257,7 +257,7 @@ fn compact_record_with_a_bad_key_or_future_version_is_refused() {
     let s = SledStore::open(dir.path()).unwrap();
     s.tree
         .insert(
-            b"default\0web".to_vec(),
+            b"default\x00web".as_slice(),
             br#"[2,"public",null,["80/tcp"]]"#.to_vec(),
         )
         .unwrap();
@@ -265,7 +265,7 @@ fn compact_record_with_a_bad_key_or_future_version_is_refused() {
     s.tree.clear().unwrap();
     s.tree
         .insert(
-            b"default\0web\010.0.0.1".to_vec(),
+            b"default\x00web\x0010.0.0.1".as_slice(),
             br#"[9,"public",null,[]]"#.to_vec(),
         )
         .unwrap();

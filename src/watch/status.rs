@@ -354,6 +354,7 @@ pub fn spawn(
             // Status first (what users and controllers wait for), several
             // Services at a time; each write checks leadership as it starts.
             let mut uids: BTreeMap<ServiceKey, Option<String>> = BTreeMap::new();
+            let large = notes.len() >= LARGE_BATCH;
             if retry_at.is_none() && !pending.is_empty() {
                 let work: Vec<(ServiceKey, Work)> =
                     std::mem::take(&mut pending).into_iter().collect();
@@ -435,9 +436,16 @@ pub fn spawn(
             for (service, name) in failed {
                 book.failed(&service, &name);
             }
+            if large {
+                crate::engine::release_free_memory();
+            }
         }
     })
 }
+
+/// Engine events in one batch above which the writes' buffers are given
+/// back to the system afterwards (an initial sync).
+const LARGE_BATCH: usize = 1_000;
 
 /// The uid of a Service, if it can be read.
 async fn service_uid(client: &Client, key: &ServiceKey) -> Option<String> {
