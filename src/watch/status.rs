@@ -300,6 +300,7 @@ pub fn spawn(
         let mut book = EventBook::default();
         let mut pending: BTreeMap<ServiceKey, Work> = BTreeMap::new();
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut burst = false;
         let mut tick = tokio::time::interval(EVENT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -354,7 +355,7 @@ pub fn spawn(
             // Status first (what users and controllers wait for), several
             // Services at a time; each write checks leadership as it starts.
             let mut uids: BTreeMap<ServiceKey, Option<String>> = BTreeMap::new();
-            let large = notes.len() >= LARGE_BATCH;
+            burst |= notes.len() >= LARGE_ROUND;
             if retry_at.is_none() && !pending.is_empty() {
                 let work: Vec<(ServiceKey, Work)> =
                     std::mem::take(&mut pending).into_iter().collect();
@@ -409,43 +410,56 @@ pub fn spawn(
                     book.forget(service);
                 }
             }
-            if writes.is_empty() {
-                continue;
+            if !writes.is_empty() {
+                send_events(&client, &instance, &uids, &leader, writes, &mut book).await;
             }
-            let (client, instance, uids, leader_now) = (&client, &instance, &uids, &leader);
-            let failed: Vec<(ServiceKey, String)> = futures::stream::iter(writes)
-                .map(|w| async move {
-                    if !*leader_now.borrow() {
-                        return Ok(());
-                    }
-                    let uid = match &w {
-                        EventWrite::Create { occurrence, .. } => {
-                            match uids.get(&occurrence.service) {
-                                Some(uid) => uid.clone(),
-                                None => service_uid(client, &occurrence.service).await,
-                            }
-                        }
-                        EventWrite::Series { .. } => None,
-                    };
-                    send_event(client, w, instance, uid).await
-                })
-                .buffer_unordered(WRITES_IN_FLIGHT)
-                .filter_map(|r| async move { r.err() })
-                .collect()
-                .await;
-            for (service, name) in failed {
-                book.failed(&service, &name);
-            }
-            if large {
+            // After a burst of full rounds (an initial sync), give the
+            // memory its writes used back to the system.
+            if burst && events.is_empty() {
+                burst = false;
                 crate::engine::release_free_memory();
             }
         }
     })
 }
 
-/// Engine events in one batch above which the writes' buffers are given
-/// back to the system afterwards (an initial sync).
-const LARGE_BATCH: usize = 1_000;
+/// Send the book's writes, several at a time; forget the Events that
+/// could not be written.
+async fn send_events(
+    client: &Client,
+    instance: &str,
+    uids: &BTreeMap<ServiceKey, Option<String>>,
+    leader: &watch::Receiver<bool>,
+    writes: Vec<EventWrite>,
+    book: &mut EventBook,
+) {
+    let leader_now = leader;
+    let failed: Vec<(ServiceKey, String)> = futures::stream::iter(writes)
+        .map(|w| async move {
+            if !*leader_now.borrow() {
+                return Ok(());
+            }
+            let uid = match &w {
+                EventWrite::Create { occurrence, .. } => match uids.get(&occurrence.service) {
+                    Some(uid) => uid.clone(),
+                    None => service_uid(client, &occurrence.service).await,
+                },
+                EventWrite::Series { .. } => None,
+            };
+            send_event(client, w, instance, uid).await
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    for (service, name) in failed {
+        book.failed(&service, &name);
+    }
+}
+
+/// Engine events in one round above which the memory the round used is
+/// given back to the system once the writer has caught up (an initial sync).
+const LARGE_ROUND: usize = 1_000;
 
 /// The uid of a Service, if it can be read.
 async fn service_uid(client: &Client, key: &ServiceKey) -> Option<String> {
