@@ -370,3 +370,38 @@ async fn failing_watches_back_off_and_recover() {
     })
     .await;
 }
+
+/// Each resource pier needs at start, refused by RBAC: pier stops with one
+/// message naming that resource and verb.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_missing_verb_is_named() {
+    let api = server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    api.kubeconfig(&kc).unwrap();
+    for (verb, resource, says) in [
+        (
+            "list",
+            "endpointslices.discovery.k8s.io",
+            "cannot list endpointslices.discovery.k8s.io",
+        ),
+        ("list", "nodes", "cannot list nodes"),
+        ("list", "namespaces", "cannot list namespaces"),
+        (
+            "get",
+            "leases.coordination.k8s.io",
+            "cannot get leases.coordination.k8s.io pier-system/pier",
+        ),
+    ] {
+        api.allow_all();
+        api.deny(verb, resource);
+        let err = fails(dir.path(), verb, &kc, None);
+        assert!(err.contains(says), "{verb} {resource}: {err}");
+        assert!(err.contains("forbidden by RBAC"), "{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("pier: ")).count(),
+            1,
+            "one final message: {err}"
+        );
+    }
+}
