@@ -29,17 +29,20 @@ struct Pier {
 
 impl Drop for Pier {
     fn drop(&mut self) {
-        // SIGTERM first, so a profiler wrapping pier can write its data.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // SIGTERM first, so a profiler wrapping pier can write its data;
+        // to the whole process group, so pier under a wrapper stops too.
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(group, libc::SIGTERM) };
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        // SAFETY: as above; whatever is left of the group.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -83,7 +86,9 @@ addresses = ["{pool}"]
         }
         _ => Command::new(env!("CARGO_BIN_EXE_pier")),
     };
+    use std::os::unix::process::CommandExt;
     let child = cmd
+        .process_group(0)
         .args(["run", "--config"])
         .arg(&cfg)
         .env("PIER_LOG", "pier=info")
@@ -298,7 +303,16 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
         })
         .count();
     assert_eq!(missing, 0, "Services without status after the sync");
-    // Let queued Events drain before reading memory.
+    // Memory once the sync has settled: every IPAllocated Event written
+    // (they follow the status writes), then a moment more.
+    let settle = Instant::now();
+    while api
+        .count_requests(|r| r.method == "POST" && r.path.ends_with("/events") && r.status == 201)
+        < services
+        && settle.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss(pier.child.id());
     let cpu_pier = cpu_seconds(&format!("/proc/{}/stat", pier.child.id()));
