@@ -130,9 +130,20 @@ impl EventBook {
         self.entries.is_empty()
     }
 
-    /// Note an occurrence; the write it needs, if any.
+    /// Note an occurrence; the write it needs, if any. Normal Events
+    /// (`IPAllocated`, `IPReleased`) each report a change that happened, so
+    /// they are written and not remembered: only Warnings, which a pending
+    /// Service may repeat, are counted in series.
     pub fn record(&mut self, mut occ: Occurrence, now: Timestamp) -> Option<EventWrite> {
         occ.note = bounded_note(occ.note);
+        if occ.kind == EventKind::Normal {
+            return Some(EventWrite::Create {
+                name: self.name(&occ.service, now),
+                occurrence: occ,
+                event_time: now,
+            });
+        }
+        let name = self.name(&occ.service, now);
         let list = self.entries.entry(occ.service.clone()).or_default();
         if let Some(e) = list
             .iter_mut()
@@ -161,9 +172,6 @@ impl EventBook {
                 }
             };
         }
-        // kube's own form: `<object name>.<hex nanoseconds>`.
-        self.last = now.as_nanosecond().max(self.last + 1);
-        let name = format!("{}.{:x}", occ.service.name, self.last);
         list.push(Entry {
             reason: occ.reason,
             note: occ.note.clone().into_boxed_str(),
@@ -176,6 +184,12 @@ impl EventBook {
             occurrence: occ,
             event_time: now,
         })
+    }
+
+    /// A new Event name, kube's own form: `<object name>.<hex nanoseconds>`.
+    fn name(&mut self, service: &ServiceKey, now: Timestamp) -> String {
+        self.last = now.as_nanosecond().max(self.last + 1);
+        format!("{}.{:x}", service.name, self.last)
     }
 
     /// Series counts due (heartbeat, or a series that just finished), and
@@ -339,6 +353,21 @@ mod tests {
             .map(|e| e.name.to_string())
             .collect();
         assert_eq!(names.len(), 4, "names are unique");
+    }
+
+    #[test]
+    fn normal_events_are_written_and_not_remembered() {
+        let mut b = EventBook::default();
+        let now = t0();
+        let mut o = occ("web", "IPAllocated", "allocated 10.0.0.1");
+        o.kind = EventKind::Normal;
+        for _ in 0..2 {
+            assert!(matches!(
+                b.record(o.clone(), now),
+                Some(EventWrite::Create { .. })
+            ));
+        }
+        assert!(b.is_empty());
     }
 
     #[test]
