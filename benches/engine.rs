@@ -116,7 +116,7 @@ fn slice(i: usize, s: &Service) -> EndpointSlice {
 struct Cluster {
     services: BTreeMap<ServiceKey, Service>,
     nodes: BTreeMap<String, Node>,
-    endpoints: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    endpoints: BTreeMap<ServiceKey, Vec<EndpointSlice>>,
     pools: BTreeMap<String, Pool>,
     holders: BTreeMap<IpAddr, Vec<Allocation>>,
     health: HealthView,
@@ -149,7 +149,7 @@ fn cluster() -> Cluster {
         c.endpoints
             .entry(s.key.clone())
             .or_default()
-            .insert(format!("svc-{i}-x"), slice(i, &s));
+            .push(slice(i, &s));
         c.services.insert(s.key.clone(), s);
     }
     c

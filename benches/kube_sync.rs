@@ -6,10 +6,13 @@
 //! - full initial sync of 10,000 Services and 500 Nodes with their
 //!   EndpointSlices already present (from process start to every status
 //!   written), with the phases read from pier's log;
-//! - pier's resident memory at that point (VmRSS, VmHWM).
+//! - pier's resident memory at that point (VmRSS, VmHWM);
+//! - idle cost: pier's CPU time and memory while nothing changes, after
+//!   syncing 1,000 Services (CPU from `/proc/PID/stat` over 30 s).
 //!
-//! `cargo bench --bench kube_sync` (env `KUBE_SYNC_SERVICES`, `KUBE_SYNC_NODES`
-//! and `KUBE_SYNC_LATENCY_N` change the sizes).
+//! `cargo bench --bench kube_sync` (env `KUBE_SYNC_SERVICES`, `KUBE_SYNC_NODES`,
+//! `KUBE_SYNC_LATENCY_N`, `KUBE_SYNC_IDLE_SERVICES` and `KUBE_SYNC_IDLE_S`
+//! change the sizes; `KUBE_SYNC_WRAPPER` runs pier under a profiler).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,17 +29,20 @@ struct Pier {
 
 impl Drop for Pier {
     fn drop(&mut self) {
-        // SIGTERM first, so a profiler wrapping pier can write its data.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // SIGTERM first, so a profiler wrapping pier can write its data;
+        // to the whole process group, so pier under a wrapper stops too.
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(group, libc::SIGTERM) };
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        // SAFETY: as above; whatever is left of the group.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -80,7 +86,9 @@ addresses = ["{pool}"]
         }
         _ => Command::new(env!("CARGO_BIN_EXE_pier")),
     };
+    use std::os::unix::process::CommandExt;
     let child = cmd
+        .process_group(0)
         .args(["run", "--config"])
         .arg(&cfg)
         .env("PIER_LOG", "pier=info")
@@ -119,7 +127,7 @@ fn node(n: usize) -> Value {
         "metadata": {"name": format!("node{n:04}"), "labels": {"kubernetes.io/hostname": format!("node{n:04}")}},
         "status": {
             "conditions": [{"type": "Ready", "status": "True"}],
-            "addresses": [{"type": "InternalIP", "address": format!("10.66.{}.{}", n / 200, 10 + n % 200)}]
+            "addresses": [{"type": "InternalIP", "address": format!("127.66.{}.{}", n / 200, 10 + n % 200)}]
         }
     })
 }
@@ -295,7 +303,16 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
         })
         .count();
     assert_eq!(missing, 0, "Services without status after the sync");
-    // Let queued Events drain before reading memory.
+    // Memory once the sync has settled: every IPAllocated Event written
+    // (they follow the status writes), then a moment more.
+    let settle = Instant::now();
+    while api
+        .count_requests(|r| r.method == "POST" && r.path.ends_with("/events") && r.status == 201)
+        < services
+        && settle.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss(pier.child.id());
     let cpu_pier = cpu_seconds(&format!("/proc/{}/stat", pier.child.id()));
@@ -314,6 +331,60 @@ async fn full_sync(services: usize, nodes: usize) -> Sync {
         hwm,
         cpu_pier,
         cpu_server,
+    }
+}
+
+struct Idle {
+    services: usize,
+    secs: u64,
+    cpu_pier: f64,
+    cpu_server: f64,
+    rss_before: String,
+    rss_after: String,
+}
+
+/// (d) idle cost: `services` Services synced, then pier left alone for
+/// `secs` seconds (it renews its lease, the watches get bookmarks).
+async fn idle(services: usize, nodes: usize, secs: u64) -> Idle {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, kc) = server(dir.path()).await;
+    for k in 0..nodes {
+        api.create(node(k)).expect("node");
+    }
+    for i in 0..services {
+        let name = format!("s{i:05}");
+        api.create(lb(&name)).expect("service");
+        api.create(slice(&name, i, nodes)).expect("slice");
+    }
+    api.clear_requests();
+    let pier = start_pier(dir.path(), &kc, "10.80.0.0/16");
+    let t0 = Instant::now();
+    while api
+        .count_requests(|r| r.method == "PATCH" && r.status == 200 && r.path.ends_with("/status"))
+        < services
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "sync did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the Events and the first lease renewals pass.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stat = format!("/proc/{}/stat", pier.child.id());
+    let (rss_before, _) = rss(pier.child.id());
+    let (p0, s0) = (cpu_seconds(&stat), cpu_seconds("/proc/self/stat"));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (p1, s1) = (cpu_seconds(&stat), cpu_seconds("/proc/self/stat"));
+    let (rss_after, _) = rss(pier.child.id());
+    drop(pier);
+    Idle {
+        services,
+        secs,
+        cpu_pier: p1 - p0,
+        cpu_server: s1 - s0,
+        rss_before,
+        rss_after,
     }
 }
 
@@ -345,6 +416,8 @@ fn main() {
     let n_lat = env_usize("KUBE_SYNC_LATENCY_N", 1_000);
     let n_svc = env_usize("KUBE_SYNC_SERVICES", 10_000);
     let n_nodes = env_usize("KUBE_SYNC_NODES", 500);
+    let n_idle = env_usize("KUBE_SYNC_IDLE_SERVICES", 1_000);
+    let idle_secs = env_usize("KUBE_SYNC_IDLE_S", 30) as u64;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -352,6 +425,7 @@ fn main() {
     let mut lat = rt.block_on(latency(n_lat));
     lat.sort();
     let sync = rt.block_on(full_sync(n_svc, n_nodes));
+    let idle = rt.block_on(idle(n_idle, 50, idle_secs));
     let secs = |t: Option<f64>| t.map_or("?".into(), |t| format!("{t:.2} s"));
 
     println!("machine: {}", machine());
@@ -389,5 +463,20 @@ fn main() {
     println!(
         "| pier RSS at {n_svc} Services with slices (VmRSS / VmHWM) | {} / {} | < 100 MiB |",
         sync.rss, sync.hwm
+    );
+    println!(
+        "| idle, {} Services + 50 Nodes synced: pier CPU over {} s (share of one core) | {:.2} s ({:.2} %) | |",
+        idle.services,
+        idle.secs,
+        idle.cpu_pier,
+        idle.cpu_pier / idle.secs as f64 * 100.0
+    );
+    println!(
+        "| … test API server CPU over the same time | {:.2} s | |",
+        idle.cpu_server
+    );
+    println!(
+        "| … pier VmRSS at the start / end of the idle time | {} / {} | |",
+        idle.rss_before, idle.rss_after
     );
 }

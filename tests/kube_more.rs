@@ -745,7 +745,7 @@ fn node(n: usize) -> Value {
         "metadata": {"name": format!("node{n:03}"), "labels": {"kubernetes.io/hostname": format!("node{n:03}")}},
         "status": {
             "conditions": [{"type": "Ready", "status": "True"}],
-            "addresses": [{"type": "InternalIP", "address": format!("10.66.{}.{}", n / 200, 10 + n % 200)}]
+            "addresses": [{"type": "InternalIP", "address": format!("127.66.{}.{}", n / 200, 10 + n % 200)}]
         }
     })
 }
@@ -765,4 +765,47 @@ fn slice(i: usize, nodes: usize) -> Value {
             "nodeName": format!("node{:03}", (i + k) % nodes)
         })).collect::<Vec<_>>()
     })
+}
+
+/// 8. A Service whose type changes from LoadBalancer to ClusterIP stops
+///    being pier's: its IP is released (the next Service gets it) and only
+///    the ingress entry pier wrote is removed from its status.
+#[tokio::test(flavor = "multi_thread")]
+async fn type_change_releases_the_ip_and_clears_only_piers_entry() {
+    let (api, dir, kc) = setup().await;
+    let _pier = Pier::start(&config(dir.path(), "a", &kc, (4, 1), POOL));
+    api.create(lb("web", json!({}))).unwrap();
+    let ip = until("web allocated", || {
+        let v = ips(&api, "web");
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    let mut web = api.get("v1", "Service", Some("shop"), "web").unwrap();
+    web["status"]["loadBalancer"]["ingress"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"hostname": "other.example"}));
+    api.update_status(web).unwrap();
+    api.merge_patch(
+        "v1",
+        "Service",
+        Some("shop"),
+        "web",
+        json!({"spec": {"type": "ClusterIP"}}),
+    )
+    .unwrap();
+    until("pier's entry cleared, the other kept", || {
+        let i = ingress(&api, "web");
+        (i.len() == 1 && i[0]["hostname"] == "other.example").then_some(())
+    })
+    .await;
+    until("IPReleased event", || {
+        events(&api, "IPReleased", "web").pop()
+    })
+    .await;
+    api.create(lb("next", json!({}))).unwrap();
+    until("next gets the released IP", || {
+        (ips(&api, "next") == ip).then_some(())
+    })
+    .await;
 }

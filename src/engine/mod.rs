@@ -94,6 +94,9 @@ pub enum ServiceEvent {
         service: ServiceKey,
         ips: Vec<IpAddr>,
     },
+    /// The Service is gone or no longer pier's (after its `Released`, if
+    /// it held IPs): what is remembered about it can go.
+    Gone { service: ServiceKey },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,12 +194,12 @@ pub struct Engine {
     settings: EngineSettings,
     services: BTreeMap<ServiceKey, Service>,
     nodes: BTreeMap<String, Node>,
-    endpoints: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    /// Each Service's slices, sorted by name (a Service has one or a few:
+    /// a vector, not a map, whose first node alone would cost a kilobyte).
+    endpoints: BTreeMap<ServiceKey, Vec<EndpointSlice>>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pools: BTreeMap<String, Pool>,
     health: HealthView,
-    /// Allocations by IP (the planner's index), mirrored from the ipam.
-    by_vip: BTreeMap<IpAddr, Vec<Allocation>>,
     /// Last refusal per pending Service (to deduplicate events).
     refused: BTreeMap<ServiceKey, Refusal>,
     unannounced: BTreeMap<IpAddr, Unannounced>,
@@ -225,12 +228,13 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let stored = store.load()?;
         let mut ipam = Ipam::new(pools.clone());
-        let mut by_vip: BTreeMap<IpAddr, Vec<Allocation>> = BTreeMap::new();
+        let mut restored = 0usize;
         for a in stored {
-            match ipam.restore(a.clone()) {
-                Ok(()) => by_vip.entry(a.ip).or_default().push(a),
+            let (service, ip) = (a.service.clone(), a.ip);
+            match ipam.restore(a) {
+                Ok(()) => restored += 1,
                 Err(reason) => {
-                    warn!(service = %a.service, ip = %a.ip, %reason, "stored allocation not restored; it stays in the store")
+                    warn!(%service, %ip, %reason, "stored allocation not restored; it stays in the store")
                 }
             }
         }
@@ -238,7 +242,7 @@ impl Engine {
             warn!(service = %a.service, ip = %a.ip, pool = %a.pool, "allocated IP lies outside every pool; kept, not moved");
         }
         info!(
-            allocations = by_vip.values().map(Vec::len).sum::<usize>(),
+            allocations = restored,
             store = %store.location().display(),
             "allocations loaded"
         );
@@ -254,7 +258,6 @@ impl Engine {
             namespaces: BTreeMap::new(),
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
             health: HealthView::default(),
-            by_vip,
             refused: BTreeMap::new(),
             unannounced: BTreeMap::new(),
             relisting: BTreeMap::new(),
@@ -286,7 +289,7 @@ impl Engine {
             health: &self.health,
             kube_proxy_port: self.settings.kube_proxy_port,
         };
-        plan::probe_targets(&world, &self.by_vip)
+        plan::probe_targets(&world, self.ipam.by_ip())
     }
 
     pub fn synced(&self) -> bool {
@@ -495,7 +498,7 @@ impl Engine {
         }
         let mut keys: BTreeSet<&ServiceKey> = dirty.iter().collect();
         for vip in touched {
-            if let Some(on_vip) = self.by_vip.get(vip) {
+            if let Some(on_vip) = self.ipam.by_ip().get(vip) {
                 keys.extend(on_vip.iter().map(|a| &a.service));
             }
         }
@@ -565,14 +568,22 @@ impl Engine {
             }
             Input::Slice(slice) => {
                 let slices = self.endpoints.entry(slice.service.clone()).or_default();
-                if slices.get(&slice.name) != Some(&slice) {
-                    dirty.insert(slice.service.clone());
-                    slices.insert(slice.name.clone(), slice);
+                match slices.binary_search_by(|s| s.name.cmp(&slice.name)) {
+                    Ok(i) if slices[i] == slice => {}
+                    Ok(i) => {
+                        dirty.insert(slice.service.clone());
+                        slices[i] = slice;
+                    }
+                    Err(i) => {
+                        dirty.insert(slice.service.clone());
+                        slices.insert(i, slice);
+                    }
                 }
             }
             Input::SliceGone { service, name } => {
                 if let Some(slices) = self.endpoints.get_mut(&service) {
-                    if slices.remove(&name).is_some() {
+                    if let Ok(i) = slices.binary_search_by(|s| s.name.cmp(&name)) {
+                        slices.remove(i);
                         dirty.insert(service.clone());
                     }
                     if slices.is_empty() {
@@ -657,9 +668,6 @@ impl Engine {
         for svc in &services {
             self.adopt_service(svc, &mut batch, step);
         }
-        for svc in &services {
-            self.reindex(&svc.key, &[]);
-        }
         if let Err(e) = self.store.apply(&batch) {
             error!(error = %e, "cannot persist IPs adopted from Service status; they stay adopted in memory and are retried");
             self.retry
@@ -714,27 +722,13 @@ impl Engine {
         }
     }
 
-    /// Bring the by-IP index up to date for `key`, which held `old` before.
-    /// Returns the IPs whose holders may have changed.
-    fn reindex(&mut self, key: &ServiceKey, old: &[Allocation]) -> Vec<IpAddr> {
-        let mut touched = Vec::new();
-        for a in old {
-            touched.push(a.ip);
-            if let Some(v) = self.by_vip.get_mut(&a.ip) {
-                v.retain(|x| &x.service != key);
-                if v.is_empty() {
-                    self.by_vip.remove(&a.ip);
-                }
-            }
-        }
-        for a in self.ipam.allocations_of(key) {
-            touched.push(a.ip);
-            let v = self.by_vip.entry(a.ip).or_default();
-            v.retain(|x| &x.service != key);
-            v.push(a.clone());
-            v.sort();
-        }
-        touched
+    /// The IPs whose holders may have changed for `key`, which held `old`
+    /// before (the ipam's by-IP index is the planner's: nothing to copy).
+    fn reindex(&self, key: &ServiceKey, old: &[Allocation]) -> Vec<IpAddr> {
+        old.iter()
+            .chain(self.ipam.allocations_of(key))
+            .map(|a| a.ip)
+            .collect()
     }
 
     /// Make a follower's allocations for `key` equal the IPs in its status
@@ -776,7 +770,12 @@ impl Engine {
     fn allocate_one(&mut self, key: &ServiceKey, work: &mut Batch, step: &mut Step) {
         let held: Vec<Allocation> = self.ipam.allocations_of(key).to_vec();
         let Some(svc) = self.services.get(key) else {
-            if !held.is_empty() {
+            let gone = ServiceEvent::Gone {
+                service: key.clone(),
+            };
+            if held.is_empty() {
+                step.events.push(gone);
+            } else {
                 let released = self.ipam.release(key);
                 work.batch
                     .remove
@@ -785,6 +784,8 @@ impl Engine {
                     service: key.clone(),
                     ips: released.iter().map(|a| a.ip).collect(),
                 });
+                // Published with the release, once it is durable.
+                work.events.push(gone);
                 work.before.entry(key.clone()).or_insert(held);
             }
             self.refused.remove(key);
@@ -950,7 +951,7 @@ impl Engine {
         };
         let announcements = if all {
             self.planner.reset();
-            let (a, left_out) = self.planner.plan_all(&world, &self.by_vip);
+            let (a, left_out) = self.planner.plan_all(&world, self.ipam.by_ip());
             self.unannounced = left_out;
             a
         } else {
@@ -965,7 +966,7 @@ impl Engine {
             }
             let mut next: Vec<Arc<Announcement>> = self.desired.announcements.clone();
             for vip in vips {
-                let planned = match self.by_vip.get(&vip) {
+                let planned = match self.ipam.by_ip().get(&vip) {
                     Some(on_vip) => self.planner.plan_vip(&world, vip, on_vip),
                     None => Err(Unannounced::NoNextHop {
                         why: "released".into(),
@@ -987,7 +988,7 @@ impl Engine {
                         if let Ok(i) = pos {
                             next.remove(i);
                         }
-                        if self.by_vip.contains_key(&vip) {
+                        if self.ipam.by_ip().contains_key(&vip) {
                             self.unannounced.insert(vip, why);
                         } else {
                             self.unannounced.remove(&vip);
@@ -1040,7 +1041,7 @@ impl Engine {
         } else {
             let mut keys: BTreeSet<&ServiceKey> = dirty.iter().collect();
             for vip in touched {
-                if let Some(on_vip) = self.by_vip.get(vip) {
+                if let Some(on_vip) = self.ipam.by_ip().get(vip) {
                     keys.extend(on_vip.iter().map(|a| &a.service));
                 }
             }
@@ -1102,13 +1103,11 @@ impl ProbeBook {
 
 /// Move reference counts from `old` to `new`; true when a key appeared or
 /// disappeared.
-fn count_diff<T: Ord + Clone>(
-    counts: &mut BTreeMap<T, usize>,
-    old: &BTreeSet<T>,
-    new: &BTreeSet<T>,
-) -> bool {
+/// Both are sorted without duplicates.
+fn count_diff<T: Ord + Clone>(counts: &mut BTreeMap<T, usize>, old: &[T], new: &[T]) -> bool {
     let mut changed = false;
-    for gone in old.difference(new) {
+    let has = |v: &[T], x: &T| v.binary_search(x).is_ok();
+    for gone in old.iter().filter(|x| !has(new, x)) {
         if let Some(n) = counts.get_mut(gone) {
             *n -= 1;
             if *n == 0 {
@@ -1117,7 +1116,7 @@ fn count_diff<T: Ord + Clone>(
             }
         }
     }
-    for came in new.difference(old) {
+    for came in new.iter().filter(|x| !has(old, x)) {
         let n = counts.entry(came.clone()).or_insert(0);
         *n += 1;
         changed |= *n == 1;
@@ -1235,6 +1234,7 @@ pub async fn run(
             )
         });
         let started = std::time::Instant::now();
+        let large = buf.len() >= LARGE_STEP;
         let step = engine.step(std::mem::take(&mut buf));
         out.metrics
             .reconcile_seconds
@@ -1292,6 +1292,25 @@ pub async fn run(
                 }
             }
         }
+        if large {
+            release_free_memory();
+        }
+    }
+}
+
+/// Inputs in one step above which the step is large (an initial list, a
+/// relist): afterwards the memory its buffers took is given back.
+const LARGE_STEP: usize = 1_000;
+
+/// Give memory that is free inside the allocator back to the system.
+/// glibc keeps freed memory in its per-thread arenas; after a full sync
+/// (lists decoded on every worker thread, a store batch, thousands of
+/// status writes) that is tens of megabytes resident but unused.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -37,7 +37,7 @@ pub struct World<'a> {
     pub services: &'a BTreeMap<ServiceKey, Service>,
     pub nodes: &'a BTreeMap<String, Node>,
     /// Per Service, its slices by slice name.
-    pub endpoints: &'a BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    pub endpoints: &'a BTreeMap<ServiceKey, Vec<EndpointSlice>>,
     pub pools: &'a BTreeMap<String, Pool>,
     pub health: &'a HealthView,
     pub kube_proxy_port: u16,
@@ -339,7 +339,7 @@ fn ready_endpoint_nodes<'w>(world: &World<'w>, key: &ServiceKey) -> BTreeSet<&'w
         .endpoints
         .get(key)
         .into_iter()
-        .flat_map(|slices| slices.values())
+        .flatten()
         .flat_map(|s| s.endpoints.iter())
         .filter(|e| e.ready)
         .filter_map(|e| e.node_name.as_deref())
@@ -356,10 +356,15 @@ fn intersect(a: &[NextHop], b: &[NextHop]) -> Arc<[NextHop]> {
 /// Service's nodes), and the (pool, family) pairs whose nodes' kube-proxy
 /// it relies on. Kept per Service by the engine, so one Service's change
 /// costs only its own share.
+///
+/// Sorted vectors rather than sets: a Service has one or two of each, and
+/// the engine keeps one of these per Service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeNeeds {
-    pub targets: BTreeSet<ProbeTarget>,
-    pub cluster: BTreeSet<(String, Family)>,
+    /// Sorted, no duplicates.
+    pub targets: Vec<ProbeTarget>,
+    /// Sorted, no duplicates.
+    pub cluster: Vec<(String, Family)>,
 }
 
 impl ProbeNeeds {
@@ -370,7 +375,8 @@ impl ProbeNeeds {
 
 /// The probe needs of the Service holding `allocs`.
 pub fn service_probe_needs(world: &World<'_>, allocs: &[Allocation]) -> ProbeNeeds {
-    let mut needs = ProbeNeeds::default();
+    let mut targets = BTreeSet::new();
+    let mut cluster = BTreeSet::new();
     for alloc in allocs {
         let family = Family::of(&alloc.ip);
         let (Some(svc), Some(pool)) = (
@@ -381,7 +387,7 @@ pub fn service_probe_needs(world: &World<'_>, allocs: &[Allocation]) -> ProbeNee
         };
         if let Some(addrs) = &svc.static_next_hops {
             if let Some(port) = svc.static_probe_port {
-                needs.targets.extend(
+                targets.extend(
                     addrs
                         .iter()
                         .filter(|a| Family::of(a) == family)
@@ -390,7 +396,7 @@ pub fn service_probe_needs(world: &World<'_>, allocs: &[Allocation]) -> ProbeNee
             }
             continue;
         }
-        needs.cluster.insert((pool.name.clone(), family));
+        cluster.insert((pool.name.clone(), family));
         if let (TrafficPolicy::Local, Some(port)) = (svc.traffic_policy, svc.health_check_node_port)
         {
             for node in ready_endpoint_nodes(world, &svc.key) {
@@ -399,7 +405,7 @@ pub fn service_probe_needs(world: &World<'_>, allocs: &[Allocation]) -> ProbeNee
                     .get(node)
                     .and_then(|n| candidate_address(n, pool, family))
                 {
-                    needs.targets.insert(ProbeTarget {
+                    targets.insert(ProbeTarget {
                         address: a,
                         port,
                         path: HEALTH_CHECK_NODE_PORT_PATH.into(),
@@ -408,7 +414,10 @@ pub fn service_probe_needs(world: &World<'_>, allocs: &[Allocation]) -> ProbeNee
             }
         }
     }
-    needs
+    ProbeNeeds {
+        targets: targets.into_iter().collect(),
+        cluster: cluster.into_iter().collect(),
+    }
 }
 
 /// kube-proxy's health endpoint on every candidate node of each

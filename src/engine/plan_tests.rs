@@ -65,7 +65,7 @@ fn alloc(s: &Service, vip: &str, pool: &str) -> Allocation {
 struct Fixture {
     services: BTreeMap<ServiceKey, Service>,
     nodes: BTreeMap<String, Node>,
-    endpoints: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    endpoints: BTreeMap<ServiceKey, Vec<EndpointSlice>>,
     pools: BTreeMap<String, Pool>,
     health: HealthView,
     holders: BTreeMap<IpAddr, Vec<Allocation>>,
@@ -126,9 +126,10 @@ impl Fixture {
     }
     fn slice(&mut self, s: &str, eps: &[(&str, bool)]) {
         let key = ServiceKey::new("default", s);
-        self.endpoints.entry(key.clone()).or_default().insert(
-            format!("{s}-abc"),
-            EndpointSlice {
+        self.endpoints
+            .entry(key.clone())
+            .or_default()
+            .push(EndpointSlice {
                 name: format!("{s}-abc"),
                 service: key,
                 endpoints: eps
@@ -138,8 +139,7 @@ impl Fixture {
                         node_name: Some(n.to_string()),
                     })
                     .collect(),
-            },
-        );
+            });
     }
 }
 

@@ -118,9 +118,55 @@ pub struct Ipam {
     /// Holders of each IP (several when shared), sorted.
     holders: BTreeMap<IpAddr, Vec<Allocation>>,
     /// Each Service's allocations, sorted by IP.
-    by_service: BTreeMap<ServiceKey, Vec<Allocation>>,
+    by_service: BTreeMap<ServiceKey, Held>,
     /// IPs per sharing key, to find a shared IP to reuse.
     by_sharing_key: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+/// One Service's allocations, sorted by IP: one (a single family) inline,
+/// so the common case costs no allocation of its own.
+#[derive(Debug, Clone)]
+enum Held {
+    One(Allocation),
+    Many(Vec<Allocation>),
+}
+
+impl Held {
+    fn as_slice(&self) -> &[Allocation] {
+        match self {
+            Held::One(a) => std::slice::from_ref(a),
+            Held::Many(v) => v,
+        }
+    }
+
+    fn insert(&mut self, a: Allocation) {
+        let mut all = match std::mem::replace(self, Held::Many(Vec::new())) {
+            Held::One(x) => vec![x],
+            Held::Many(v) => v,
+        };
+        all.retain(|x| x.ip != a.ip);
+        all.push(a);
+        all.sort_by_key(|x| x.ip);
+        *self = if all.len() == 1 {
+            Held::One(all.remove(0))
+        } else {
+            Held::Many(all)
+        };
+    }
+
+    /// Remove the allocation of `ip`; true when none is left.
+    fn remove(&mut self, ip: &IpAddr) -> bool {
+        match self {
+            Held::One(a) => a.ip == *ip,
+            Held::Many(v) => {
+                v.retain(|x| x.ip != *ip);
+                if v.len() == 1 {
+                    *self = Held::One(v.remove(0));
+                }
+                matches!(self, Held::Many(v) if v.is_empty())
+            }
+        }
+    }
 }
 
 fn slot(f: Family) -> usize {
@@ -187,11 +233,16 @@ impl Ipam {
 
     /// Every allocation, sorted by Service then IP.
     pub fn all(&self) -> impl Iterator<Item = &Allocation> {
-        self.by_service.values().flatten()
+        self.by_service.values().flat_map(Held::as_slice)
     }
 
     pub fn allocations_of(&self, key: &ServiceKey) -> &[Allocation] {
-        self.by_service.get(key).map_or(&[], Vec::as_slice)
+        self.by_service.get(key).map_or(&[], Held::as_slice)
+    }
+
+    /// Every held IP with its holders, sorted: the planner's index.
+    pub fn by_ip(&self) -> &BTreeMap<IpAddr, Vec<Allocation>> {
+        &self.holders
     }
 
     /// The Services on `ip`.
@@ -275,9 +326,12 @@ impl Ipam {
         let h = self.holders.entry(a.ip).or_default();
         h.push(a.clone());
         h.sort();
-        let s = self.by_service.entry(a.service.clone()).or_default();
-        s.push(a);
-        s.sort_by_key(|x| x.ip);
+        match self.by_service.get_mut(&a.service) {
+            Some(s) => s.insert(a),
+            None => {
+                self.by_service.insert(a.service.clone(), Held::One(a));
+            }
+        }
     }
 
     fn remove(&mut self, a: &Allocation) {
@@ -303,8 +357,7 @@ impl Ipam {
             }
         }
         if let Some(s) = self.by_service.get_mut(&a.service) {
-            s.retain(|x| x.ip != a.ip);
-            if s.is_empty() {
+            if s.remove(&a.ip) {
                 self.by_service.remove(&a.service);
             }
         }
@@ -312,7 +365,7 @@ impl Ipam {
 
     /// Give back every IP of `key`.
     pub fn release(&mut self, key: &ServiceKey) -> Vec<Allocation> {
-        let held = self.by_service.get(key).cloned().unwrap_or_default();
+        let held = self.allocations_of(key).to_vec();
         for a in &held {
             self.remove(a);
         }

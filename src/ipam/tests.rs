@@ -523,7 +523,7 @@ fn check(m: &Ipam, pools: &[Pool]) {
         // the index agrees
         assert!(m.used[slot(Family::of(ip))].contains(ip_to_u128(ip)));
     }
-    for (key, allocs) in &m.by_service {
+    for (key, allocs) in m.by_service.iter().map(|(k, h)| (k, h.as_slice())) {
         let fams: BTreeSet<Family> = allocs.iter().map(|a| Family::of(&a.ip)).collect();
         assert_eq!(fams.len(), allocs.len(), "{key} has two IPs of one family");
     }

@@ -23,7 +23,13 @@ use sled_store::META_FORMAT_FOR_TESTS;
 
 /// Version of the on-disk record format. Bump on incompatible change and
 /// teach [`Record::decode`] to read the old one.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: a JSON object `{"v":1,"allocation":{...}}` (the whole allocation,
+///   Service and IP included, ~150 bytes).
+/// - 2: a JSON array `[2, pool, sharing key or null, ["80/tcp", ...]]`;
+///   the Service and IP are the record's key (~30 bytes: sled's memory
+///   grows with what it holds). Version 1 records are still read.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -78,25 +84,45 @@ impl StoreBatch {
 pub trait AllocationStore: Send {
     /// Every allocation, sorted.
     fn load(&self) -> Result<Vec<Allocation>, StoreError>;
-    /// Apply atomically; on return the batch is durable.
+    /// Apply the removals, then the puts; on return the batch is durable.
+    /// On an error nothing of it remains. A crash during `apply` may leave
+    /// a part of it, in that order (removals first): a subset of the old
+    /// allocations plus some of the new ones, never two Services on what
+    /// only one may hold, and nothing anyone outside pier has heard of.
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
     /// Where it lives, for messages.
     fn location(&self) -> &Path;
 }
 
-/// What is stored per (Service, IP).
+/// Version 1 of a record: the whole allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
-    /// [`FORMAT_VERSION`] at the time of writing.
+    /// 1.
     v: u32,
     allocation: Allocation,
 }
 
+/// Version 2 of a record: what the key does not say.
+#[derive(Debug, Serialize, Deserialize)]
+struct CompactRecord(u32, String, Option<String>, Vec<String>);
+
 impl Record {
     fn encode(a: &Allocation) -> Vec<u8> {
         // Serialising plain data to JSON cannot fail.
+        serde_json::to_vec(&CompactRecord(
+            FORMAT_VERSION,
+            a.pool.clone(),
+            a.sharing_key.clone(),
+            a.ports.iter().map(ToString::to_string).collect(),
+        ))
+        .unwrap_or_default()
+    }
+
+    /// Version 1, for tests of reading old stores.
+    #[cfg(test)]
+    fn encode_v1(a: &Allocation) -> Vec<u8> {
         serde_json::to_vec(&Record {
-            v: FORMAT_VERSION,
+            v: 1,
             allocation: a.clone(),
         })
         .unwrap_or_default()
@@ -108,16 +134,42 @@ impl Record {
             key: String::from_utf8_lossy(key).into_owned(),
             reason,
         };
+        let future = |found: u32| StoreError::FutureFormat {
+            path: path.to_path_buf(),
+            found,
+        };
+        if bytes.first() == Some(&b'[') {
+            // Version 2 (or later): the version comes first.
+            let fields: Vec<serde_json::Value> =
+                serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+            let v = fields.first().and_then(|v| v.as_u64()).unwrap_or(0);
+            if v > u64::from(FORMAT_VERSION) {
+                return Err(future(u32::try_from(v).unwrap_or(u32::MAX)));
+            }
+            let r: CompactRecord =
+                serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+            let (service, ip) = split_key(key)
+                .ok_or_else(|| corrupt("the key is not namespace\\0name\\0ip".to_string()))?;
+            let ports =
+                r.3.iter()
+                    .map(|p| p.parse())
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(corrupt)?;
+            return Ok(Allocation {
+                service,
+                ip,
+                pool: r.1,
+                sharing_key: r.2,
+                ports,
+            });
+        }
         #[derive(Deserialize)]
         struct Version {
             v: u32,
         }
         let v: Version = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if v.v > FORMAT_VERSION {
-            return Err(StoreError::FutureFormat {
-                path: path.to_path_buf(),
-                found: v.v,
-            });
+            return Err(future(v.v));
         }
         let r: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let expected = record_key(&r.allocation.service, &r.allocation.ip);
@@ -140,6 +192,17 @@ fn record_key(service: &ServiceKey, ip: &std::net::IpAddr) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(ip.to_string().as_bytes());
     k
+}
+
+/// The Service and IP a [`record_key`] names.
+fn split_key(key: &[u8]) -> Option<(ServiceKey, std::net::IpAddr)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let mut parts = text.split('\0');
+    let (ns, name, ip) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || ns.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some((ServiceKey::new(ns, name), ip.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -12,6 +12,17 @@ const META_FORMAT: &[u8] = b"format";
 #[cfg(test)]
 pub(super) const META_FORMAT_FOR_TESTS: &[u8] = META_FORMAT;
 
+/// Records per sled batch. sled keeps everything one batch writes (its log
+/// buffers and every node version it replaces) until the batch ends: one
+/// batch of 10,000 records peaks at ~50 MB, chunks of 500 at ~15 MB.
+const CHUNK: usize = 500;
+
+/// sled's settings. Its page cache holds what was read or written (the
+/// default capacity, 1 GiB, is never reached by pier's few records).
+fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new().path(path).cache_capacity(16 << 20)
+}
+
 /// Allocations in sled at `<state_dir>/allocations.db`, guarded by an
 /// exclusive lock on `<state_dir>/pier.lock` so two daemons never share it.
 pub struct SledStore {
@@ -53,7 +64,7 @@ impl SledStore {
         // process). Wait for it briefly.
         let mut tries = 0;
         let db = loop {
-            match sled::Config::new().path(&path).open() {
+            match sled_config(&path).open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
@@ -73,6 +84,13 @@ impl SledStore {
                     .ok_or_else(|| open_err(format!("unreadable format marker {v:?}")))?;
                 if found > FORMAT_VERSION {
                     return Err(StoreError::FutureFormat { path, found });
+                }
+                if found < FORMAT_VERSION {
+                    // Older records are still read; new ones are written
+                    // in this format, which an older pier must refuse.
+                    db.insert(META_FORMAT, FORMAT_VERSION.to_string().as_bytes())
+                        .map_err(|e| open_err(e.to_string()))?;
+                    db.flush().map_err(|e| open_err(e.to_string()))?;
                 }
             }
             None => {
@@ -108,21 +126,58 @@ impl AllocationStore for SledStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut b = sled::Batch::default();
-        for (svc, ip) in &batch.remove {
-            b.remove(record_key(svc, ip));
-        }
-        for a in &batch.put {
-            b.insert(record_key(&a.service, &a.ip), Record::encode(a));
-        }
+        let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+            .remove
+            .iter()
+            .map(|(svc, ip)| (record_key(svc, ip), None))
+            .chain(
+                batch
+                    .put
+                    .iter()
+                    .map(|a| (record_key(&a.service, &a.ip), Some(Record::encode(a)))),
+            )
+            .collect();
         let write_err = |e: sled::Error| StoreError::Write {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        self.tree.apply_batch(b).map_err(write_err)?;
-        // One fsync per batch: the engine batches everything one planning
-        // round changes, so 10,000 allocations at start cost one flush.
-        self.db.flush().map_err(write_err)?;
+        // What the keys held before, to undo a failure after some chunks
+        // went in (one chunk alone is atomic).
+        let mut undo: Vec<(Vec<u8>, Option<sled::IVec>)> = Vec::new();
+        let chunked = ops.len() > CHUNK;
+        let result = (|| {
+            for chunk in ops.chunks(CHUNK) {
+                let mut b = sled::Batch::default();
+                for (k, v) in chunk {
+                    if chunked {
+                        undo.push((k.clone(), self.tree.get(k)?));
+                    }
+                    match v {
+                        Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                        None => b.remove(k.as_slice()),
+                    }
+                }
+                self.tree.apply_batch(b)?;
+            }
+            // One fsync per batch however many chunks: the engine batches
+            // everything one planning round changes, so 10,000 allocations
+            // at start cost one flush.
+            self.db.flush()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let mut b = sled::Batch::default();
+            for (k, old) in undo.into_iter().rev() {
+                match old {
+                    Some(v) => b.insert(k, v),
+                    None => b.remove(k),
+                }
+            }
+            if let Err(undo_err) = self.tree.apply_batch(b).and_then(|_| self.db.flush()) {
+                tracing::error!(store = %self.path.display(), error = %undo_err, "cannot undo a partly applied batch");
+            }
+            return Err(write_err(e));
+        }
         Ok(())
     }
 

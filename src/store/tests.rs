@@ -138,7 +138,7 @@ fn record_under_wrong_key_is_corrupt() {
     s.tree
         .insert(
             record_key(&a.service, &"10.0.0.2".parse().unwrap()),
-            Record::encode(&a),
+            Record::encode_v1(&a),
         )
         .unwrap();
     assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
@@ -164,4 +164,113 @@ fn memory_store_fails_on_request() {
         })
         .is_err());
     assert!(m.load().unwrap().is_empty());
+}
+
+#[test]
+fn version_1_stores_are_read_and_marked_as_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = alloc("default", "web", "10.0.0.1");
+    let mut shared = alloc("shop", "api", "fd00::7");
+    shared.sharing_key = Some("key with spaces, \"quotes\"".into());
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        for a in [&old, &shared] {
+            s.tree
+                .insert(record_key(&a.service, &a.ip), Record::encode_v1(a))
+                .unwrap();
+        }
+        s.db.insert(META_FORMAT_FOR_TESTS, b"1".to_vec()).unwrap();
+        s.db.flush().unwrap();
+    }
+    let mut s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.db.get(META_FORMAT_FOR_TESTS).unwrap().as_deref(),
+        Some(b"2".as_slice())
+    );
+    let mut want = vec![old.clone(), shared.clone()];
+    want.sort();
+    assert_eq!(s.load().unwrap(), want);
+    // Rewritten in the compact form, read back the same.
+    s.apply(&StoreBatch {
+        put: vec![shared.clone()],
+        remove: vec![],
+    })
+    .unwrap();
+    let raw = s
+        .tree
+        .get(record_key(&shared.service, &shared.ip))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        raw.first(),
+        Some(&b'['),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(raw.len() < 60, "{} bytes", raw.len());
+    assert_eq!(s.load().unwrap(), want);
+}
+
+#[test]
+fn a_batch_larger_than_a_chunk_applies_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: Vec<Allocation> = (0..1_300)
+        .map(|i| {
+            alloc(
+                "shop",
+                &format!("s{i:05}"),
+                &format!("10.80.{}.{}", i / 256, i % 256),
+            )
+        })
+        .collect();
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        s.apply(&StoreBatch {
+            put: many.clone(),
+            remove: vec![],
+        })
+        .unwrap();
+        // Move every IP to another Service in one batch: the removals go
+        // first, so no key is left behind.
+        let moved: Vec<Allocation> = many
+            .iter()
+            .map(|a| Allocation {
+                service: ServiceKey::new("other", &a.service.name),
+                ..a.clone()
+            })
+            .collect();
+        s.apply(&StoreBatch {
+            put: moved,
+            remove: many.iter().map(|a| (a.service.clone(), a.ip)).collect(),
+        })
+        .unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let got = s.load().unwrap();
+    assert_eq!(got.len(), many.len());
+    assert!(got.iter().all(|a| a.service.namespace == "other"));
+}
+
+#[test]
+fn compact_record_with_a_bad_key_or_future_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    s.tree
+        .insert(
+            b"default\x00web".as_slice(),
+            br#"[2,"public",null,["80/tcp"]]"#.to_vec(),
+        )
+        .unwrap();
+    assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
+    s.tree.clear().unwrap();
+    s.tree
+        .insert(
+            b"default\x00web\x0010.0.0.1".as_slice(),
+            br#"[9,"public",null,[]]"#.to_vec(),
+        )
+        .unwrap();
+    assert!(matches!(
+        s.load(),
+        Err(StoreError::FutureFormat { found: 9, .. })
+    ));
 }

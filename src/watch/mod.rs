@@ -28,6 +28,7 @@ use crate::engine::Input;
 use crate::model::{Origin, ServiceKey};
 
 pub mod convert;
+pub mod events;
 pub mod lease;
 pub mod openelb;
 pub mod status;

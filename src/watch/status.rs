@@ -2,7 +2,8 @@
 //! through the status subresource, only when it differs, with the
 //! Service's resourceVersion (a 409 means the Service changed: read it
 //! again and retry). Writes are coalesced per Service, so a burst of
-//! changes ends in one write of the last state.
+//! changes ends in one write of the last state. Events are
+//! `events.k8s.io/v1`, deduplicated by [`super::events::EventBook`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -10,14 +11,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, ObjectReference, Service as KService};
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::events::{EventBook, EventKind, EventWrite, Occurrence};
 use crate::engine::ServiceEvent;
 use crate::ipam::Refusal;
 use crate::model::ServiceKey;
@@ -69,25 +73,27 @@ impl Work {
     }
 }
 
-/// The Event (reason, type, note) for an engine event, if any.
-pub fn event_for(ev: &ServiceEvent) -> Option<(&ServiceKey, &'static str, EventType, String)> {
+/// The Event an engine event is reported by, if any.
+pub fn occurrence(ev: &ServiceEvent) -> Option<Occurrence> {
     let list = |ips: &[IpAddr]| {
         ips.iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     };
-    Some(match ev {
+    let (service, reason, kind, action, note) = match ev {
         ServiceEvent::Allocated { service, ips } => (
             service,
             "IPAllocated",
-            EventType::Normal,
+            EventKind::Normal,
+            "Allocate",
             format!("allocated {}", list(ips)),
         ),
         ServiceEvent::Released { service, ips } => (
             service,
             "IPReleased",
-            EventType::Normal,
+            EventKind::Normal,
+            "Release",
             format!("released {}", list(ips)),
         ),
         ServiceEvent::Refused { service, reason } => (
@@ -96,7 +102,8 @@ pub fn event_for(ev: &ServiceEvent) -> Option<(&ServiceKey, &'static str, EventT
                 Refusal::InvalidAnnotation { .. } => "InvalidAnnotation",
                 _ => "AllocationFailed",
             },
-            EventType::Warning,
+            EventKind::Warning,
+            "Allocate",
             format!("{reason}; the Service stays pending"),
         ),
         ServiceEvent::AdoptConflict {
@@ -106,41 +113,53 @@ pub fn event_for(ev: &ServiceEvent) -> Option<(&ServiceKey, &'static str, EventT
         } => (
             service,
             "AllocationFailed",
-            EventType::Warning,
+            EventKind::Warning,
+            "Adopt",
             format!("{ip} in status.loadBalancer.ingress was not adopted: {reason}"),
         ),
         ServiceEvent::StoreFailed { service, error } => (
             service,
             "AllocationFailed",
-            EventType::Warning,
+            EventKind::Warning,
+            "Persist",
             format!("cannot persist the allocation on the gateway, retrying: {error}"),
         ),
-        ServiceEvent::StatusWanted { .. } => return None,
+        ServiceEvent::StatusWanted { .. } | ServiceEvent::Gone { .. } => return None,
+    };
+    Some(Occurrence {
+        service: service.clone(),
+        reason,
+        kind,
+        action,
+        note,
     })
 }
 
-fn reference(key: &ServiceKey) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Service".into()),
-        namespace: Some(key.namespace.clone()),
-        name: Some(key.name.clone()),
-        ..Default::default()
-    }
+/// What writing a status found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusOutcome {
+    /// The status was written (false: already as wanted, or no Service).
+    pub written: bool,
+    /// The Service's uid, when it exists (for the Events about it).
+    pub uid: Option<String>,
 }
 
-/// Write one Service's status. `Ok(true)` when written, `Ok(false)` when
-/// nothing had to change (or the Service is gone).
+/// Write one Service's status, only when it differs from what the API
+/// server holds.
 pub async fn write_status(
     client: &Client,
     key: &ServiceKey,
     work: &Work,
-) -> Result<bool, kube::Error> {
+) -> Result<StatusOutcome, kube::Error> {
     let api: Api<KService> = Api::namespaced(client.clone(), &key.namespace);
     for _ in 0..5 {
         let Some(svc) = api.get_opt(&key.name).await? else {
-            return Ok(false);
+            return Ok(StatusOutcome {
+                written: false,
+                uid: None,
+            });
         };
+        let uid = svc.metadata.uid.clone();
         let current: Vec<LoadBalancerIngress> = svc
             .status
             .as_ref()
@@ -149,7 +168,10 @@ pub async fn write_status(
             .unwrap_or_default();
         let next = work.apply(&current);
         if next == current {
-            return Ok(false);
+            return Ok(StatusOutcome {
+                written: false,
+                uid,
+            });
         }
         let patch = json!({
             "metadata": {"resourceVersion": svc.metadata.resource_version},
@@ -159,7 +181,7 @@ pub async fn write_status(
             .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(StatusOutcome { written: true, uid }),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 debug!(service = %key, "status conflict; reading the Service again");
                 continue;
@@ -175,6 +197,97 @@ pub async fn write_status(
     })))
 }
 
+/// The `events.k8s.io/v1` Event for a new occurrence.
+pub fn event_object(
+    name: &str,
+    occ: &Occurrence,
+    event_time: Timestamp,
+    instance: &str,
+    uid: Option<String>,
+) -> K8sEvent {
+    K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(occ.service.namespace.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(event_time)),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(occ.service.namespace.clone()),
+            name: Some(occ.service.name.clone()),
+            // `kubectl describe` selects a Service's Events by its uid.
+            uid,
+            ..Default::default()
+        }),
+        reason: Some(occ.reason.to_string()),
+        note: Some(occ.note.clone()),
+        type_: Some(occ.kind.as_str().to_string()),
+        action: Some(occ.action.to_string()),
+        reporting_controller: Some(REPORTING_CONTROLLER.to_string()),
+        reporting_instance: Some(instance.chars().take(128).collect()),
+        ..Default::default()
+    }
+}
+
+/// `reportingController` of pier's Events.
+pub const REPORTING_CONTROLLER: &str = "pier";
+
+/// Perform one Event write. `Err` carries the Event's name, for the book.
+async fn send_event(
+    client: &Client,
+    write: EventWrite,
+    instance: &str,
+    uid: Option<String>,
+) -> Result<(), (ServiceKey, String)> {
+    match write {
+        EventWrite::Create {
+            name,
+            occurrence,
+            event_time,
+        } => {
+            let api: Api<K8sEvent> = Api::namespaced(client.clone(), &occurrence.service.namespace);
+            let ev = event_object(&name, &occurrence, event_time, instance, uid);
+            match api.create(&PostParams::default(), &ev).await {
+                Ok(_) => {
+                    debug!(service = %occurrence.service, reason = occurrence.reason, "Event recorded");
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!(service = %occurrence.service, reason = occurrence.reason, error = %super::explain(&e), "cannot record Event");
+                    Err((occurrence.service, name))
+                }
+            }
+        }
+        EventWrite::Series {
+            service,
+            name,
+            count,
+            last_observed,
+        } => {
+            let api: Api<K8sEvent> = Api::namespaced(client.clone(), &service.namespace);
+            let patch =
+                json!({"series": {"count": count, "lastObservedTime": MicroTime(last_observed)}});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    // Gone (the API server's Event TTL) or refused: the
+                    // next occurrence starts a new Event.
+                    debug!(service = %service, event = %name, error = %super::explain(&e), "cannot update the Event's series");
+                    Err((service, name))
+                }
+            }
+        }
+    }
+}
+
+/// How often finished series are written and old entries forgotten.
+const EVENT_TICK: Duration = Duration::from_secs(30);
+
 /// Start the writer. `leader` says whether this box may write; when it
 /// turns false, pending writes are dropped at once.
 pub fn spawn(
@@ -184,15 +297,12 @@ pub fn spawn(
     instance: String,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "pier".into(),
-                instance: Some(instance),
-            },
-        );
+        let mut book = EventBook::default();
         let mut pending: BTreeMap<ServiceKey, Work> = BTreeMap::new();
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut burst = false;
+        let mut tick = tokio::time::interval(EVENT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let sleep = async {
                 match retry_at {
@@ -201,6 +311,7 @@ pub fn spawn(
                 }
             };
             let mut notes = Vec::new();
+            let mut ticked = false;
             tokio::select! {
                 ev = events.recv() => {
                     let Some(ev) = ev else { return };
@@ -211,6 +322,7 @@ pub fn spawn(
                 }
                 _ = leader.changed() => {}
                 _ = sleep => { retry_at = None; }
+                _ = tick.tick() => { ticked = true; }
             }
             let is_leader = *leader.borrow_and_update();
             if !is_leader {
@@ -221,6 +333,7 @@ pub fn spawn(
                     );
                 }
                 pending.clear();
+                book.clear();
                 retry_at = None;
                 continue;
             }
@@ -241,7 +354,9 @@ pub fn spawn(
             }
             // Status first (what users and controllers wait for), several
             // Services at a time; each write checks leadership as it starts.
-            if retry_at.is_none() {
+            let mut uids: BTreeMap<ServiceKey, Option<String>> = BTreeMap::new();
+            burst |= notes.len() >= LARGE_ROUND;
+            if retry_at.is_none() && !pending.is_empty() {
                 let work: Vec<(ServiceKey, Work)> =
                     std::mem::take(&mut pending).into_iter().collect();
                 let leader_now = &leader;
@@ -253,8 +368,10 @@ pub fn spawn(
                         }
                         let r = write_status(client, &key, &w).await;
                         match &r {
-                            Ok(true) => info!(service = %key, status = ?w, "status written"),
-                            Ok(false) => debug!(service = %key, "status already as wanted"),
+                            Ok(o) if o.written => {
+                                info!(service = %key, status = ?w, "status written")
+                            }
+                            Ok(_) => debug!(service = %key, "status already as wanted"),
                             Err(_) => {}
                         }
                         (key, w, Some(r))
@@ -264,7 +381,10 @@ pub fn spawn(
                     .await;
                 for (key, w, r) in results {
                     match r {
-                        None | Some(Ok(_)) => {}
+                        None => {}
+                        Some(Ok(o)) => {
+                            uids.insert(key, o.uid);
+                        }
                         Some(Err(e)) => {
                             warn!(service = %key, error = %super::explain(&e), "cannot write status; retrying");
                             queue(&mut pending, &key, w);
@@ -273,28 +393,83 @@ pub fn spawn(
                     }
                 }
             }
-            let recorder = &recorder;
-            futures::stream::iter(notes.iter().filter_map(event_for))
-                .for_each_concurrent(WRITES_IN_FLIGHT, |(key, reason, type_, note)| async move {
-                    let e = Event {
-                        type_,
-                        reason: reason.into(),
-                        note: Some(note),
-                        action: "Allocate".into(),
-                        secondary: None,
-                    };
-                    if let Err(err) = recorder.publish(&e, &reference(key)).await {
-                        warn!(service = %key, reason, error = %super::explain(&err), "cannot record Event");
-                    }
-                })
-                .await;
+            // Events: the book decides (one Event per Service, reason and
+            // note; repeats counted in its series), then the writes go out
+            // several at a time.
+            let now = Timestamp::now();
+            let mut writes: Vec<EventWrite> = notes
+                .iter()
+                .filter_map(occurrence)
+                .filter_map(|occ| book.record(occ, now))
+                .collect();
+            if ticked {
+                writes.extend(book.tick(now));
+            }
+            for ev in &notes {
+                if let ServiceEvent::Gone { service } = ev {
+                    book.forget(service);
+                }
+            }
+            if !writes.is_empty() {
+                send_events(&client, &instance, &uids, &leader, writes, &mut book).await;
+            }
+            // After a burst of full rounds (an initial sync), give the
+            // memory its writes used back to the system.
+            if burst && events.is_empty() {
+                burst = false;
+                crate::engine::release_free_memory();
+            }
         }
     })
 }
 
+/// Send the book's writes, several at a time; forget the Events that
+/// could not be written.
+async fn send_events(
+    client: &Client,
+    instance: &str,
+    uids: &BTreeMap<ServiceKey, Option<String>>,
+    leader: &watch::Receiver<bool>,
+    writes: Vec<EventWrite>,
+    book: &mut EventBook,
+) {
+    let leader_now = leader;
+    let failed: Vec<(ServiceKey, String)> = futures::stream::iter(writes)
+        .map(|w| async move {
+            if !*leader_now.borrow() {
+                return Ok(());
+            }
+            let uid = match &w {
+                EventWrite::Create { occurrence, .. } => match uids.get(&occurrence.service) {
+                    Some(uid) => uid.clone(),
+                    None => service_uid(client, &occurrence.service).await,
+                },
+                EventWrite::Series { .. } => None,
+            };
+            send_event(client, w, instance, uid).await
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    for (service, name) in failed {
+        book.failed(&service, &name);
+    }
+}
+
+/// Engine events in one round above which the memory the round used is
+/// given back to the system once the writer has caught up (an initial sync).
+const LARGE_ROUND: usize = 1_000;
+
+/// The uid of a Service, if it can be read.
+async fn service_uid(client: &Client, key: &ServiceKey) -> Option<String> {
+    let api: Api<KService> = Api::namespaced(client.clone(), &key.namespace);
+    api.get_opt(&key.name).await.ok().flatten()?.metadata.uid
+}
+
 /// One status write: the Service, its work, and the result (`None`: not
 /// tried, this box no longer leads).
-type WriteOutcome = (ServiceKey, Work, Option<Result<bool, kube::Error>>);
+type WriteOutcome = (ServiceKey, Work, Option<Result<StatusOutcome, kube::Error>>);
 
 /// Status writes and Events sent at once.
 const WRITES_IN_FLIGHT: usize = 64;

@@ -67,6 +67,9 @@ pub struct ServerOptions {
     pub history_window: usize,
     /// Interval of BOOKMARK events on watches that asked for them.
     pub bookmark_interval: Duration,
+    /// Subject alternative names of the server certificate (IP addresses or DNS
+    /// names); `None`: `127.0.0.1`, `localhost`, `::1`.
+    pub server_names: Option<Vec<String>>,
 }
 
 impl Default for ServerOptions {
@@ -78,6 +81,7 @@ impl Default for ServerOptions {
             user: "pier".into(),
             history_window: 100_000,
             bookmark_interval: Duration::from_secs(1),
+            server_names: None,
         }
     }
 }
@@ -135,7 +139,7 @@ pub(crate) struct Shared {
     log: Mutex<Vec<RequestRecord>>,
     conn_gen: watch::Sender<u64>,
     watch_gen: watch::Sender<u64>,
-    token: Option<String>,
+    token: Mutex<Option<String>>,
     client_certs: bool,
     user: String,
 }
@@ -174,7 +178,11 @@ impl TestApiServer {
             .map_err(ServerError::Bind)?;
         let addr = listener.local_addr().map_err(ServerError::Bind)?;
         let tls = if opts.tls {
-            Some(Arc::new(make_tls(&opts.user, opts.client_cert_auth)?))
+            Some(Arc::new(make_tls(
+                &opts.user,
+                opts.client_cert_auth,
+                opts.server_names.clone(),
+            )?))
         } else {
             None
         };
@@ -192,7 +200,7 @@ impl TestApiServer {
             log: Mutex::new(vec![]),
             conn_gen,
             watch_gen,
-            token: opts.bearer_token.clone(),
+            token: Mutex::new(opts.bearer_token.clone()),
             client_certs: opts.client_cert_auth && opts.tls,
             user: opts.user.clone(),
         });
@@ -250,7 +258,7 @@ impl TestApiServer {
                 ));
             }
         }
-        if let Some(tok) = &self.shared.token {
+        if let Some(tok) = lock(&self.shared.token).as_ref() {
             // A JSON string is valid YAML and quotes any character safely.
             let quoted = serde_json::to_string(tok).unwrap_or_default();
             user.push_str(&format!("    token: {quoted}\n"));
@@ -286,6 +294,12 @@ impl TestApiServer {
     /// without a namespace go to `default`.
     pub fn create(&self, obj: Value) -> Result<Value, ApiError> {
         self.shared.store.create_object(obj, "pier-testapi")
+    }
+
+    /// Changes the bearer token the server requires (`None`: no token; a client
+    /// certificate may still be required), as when a credential is rotated.
+    pub fn set_bearer_token(&self, token: Option<String>) {
+        *lock(&self.shared.token) = token;
     }
 
     /// Replaces an object as a PUT would (status ignored for kinds with a status subresource).
@@ -478,7 +492,11 @@ impl TestApiServer {
     }
 }
 
-fn make_tls(user: &str, client_auth: bool) -> Result<TlsMaterial, ServerError> {
+fn make_tls(
+    user: &str,
+    client_auth: bool,
+    names: Option<Vec<String>>,
+) -> Result<TlsMaterial, ServerError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -498,11 +516,13 @@ fn make_tls(user: &str, client_auth: bool) -> Result<TlsMaterial, ServerError> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate()?;
-    let mut sp = CertificateParams::new(vec![
-        "127.0.0.1".to_string(),
-        "localhost".to_string(),
-        "::1".to_string(),
-    ])?;
+    let mut sp = CertificateParams::new(names.unwrap_or_else(|| {
+        vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            "::1".to_string(),
+        ]
+    }))?;
     sp.distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -780,7 +800,8 @@ async fn handle(
 }
 
 fn authorized(shared: &Shared, req: &Request<Incoming>, client_cert: bool) -> bool {
-    if shared.token.is_none() && !shared.client_certs {
+    let token = lock(&shared.token).clone();
+    if token.is_none() && !shared.client_certs {
         return true;
     }
     if shared.client_certs && client_cert {
@@ -791,7 +812,7 @@ fn authorized(shared: &Shared, req: &Request<Incoming>, client_cert: bool) -> bo
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    matches!((bearer, &shared.token), (Some(b), Some(t)) if b.trim() == t)
+    matches!((bearer, &token), (Some(b), Some(t)) if b.trim() == t)
 }
 
 /// RBAC-style rule match: verb or `*`; resource `plural[.group][/sub]` or `*`. A rule

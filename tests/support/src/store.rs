@@ -798,6 +798,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         Self::check_type(t, &mut obj)?;
         Self::check_namespace(t, &mut obj)?;
+        validate_event_v1(t, None, &obj)?;
         let mut st = self.lock();
         let mut name = meta_str(&obj, "name").unwrap_or("").to_string();
         if name.is_empty() {
@@ -1395,6 +1396,7 @@ impl State {
                 return Err(ApiError::stale(&t.def.group, &t.def.plural, t.name()));
             }
         }
+        validate_event_v1(t, Some(&old), &obj)?;
         if t.is_status() {
             // Only status changes through /status.
             let status = obj.get("status").cloned();
@@ -1667,6 +1669,152 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// kube-apiserver's strict validation of Events written through
+/// `events.k8s.io/v1` (`pkg/apis/core/validation/events.go`:
+/// `ValidateEventCreate`, `ValidateEventUpdate`), on the stored core form
+/// (field names as core/v1 has them, reported as events.k8s.io/v1 names them).
+fn validate_event_v1(t: &Target, old: Option<&Value>, new: &Value) -> Result<(), ApiError> {
+    if t.def.conversion != crate::resource::Conversion::EventsV1 {
+        return Ok(());
+    }
+    let name = meta_str(new, "name").unwrap_or("");
+    let invalid = |field: &str, detail: String| {
+        Err(ApiError::invalid(
+            "events.k8s.io",
+            "Event",
+            name,
+            field,
+            &detail,
+        ))
+    };
+    let text = |k: &str| new.get(k).and_then(Value::as_str).unwrap_or("");
+    let set = |k: &str| new.get(k).is_some_and(|v| !v.is_null());
+    let series_ok = |v: &Value| -> Result<(), ApiError> {
+        let Some(series) = v.get("series").filter(|s| !s.is_null()) else {
+            return Ok(());
+        };
+        if series.get("count").and_then(Value::as_i64).unwrap_or(0) < 2 {
+            return invalid(
+                "series.count",
+                "Invalid value: \"\": should be at least 2".into(),
+            );
+        }
+        if series
+            .get("lastObservedTime")
+            .is_none_or(|t| t.as_str().unwrap_or("").is_empty())
+        {
+            return invalid("series.lastObservedTime", "Required value".into());
+        }
+        Ok(())
+    };
+    match old {
+        None => {
+            if !set("eventTime") {
+                return invalid("eventTime", "Required value".into());
+            }
+            if !matches!(text("type"), "Normal" | "Warning") {
+                return invalid(
+                    "type",
+                    format!("Invalid value: \"\": has invalid value: {}", text("type")),
+                );
+            }
+            for (stored, served) in [
+                ("firstTimestamp", "deprecatedFirstTimestamp"),
+                ("lastTimestamp", "deprecatedLastTimestamp"),
+            ] {
+                if set(stored) {
+                    return invalid(served, "Invalid value: \"\": needs to be unset".into());
+                }
+            }
+            if new.get("count").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                return invalid(
+                    "deprecatedCount",
+                    "Invalid value: \"\": needs to be unset".into(),
+                );
+            }
+            let source = new.get("source");
+            let source_set = ["component", "host"].iter().any(|k| {
+                source
+                    .and_then(|s| s.get(*k))
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty())
+            });
+            if source_set {
+                return invalid(
+                    "deprecatedSource",
+                    "Invalid value: \"\": needs to be unset".into(),
+                );
+            }
+            let involved_ns = new
+                .get("involvedObject")
+                .and_then(|o| o.get("namespace"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let ns = meta_str(new, "namespace").unwrap_or("");
+            if involved_ns.is_empty() && ns != "default" && ns != "kube-system" {
+                return invalid(
+                    "involvedObject.namespace",
+                    "Invalid value: \"\": does not match event.namespace".into(),
+                );
+            }
+            let controller = text("reportingComponent");
+            if controller.is_empty() {
+                return invalid("reportingController", "Required value".into());
+            }
+            if !crate::text::is_qualified_name(controller) {
+                return invalid(
+                    "reportingController",
+                    format!("Invalid value: {controller:?}: must be a qualified name"),
+                );
+            }
+            for (field, served, limit) in [
+                ("reportingInstance", "reportingInstance", 128),
+                ("action", "action", 128),
+                ("reason", "reason", 128),
+            ] {
+                let v = text(field);
+                if v.is_empty() {
+                    return invalid(served, "Required value".into());
+                }
+                if v.len() > limit {
+                    return invalid(
+                        served,
+                        format!("Invalid value: \"\": can have at most {limit} characters"),
+                    );
+                }
+            }
+            if text("message").len() > 1024 {
+                return invalid(
+                    "note",
+                    "Invalid value: \"\": can have at most 1024 characters".into(),
+                );
+            }
+            series_ok(new)
+        }
+        Some(old) => {
+            if old.get("series") != new.get("series") {
+                series_ok(new)?;
+            }
+            for (stored, served) in [
+                ("involvedObject", "regarding"),
+                ("reason", "reason"),
+                ("message", "note"),
+                ("related", "related"),
+                ("reportingComponent", "reportingController"),
+                ("action", "action"),
+                ("reportingInstance", "reportingInstance"),
+                ("type", "type"),
+                ("eventTime", "eventTime"),
+            ] {
+                if old.get(stored) != new.get(stored) {
+                    return invalid(served, "Invalid value: field is immutable".into());
+                }
+            }
+            Ok(())
+        }
     }
 }
 

@@ -412,3 +412,97 @@ async fn openelb_crds_are_served() {
     assert_eq!(v["apiVersion"], "network.kubesphere.io/v1alpha2");
     assert_eq!(v["spec"]["conf"]["peerAs"], 65001);
 }
+
+/// events.k8s.io/v1 Events are validated as kube-apiserver does for that
+/// API: required fields and limits at create, series and immutable fields
+/// on update; core/v1 writes keep the legacy (lax) rules.
+#[tokio::test]
+async fn events_v1_are_validated_strictly() {
+    let (_api, client) = start().await;
+    let path = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let ok = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.1"},
+        "eventTime": "2026-12-01T10:00:00.000000Z",
+        "regarding": {"apiVersion": "v1", "kind": "Service", "namespace": "default", "name": "web"},
+        "reason": "IPAllocated", "note": "allocated 10.0.0.1", "type": "Normal",
+        "action": "Allocate", "reportingController": "pier", "reportingInstance": "gw1_7",
+    });
+    let post = |body: Value| {
+        let client = client.clone();
+        async move {
+            call(
+                &client,
+                "POST",
+                path,
+                Some("application/json"),
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    for (field, change) in [
+        ("eventTime", json!(null)),
+        ("type", json!("Info")),
+        ("reportingController", json!(null)),
+        ("reportingController", json!("not a name!")),
+        ("reportingInstance", json!(null)),
+        ("action", json!(null)),
+        ("reason", json!("R".repeat(129))),
+        ("note", json!("n".repeat(1025))),
+        ("deprecatedCount", json!(3)),
+        (
+            "series",
+            json!({"count": 1, "lastObservedTime": "2026-12-01T10:00:00.000000Z"}),
+        ),
+    ] {
+        let mut bad = ok.clone();
+        bad[field] = change;
+        let (code, v) = post(bad).await;
+        assert_eq!(code, 422, "{field}: {v}");
+        assert_eq!(v["reason"], "Invalid", "{v}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{v}");
+    }
+    let (code, v) = post(ok.clone()).await;
+    assert_eq!(code, 201, "{v}");
+    let merge = |body: Value| {
+        let client = client.clone();
+        async move {
+            call(
+                &client,
+                "PATCH",
+                &format!("{path}/web.1"),
+                Some("application/merge-patch+json"),
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let (code, v) =
+        merge(json!({"series": {"count": 1, "lastObservedTime": "2026-12-01T10:01:00.000000Z"}}))
+            .await;
+    assert_eq!(code, 422, "{v}");
+    let (code, v) = merge(json!({"note": "another note"})).await;
+    assert_eq!(code, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("immutable"), "{v}");
+    let (code, v) =
+        merge(json!({"series": {"count": 2, "lastObservedTime": "2026-12-01T10:01:00.000000Z"}}))
+            .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["series"]["count"], 2);
+    // The legacy API accepts an Event without the new fields.
+    let (code, v) = call(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/events",
+        Some("application/json"),
+        serde_json::to_vec(&json!({
+            "metadata": {"name": "web.2"},
+            "involvedObject": {"kind": "Service", "name": "web", "namespace": "default"},
+            "reason": "IPAllocated", "message": "m", "type": "Normal",
+        }))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+}
