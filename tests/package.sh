@@ -58,7 +58,7 @@ cargo build --release --quiet --bin pier
 # compressing that takes minutes. cargo deb --strip packages a stripped copy;
 # cargo generate-rpm has no such flag, so it gets one in target/pkg/release/
 # (it maps target/release/ in its asset list onto --target-dir).
-mkdir -p target/pkg/release
+mkdir -p target/pkg/release target/debian target/generate-rpm
 strip -o target/pkg/release/pier target/release/pier
 rm -f target/debian/pier_*.deb target/generate-rpm/pier-*.rpm
 cargo deb --no-build --strip -o target/debian/ --quiet >/dev/null
