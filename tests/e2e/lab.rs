@@ -452,3 +452,24 @@ rise = 2
             .find_map(|e| e["lladdr"].as_str().map(String::from))
     }
 }
+
+/// Two texts from `birdc` are the same but for BIRD's `HH:MM:SS.mmm`
+/// timestamps, which may differ by a few milliseconds: BIRD keeps times on
+/// its monotonic clock and converts them to wall-clock time when printing,
+/// so the same instant prints ±1 ms apart from one call to the next. A
+/// session reset or a re-sent route moves its time by far more.
+pub fn same_bird_text(a: &str, b: &str) -> bool {
+    let re = regex::Regex::new(r"\b(\d\d):(\d\d):(\d\d)\.(\d{3})\b").expect("regex");
+    let times = |s: &str| -> Vec<i64> {
+        re.captures_iter(s)
+            .map(|c| {
+                let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+                ((n(1) * 60 + n(2)) * 60 + n(3)) * 1000 + n(4)
+            })
+            .collect()
+    };
+    let (ta, tb) = (times(a), times(b));
+    re.replace_all(a, "T") == re.replace_all(b, "T")
+        && ta.len() == tb.len()
+        && ta.iter().zip(&tb).all(|(x, y)| (x - y).abs() <= 20)
+}
