@@ -4,47 +4,15 @@
 //! by IP), and what pier does when the server misbehaves (backoff).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pier_testapi::{ServerOptions, TestApiServer};
 use serde_json::{json, Value};
 
-struct Pier {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Pier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.log) {
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("--- last lines of {} ---", self.log.display());
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-impl Pier {
-    fn start(config: &Path) -> Pier {
-        let log = config.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("PIER_LOG", "pier=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start pier");
-        Pier { child, log }
-    }
-}
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::Pier;
 
 fn config(dir: &Path, name: &str, kubeconfig: &Path, context: Option<&str>) -> PathBuf {
     let state = dir.join(format!("state-{name}"));
