@@ -66,9 +66,7 @@ impl SledStore {
         let db = loop {
             match sled_config(&path).open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
-                {
+                Err(sled::Error::Io(e)) if lock_busy(&e) && tries < 100 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -184,4 +182,12 @@ impl AllocationStore for SledStore {
     fn location(&self) -> &Path {
         &self.path
     }
+}
+
+/// Is this sled's "the database file is locked" error? sled 0.34 reports a
+/// busy lock as `ErrorKind::Other` with the message "could not acquire lock
+/// on ...: ... WouldBlock ...", not as `WouldBlock` itself.
+pub(super) fn lock_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock on")
 }

@@ -274,3 +274,19 @@ fn compact_record_with_a_bad_key_or_future_version_is_refused() {
         Err(StoreError::FutureFormat { found: 9, .. })
     ));
 }
+
+#[test]
+fn sleds_busy_lock_error_is_recognised() {
+    // What sled 0.34 returns while this process's previous handle still
+    // holds the database file (its flusher thread is finishing).
+    let busy = std::io::Error::other(
+        "could not acquire lock on \"/tmp/x/allocations.db/db\": Os { code: 11, kind: WouldBlock, message: \"Resource temporarily unavailable\" }",
+    );
+    assert!(super::sled_store::lock_busy(&busy));
+    assert!(super::sled_store::lock_busy(&std::io::Error::from(
+        std::io::ErrorKind::WouldBlock
+    )));
+    assert!(!super::sled_store::lock_busy(&std::io::Error::other(
+        "disk I/O error"
+    )));
+}
