@@ -470,10 +470,13 @@ async fn invalid_annotation_is_one_event_across_watch_restarts() {
         (!ips(&api, "ok").is_empty()).then_some(())
     })
     .await;
+    // The first list and the one after the compaction's 410 are certain;
+    // whether a restart makes kube-runtime's watcher relist or resume the
+    // watch from its last resourceVersion depends on timing.
     let relists = api.count_requests(|r| r.verb == "list" && r.path == "/api/v1/services");
     assert!(
-        relists >= 3,
-        "the watches should have listed again ({relists})"
+        relists >= 2,
+        "the watches should have listed again after the 410 ({relists})"
     );
 
     let evs = events(&api, "InvalidAnnotation", "typo");
