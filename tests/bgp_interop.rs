@@ -567,17 +567,22 @@ fn gobgp_receives_one_path_per_node() {
     });
 }
 
+/// A client `c` on the LAN that reaches 192.0.2.0/24 through the router,
+/// which forwards back out the same interface (no redirects).
+fn client_via_router(lab: &mut Lab) {
+    lab.host("c", &["10.0.0.50/24"]);
+    lab.sh("c", "ip route add 192.0.2.0/24 via 10.0.0.1");
+    lab.sh("r", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
+}
+
 #[test]
 fn graceful_restart_keeps_traffic_flowing_while_pier_restarts() {
     if !netlab::prerequisites("graceful_restart", &["ip", "bird", "birdc", "ping"]) {
         return;
     }
     let mut lab = lan("gr");
-    // A client on the LAN reaches the VIP through the router; each node
-    // holds the VIP on its loopback, as kube-proxy would accept it.
-    lab.host("c", &["10.0.0.50/24"]);
-    lab.sh("c", "ip route add 192.0.2.0/24 via 10.0.0.1");
-    lab.sh("r", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
+    // Each node holds the VIP on its loopback, as kube-proxy would accept it.
+    client_via_router(&mut lab);
     for n in ["n1", "n2", "n3"] {
         lab.sh(n, "ip addr add 192.0.2.10/32 dev lo");
     }
@@ -799,9 +804,7 @@ fn router_without_add_path_gets_next_hop_self_and_pier_forwards() {
         return;
     }
     let mut lab = lan("nap");
-    lab.host("c", &["10.0.0.50/24"]);
-    lab.sh("c", "ip route add 192.0.2.0/24 via 10.0.0.1");
-    lab.sh("r", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
+    client_via_router(&mut lab);
     let mut servers = Vec::new();
     for n in ["n1", "n2", "n3"] {
         lab.sh(n, "ip addr add 192.0.2.10/32 dev lo");
