@@ -38,6 +38,7 @@
 
 pub mod kernel;
 pub mod nft;
+pub mod nftgen;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,6 +149,9 @@ pub struct Report {
     pub failed: Vec<(IpNet, String)>,
     /// VIPs in the nft table.
     pub firewalled_vips: usize,
+    /// Whether this call wrote the nft table (a repair skips it while the
+    /// ruleset generation shows no change since pier's last write).
+    pub table_written: bool,
 }
 
 /// The task reading route multicast events, and its messages.
@@ -170,6 +174,12 @@ pub struct RouteActuator {
     /// changes only next hops (a node failing) leaves the table alone, so
     /// the route change is not followed by a rewrite of every set.
     nft_applied: Option<nft::Firewall>,
+    /// The ruleset generation right after pier's last table write, when
+    /// that write is known to be the only change since the one before.
+    nft_written: Option<u32>,
+    /// Reads the ruleset generation (`None`: not available here; every
+    /// repair then rewrites the table).
+    nft_generation: Option<nftgen::Generation>,
     /// Interfaces whose `send_redirects` was checked (the configured LAN
     /// interfaces at start, then every interface pier's routes leave by).
     redirects_checked: BTreeSet<String>,
@@ -219,6 +229,14 @@ impl RouteActuator {
             last: Arc::new(Desired::default()),
             nft_counters: None,
             nft_applied: None,
+            nft_written: None,
+            nft_generation: match nftgen::Generation::open() {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the nftables ruleset generation; every repair rewrites table inet pier");
+                    None
+                }
+            },
             redirects_checked: config.lan_interfaces.iter().cloned().collect(),
             egress_seen: BTreeSet::new(),
             config,
@@ -234,23 +252,52 @@ impl RouteActuator {
     }
 
     /// Re-read what is installed and repair any drift from the last
-    /// applied state; the nft table is rewritten whole (pier does not read
-    /// it back, so a hand edit is repaired here).
+    /// applied state. pier does not read its table back: it rewrites it
+    /// whole unless the nftables ruleset generation has not moved since its
+    /// last write (no transaction in any table since), which is proof that
+    /// the table is as pier left it.
     pub async fn repair(&mut self) -> Result<Report, RouteError> {
         self.converge(true).await
     }
 
-    async fn converge(&mut self, rewrite_table: bool) -> Result<Report, RouteError> {
+    fn ruleset_generation(&mut self) -> Option<u32> {
+        let g = self.nft_generation.as_mut()?;
+        match g.current() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the nftables ruleset generation failed");
+                None
+            }
+        }
+    }
+
+    async fn converge(&mut self, repair: bool) -> Result<Report, RouteError> {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
         report.firewalled_vips = fw.len();
-        if !rewrite_table && self.nft_applied.as_ref() == Some(&fw) {
-            return Ok(report);
+        if self.nft_applied.as_ref() == Some(&fw) {
+            if !repair {
+                return Ok(report);
+            }
+            let now = self.ruleset_generation();
+            if now.is_some() && now == self.nft_written {
+                return Ok(report);
+            }
         }
         self.nft_applied = None;
+        self.nft_written = None;
+        let before = self.ruleset_generation();
         let known = self.nft_counters.take();
         self.nft_counters = Some(nft::apply(&fw, known.as_ref()).await?);
+        let after = self.ruleset_generation();
+        // Only one step past the generation before is proof that nobody
+        // else committed in between (pier's transaction is one commit).
+        self.nft_written = match (before, after) {
+            (Some(b), Some(a)) if a == b.wrapping_add(1) => Some(a),
+            _ => None,
+        };
         self.nft_applied = Some(fw);
+        report.table_written = true;
         Ok(report)
     }
 
