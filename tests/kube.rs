@@ -405,3 +405,41 @@ async fn unreachable_server_and_wrong_ca_stop_pier() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot list services"), "{err}");
 }
+
+/// A status write is one PATCH made from the watch's copy of the Service
+/// (its resourceVersion as precondition), not a GET and a PATCH; a copy the
+/// API server has moved past gets a 409 and the Service is read again.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_writes_patch_from_the_watched_copy_and_reread_on_conflict() {
+    let (api, dir, kc) = setup(ServerOptions::default()).await;
+    let cfg = config(dir.path(), "a", &kc, (4, 1));
+    let _pier = Pier::start(&cfg);
+    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        api.create(lb(n, json!({}))).unwrap();
+    }
+    for n in &names {
+        until("every status", || (!ips(&api, n).is_empty()).then_some(())).await;
+    }
+    let reads = |name: &str| {
+        let path = format!("/api/v1/namespaces/shop/services/{name}");
+        api.count_requests(|r| r.method == "GET" && r.path == path)
+    };
+    let gets: usize = names.iter().map(|n| reads(n)).sum();
+    assert_eq!(gets, 0, "status writes read the Services first");
+    assert!(status_writes(&api) >= names.len());
+
+    // The next status PATCH is refused with a conflict: pier reads the
+    // Service and writes again.
+    api.fail_next("patch", "services/status", 409, 1);
+    api.create(lb("late", json!({}))).unwrap();
+    until("late's status", || {
+        (!ips(&api, "late").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(reads("late"), 1, "one read after the conflict");
+    let refused = api.count_requests(|r| {
+        r.method == "PATCH" && r.path == "/api/v1/namespaces/shop/services/late/status"
+    });
+    assert_eq!(refused, 2, "the refused write and the one after the read");
+}
