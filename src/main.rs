@@ -352,13 +352,11 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
                 gr_marker_age,
             }));
         }
-        let seen = pier::watch::status::SeenStatuses::default();
         kube_tasks.push(pier::watch::status::spawn(
             client.clone(),
             events_rx,
             leader_rx,
             id.clone(),
-            seen.clone(),
         ));
         lease_task = Some(tokio::spawn(pier::watch::lease::run(
             client.clone(),
@@ -381,7 +379,6 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             },
             input_tx.clone(),
             gate,
-            seen,
         ));
     }
 

@@ -243,7 +243,6 @@ pub fn spawn(
     claim: ClaimRule,
     tx: mpsc::Sender<Input>,
     gate: Option<oneshot::Receiver<()>>,
-    seen: status::SeenStatuses,
 ) -> Vec<JoinHandle<()>> {
     let claim = Arc::new(claim);
     let mut handles = Vec::new();
@@ -262,14 +261,6 @@ pub fn spawn(
                 .claims(s)
                 .then(|| convert::service(s).map(Input::Service))
                 .flatten();
-            // The status writer's copy, before the engine hears of it. A
-            // deleted Service arrives here too and is dropped by the
-            // writer's 404; one that is not pier's is not kept.
-            if input.is_some() {
-                seen.observe(&key, s);
-            } else {
-                seen.forget(&key);
-            }
             Some((key, input))
         },
         Input::ServiceGone,

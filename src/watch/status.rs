@@ -5,9 +5,8 @@
 //! changes ends in one write of the last state. Events are
 //! `events.k8s.io/v1`, deduplicated by [`super::events::EventBook`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -145,162 +144,47 @@ pub struct StatusOutcome {
     pub uid: Option<String>,
 }
 
-/// A Service's status as pier last saw it, from the watch or from the
-/// answer to its own write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Seen {
-    pub resource_version: String,
-    pub uid: Option<String>,
-    pub ingress: Vec<LoadBalancerIngress>,
-}
-
-impl Seen {
-    fn of(svc: &KService) -> Option<Seen> {
-        Some(Seen {
-            resource_version: svc.metadata.resource_version.clone()?,
-            uid: svc.metadata.uid.clone(),
-            ingress: ingress_of(svc),
-        })
-    }
-}
-
-fn ingress_of(svc: &KService) -> Vec<LoadBalancerIngress> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.clone())
-        .unwrap_or_default()
-}
-
-/// Is `a` older than `b`? Only known when both are numbers (etcd's
-/// revisions, which kube-apiserver hands out); `None` otherwise.
-fn older(a: &str, b: &str) -> Option<bool> {
-    Some(a.parse::<u64>().ok()? < b.parse::<u64>().ok()?)
-}
-
-/// The Services' statuses as the watch delivers them, shared with the
-/// status writer so that a write is one PATCH (with the seen
-/// `resourceVersion` as precondition) instead of a GET and a PATCH. A copy
-/// the API server has moved past costs a 409, then the writer reads the
-/// Service as before. An entry never goes back to an older version than
-/// the one it holds (a watch event in flight while pier wrote).
-#[derive(Debug, Clone, Default)]
-pub struct SeenStatuses(Arc<Mutex<HashMap<ServiceKey, Seen>>>);
-
-impl SeenStatuses {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceKey, Seen>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A Service as the watch (or a write's answer) delivered it.
-    pub fn observe(&self, key: &ServiceKey, svc: &KService) {
-        let Some(seen) = Seen::of(svc) else {
-            return;
-        };
-        let mut map = self.lock();
-        match map.get(key) {
-            Some(have) if older(&seen.resource_version, &have.resource_version) == Some(true) => {}
-            _ => {
-                map.insert(key.clone(), seen);
-            }
-        }
-    }
-
-    /// A Service that is gone (or no longer pier's).
-    pub fn forget(&self, key: &ServiceKey) {
-        self.lock().remove(key);
-    }
-
-    pub fn get(&self, key: &ServiceKey) -> Option<Seen> {
-        self.lock().get(key).cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Write one Service's status, only when it differs from what the API
-/// server holds. The first try works from `seen`'s copy of the Service
-/// when it has one; a conflict, or a copy that already looks right but
-/// whose version cannot be ordered, reads the Service.
+/// server holds.
 pub async fn write_status(
     client: &Client,
     key: &ServiceKey,
     work: &Work,
-    seen: &SeenStatuses,
 ) -> Result<StatusOutcome, kube::Error> {
     let api: Api<KService> = Api::namespaced(client.clone(), &key.namespace);
-    let mut cached = seen.get(key);
     for _ in 0..5 {
-        let (from_cache, snapshot) = match cached.take() {
-            Some(c) => (true, c),
-            None => {
-                let Some(svc) = api.get_opt(&key.name).await? else {
-                    seen.forget(key);
-                    return Ok(StatusOutcome {
-                        written: false,
-                        uid: None,
-                    });
-                };
-                seen.observe(key, &svc);
-                match Seen::of(&svc) {
-                    Some(s) => (false, s),
-                    None => (
-                        false,
-                        Seen {
-                            resource_version: String::new(),
-                            uid: svc.metadata.uid.clone(),
-                            ingress: ingress_of(&svc),
-                        },
-                    ),
-                }
-            }
+        let Some(svc) = api.get_opt(&key.name).await? else {
+            return Ok(StatusOutcome {
+                written: false,
+                uid: None,
+            });
         };
-        let Seen {
-            resource_version,
-            uid,
-            ingress: current,
-        } = snapshot;
+        let uid = svc.metadata.uid.clone();
+        let current: Vec<LoadBalancerIngress> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.clone())
+            .unwrap_or_default();
         let next = work.apply(&current);
         if next == current {
-            // A copy can only be trusted to be current when versions are
-            // ordered (it is then at least as new as pier's last write).
-            if from_cache && resource_version.parse::<u64>().is_err() {
-                continue;
-            }
             return Ok(StatusOutcome {
                 written: false,
                 uid,
             });
         }
-        let rv = (!resource_version.is_empty()).then_some(resource_version);
         let patch = json!({
-            "metadata": {"resourceVersion": rv},
+            "metadata": {"resourceVersion": svc.metadata.resource_version},
             "status": {"loadBalancer": {"ingress": next}},
         });
         match api
             .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(svc) => {
-                seen.observe(key, &svc);
-                return Ok(StatusOutcome { written: true, uid });
-            }
+            Ok(_) => return Ok(StatusOutcome { written: true, uid }),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 debug!(service = %key, "status conflict; reading the Service again");
                 continue;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 && from_cache => {
-                seen.forget(key);
-                return Ok(StatusOutcome {
-                    written: false,
-                    uid: None,
-                });
             }
             Err(e) => return Err(e),
         }
@@ -411,7 +295,6 @@ pub fn spawn(
     mut events: mpsc::UnboundedReceiver<ServiceEvent>,
     mut leader: watch::Receiver<bool>,
     instance: String,
-    seen: SeenStatuses,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut book = EventBook::default();
@@ -478,13 +361,12 @@ pub fn spawn(
                     std::mem::take(&mut pending).into_iter().collect();
                 let leader_now = &leader;
                 let client = &client;
-                let seen = &seen;
                 let results: Vec<WriteOutcome> = futures::stream::iter(work)
                     .map(|(key, w)| async move {
                         if !*leader_now.borrow() {
                             return (key, w, None);
                         }
-                        let r = write_status(client, &key, &w, seen).await;
+                        let r = write_status(client, &key, &w).await;
                         match &r {
                             Ok(o) if o.written => {
                                 info!(service = %key, status = ?w, "status written")
@@ -526,7 +408,6 @@ pub fn spawn(
             for ev in &notes {
                 if let ServiceEvent::Gone { service } = ev {
                     book.forget(service);
-                    seen.forget(service);
                 }
             }
             if !writes.is_empty() {
@@ -612,45 +493,6 @@ mod tests {
             ip_mode: mode.map(Into::into),
             ..Default::default()
         }
-    }
-
-    fn svc(rv: &str, ip: &str) -> KService {
-        serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": "default", "resourceVersion": rv, "uid": "u1"},
-            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
-        }))
-        .expect("service")
-    }
-
-    #[test]
-    fn seen_statuses_never_go_back_to_an_older_version() {
-        let seen = SeenStatuses::default();
-        let key = ServiceKey {
-            namespace: "default".into(),
-            name: "web".into(),
-        };
-        seen.observe(&key, &svc("10", "10.0.0.1"));
-        // pier's own write answered with version 12...
-        seen.observe(&key, &svc("12", "10.0.0.2"));
-        // ...then a watch event from before it arrives.
-        seen.observe(&key, &svc("11", "10.0.0.9"));
-        let got = seen.get(&key).expect("entry");
-        assert_eq!(got.resource_version, "12");
-        assert_eq!(got.ingress, vec![ing("10.0.0.2", None)]);
-        assert_eq!(got.uid.as_deref(), Some("u1"));
-        // Versions that are not numbers cannot be ordered: the newest
-        // delivery wins.
-        seen.observe(&key, &svc("abc", "10.0.0.3"));
-        assert_eq!(seen.get(&key).expect("entry").resource_version, "abc");
-        seen.observe(&key, &svc("5", "10.0.0.4"));
-        assert_eq!(seen.get(&key).expect("entry").resource_version, "5");
-        // Without a version there is nothing to write against.
-        let mut bare = svc("1", "10.0.0.5");
-        bare.metadata.resource_version = None;
-        seen.observe(&key, &bare);
-        assert_eq!(seen.get(&key).expect("entry").resource_version, "5");
-        seen.forget(&key);
-        assert!(seen.is_empty());
     }
 
     #[test]
