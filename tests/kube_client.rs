@@ -339,6 +339,28 @@ async fn failing_watches_back_off_and_recover() {
     .await;
 }
 
+/// An API server that will not answer SelfSubjectAccessReviews (refused
+/// here) does not stop pier: it warns and runs, and allocates.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_reviews_refused_is_a_warning_not_a_stop() {
+    let api = server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    api.kubeconfig(&kc).unwrap();
+    api.deny("create", "selfsubjectaccessreviews.authorization.k8s.io");
+    let pier = Pier::start(&config(dir.path(), "a", &kc, None));
+    api.create(lb("web")).unwrap();
+    until("web allocated", 30, || {
+        (!ips(&api, "web").is_empty()).then_some(())
+    })
+    .await;
+    let log = pier.log_text();
+    assert!(
+        log.contains("SelfSubjectAccessReview") && log.contains("first write"),
+        "{log}"
+    );
+}
+
 /// Each resource pier needs at start, refused by RBAC: pier stops with one
 /// message naming that resource and verb.
 #[tokio::test(flavor = "multi_thread")]
@@ -359,6 +381,28 @@ async fn each_missing_verb_is_named() {
             "get",
             "leases.coordination.k8s.io",
             "cannot get leases.coordination.k8s.io pier-system/pier",
+        ),
+        // The writes, asked with SelfSubjectAccessReviews at start.
+        ("patch", "services/status", "cannot patch services/status"),
+        (
+            "create",
+            "events.events.k8s.io",
+            "cannot create events.events.k8s.io",
+        ),
+        (
+            "patch",
+            "events.events.k8s.io",
+            "cannot patch events.events.k8s.io",
+        ),
+        (
+            "update",
+            "leases.coordination.k8s.io",
+            "cannot update leases.coordination.k8s.io pier-system/pier",
+        ),
+        (
+            "create",
+            "leases.coordination.k8s.io",
+            "cannot create leases.coordination.k8s.io in pier-system",
         ),
     ] {
         api.allow_all();

@@ -11,10 +11,13 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node as KNode, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -137,15 +140,129 @@ pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), Wa
         }
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease_namespace);
-    if let Err(e) = leases.get_opt(&cfg.lease_name).await {
-        return Err(WatchError::Api {
-            verb: "get",
-            resource: format!(
-                "leases.coordination.k8s.io {}/{}",
-                cfg.lease_namespace, cfg.lease_name
-            ),
-            message: explain(&e),
+    let lease_exists = match leases.get_opt(&cfg.lease_name).await {
+        Ok(l) => l.is_some(),
+        Err(e) => {
+            return Err(WatchError::Api {
+                verb: "get",
+                resource: format!(
+                    "leases.coordination.k8s.io {}/{}",
+                    cfg.lease_namespace, cfg.lease_name
+                ),
+                message: explain(&e),
+            })
+        }
+    };
+    can_write(client, cfg, lease_exists).await
+}
+
+/// One write pier makes, as RBAC names it.
+struct Write {
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    subresource: &'static str,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Write {
+    /// `services/status`, `events.events.k8s.io`, `leases.coordination.k8s.io pier-system/pier`.
+    fn describe(&self) -> String {
+        let mut s = match self.group {
+            "" => self.resource.to_string(),
+            g => format!("{}.{g}", self.resource),
+        };
+        if !self.subresource.is_empty() {
+            s = format!("{s}/{}", self.subresource);
+        }
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(n)) => format!("{s} {ns}/{n}"),
+            (Some(ns), None) => format!("{s} in {ns}"),
+            _ => s,
+        }
+    }
+}
+
+/// Ask the API server, as `kubectl auth can-i` does (SelfSubjectAccessReview),
+/// whether pier may make each of its writes, so a missing verb stops pier at
+/// start instead of showing at the first write. An API server that will not
+/// answer (the review API refused or not served) is not a reason to stop:
+/// pier says so and goes on.
+async fn can_write(
+    client: &Client,
+    cfg: &KubernetesConfig,
+    lease_exists: bool,
+) -> Result<(), WatchError> {
+    let w = |verb, group, resource, subresource| Write {
+        verb,
+        group,
+        resource,
+        subresource,
+        namespace: None,
+        name: None,
+    };
+    let mut writes = vec![
+        w("patch", "", "services", "status"),
+        w("create", "events.k8s.io", "events", ""),
+        w("patch", "events.k8s.io", "events", ""),
+        Write {
+            namespace: Some(cfg.lease_namespace.clone()),
+            name: Some(cfg.lease_name.clone()),
+            ..w("update", "coordination.k8s.io", "leases", "")
+        },
+    ];
+    if !lease_exists {
+        writes.push(Write {
+            namespace: Some(cfg.lease_namespace.clone()),
+            ..w("create", "coordination.k8s.io", "leases", "")
         });
+    }
+    if cfg.crds {
+        for (_, plural) in openelb::KINDS {
+            writes.push(w("patch", openelb::GROUP, plural, "status"));
+        }
+    }
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for write in &writes {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(write.verb.into()),
+                    group: Some(write.group.into()),
+                    resource: Some(write.resource.into()),
+                    subresource: Some(write.subresource.into()),
+                    namespace: write.namespace.clone(),
+                    name: write.name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match reviews.create(&PostParams::default(), &review).await {
+            Ok(r) => {
+                let status = r.status.unwrap_or_default();
+                if !status.allowed {
+                    let why = status
+                        .reason
+                        .filter(|r| !r.is_empty())
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    return Err(WatchError::Api {
+                        verb: write.verb,
+                        resource: write.describe(),
+                        message: format!(
+                            "forbidden by RBAC (the API server's answer to a SelfSubjectAccessReview{why}); see packaging/rbac.yaml"
+                        ),
+                    });
+                }
+            }
+            Err(e) => {
+                warn!(error = %explain(&e), "cannot ask the API server which writes pier may make (SelfSubjectAccessReview); a missing RBAC verb will show at the first write");
+                return Ok(());
+            }
+        }
     }
     Ok(())
 }

@@ -690,6 +690,9 @@ enum Route {
     Group(String),
     ResourceList(String, String),
     Resource(Target, bool),
+    /// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: may
+    /// the caller do this? Answered from the denials ([`TestApiServer::deny`]).
+    AccessReview,
 }
 
 fn route(shared: &Shared, path: &str) -> Result<Route, ApiError> {
@@ -707,6 +710,9 @@ fn route(shared: &Shared, path: &str) -> Result<Route, ApiError> {
         ["apis", g] => return Ok(Route::Group(g.to_string())),
         ["api", v] => return Ok(Route::ResourceList(String::new(), v.to_string())),
         ["apis", g, v] => return Ok(Route::ResourceList(g.to_string(), v.to_string())),
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
+            return Ok(Route::AccessReview)
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(ApiError::no_route()),
@@ -818,23 +824,78 @@ fn authorized(shared: &Shared, req: &Request<Incoming>, client_cert: bool) -> bo
 /// RBAC-style rule match: verb or `*`; resource `plural[.group][/sub]` or `*`. A rule
 /// without a subresource does not cover subresources.
 fn rule_matches(rule_verb: &str, rule_resource: &str, verb: &str, t: &Target) -> bool {
+    attrs_match(
+        rule_verb,
+        rule_resource,
+        verb,
+        &t.def.plural,
+        &t.def.group,
+        t.subresource.as_deref(),
+    )
+}
+
+/// A SelfSubjectAccessReview (authorization.k8s.io/v1) answered from the
+/// denials: `status.allowed` unless one matches its `resourceAttributes`.
+/// As kube-apiserver: the object comes back with `status` filled in;
+/// `nonResourceAttributes` are always allowed here.
+fn access_review(denials: &[Denial], mut body: Value) -> Result<Value, ApiError> {
+    if body["kind"] != "SelfSubjectAccessReview" {
+        return Err(ApiError::bad_request(
+            "expected kind SelfSubjectAccessReview",
+        ));
+    }
+    let spec = &body["spec"];
+    let allowed = match spec.get("resourceAttributes") {
+        Some(a) => {
+            let f = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or("");
+            let sub = Some(f("subresource")).filter(|s| !s.is_empty());
+            !denials
+                .iter()
+                .any(|d| attrs_match(&d.verb, &d.resource, f("verb"), f("resource"), f("group"), sub))
+        }
+        None if spec.get("nonResourceAttributes").is_some() => true,
+        None => {
+            return Err(ApiError::invalid(
+                "authorization.k8s.io",
+                "SelfSubjectAccessReview",
+                "",
+                "spec.resourceAttributes",
+                "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ))
+        }
+    };
+    body["status"] = if allowed {
+        json!({"allowed": true, "reason": "allowed by the test API server"})
+    } else {
+        json!({"allowed": false, "reason": "denied by the test API server's rules"})
+    };
+    Ok(body)
+}
+
+fn attrs_match(
+    rule_verb: &str,
+    rule_resource: &str,
+    verb: &str,
+    plural: &str,
+    group: &str,
+    sub: Option<&str>,
+) -> bool {
     if rule_verb != "*" && rule_verb != verb {
         return false;
     }
     if rule_resource == "*" {
         return true;
     }
-    let (res, sub) = match rule_resource.split_once('/') {
+    let (res, rule_sub) = match rule_resource.split_once('/') {
         Some((r, s)) => (r, Some(s)),
         None => (rule_resource, None),
     };
-    let (plural, group) = match res.split_once('.') {
+    let (res_plural, res_group) = match res.split_once('.') {
         Some((p, g)) => (p, Some(g)),
         None => (res, None),
     };
-    plural == t.def.plural
-        && group.is_none_or(|g| g == t.def.group)
-        && sub == t.subresource.as_deref()
+    let (rule_plural, rule_group) = (res_plural, res_group);
+    rule_plural == plural && rule_group.is_none_or(|g| g == group) && rule_sub == sub
 }
 
 fn denied(rules: &[Denial], verb: &str, t: &Target) -> bool {
@@ -931,6 +992,31 @@ async fn handle_inner(
             }
         }
         Route::Resource(t, w) => (t, w),
+        Route::AccessReview => {
+            if req.method() != Method::POST {
+                return (
+                    error_response(&ApiError::method_not_allowed(req.method().as_str())),
+                    String::new(),
+                );
+            }
+            let denials = lock(&shared.runtime).denials.clone();
+            let (group, plural) = ("authorization.k8s.io", "selfsubjectaccessreviews");
+            if denials
+                .iter()
+                .any(|d| attrs_match(&d.verb, &d.resource, "create", plural, group, None))
+            {
+                let e = ApiError::forbidden(group, plural, None, "", "create", None, &shared.user);
+                return (error_response(&e), "create".into());
+            }
+            let resp = match read_body(req).await.and_then(|b| parse_json(&b)) {
+                Ok(body) => match access_review(&denials, body) {
+                    Ok(v) => value_response(201, &v),
+                    Err(e) => error_response(&e),
+                },
+                Err(e) => error_response(&e),
+            };
+            return (resp, "create".into());
+        }
     };
     let watch = watch_path || q.flag("watch");
     let verb = match (req.method(), t.name.is_some()) {

@@ -1,6 +1,9 @@
 //! The test API server driven by the real `kube` client and `kube-runtime` watcher.
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -741,6 +744,36 @@ async fn forbidden_latency_restart_and_outage() {
             .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    // `kubectl auth can-i` agrees: a SelfSubjectAccessReview says the same.
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let ask = |verb: &str, resource: &str, sub: &str| SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                resource: Some(resource.into()),
+                subresource: Some(sub.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for (verb, resource, sub, allowed) in [
+        ("patch", "services", "status", false),
+        ("patch", "services", "", true),
+        ("get", "services", "status", true),
+    ] {
+        let r = reviews
+            .create(&PostParams::default(), &ask(verb, resource, sub))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status.map(|s| s.allowed),
+            Some(allowed),
+            "{verb} {resource}/{sub}"
+        );
+    }
     // The main resource is not covered by a subresource rule (RBAC semantics).
     services
         .patch(
