@@ -49,7 +49,12 @@ const NODES: [(&str, &str); 3] = [
     ("n2", "10.66.2.12"),
     ("n3", "10.66.2.13"),
 ];
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a request may take before it counts as failed. A request sent
+/// to a node that is gone never completes (its SYN retransmits at 1 s,
+/// 3 s...), so this can be generous: it only has to outlast the 2-core
+/// VM's scheduling hiccups (a 500 ms bound failed 1 request of ~360 once
+/// in CI, on a node that was serving).
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(2000);
 
 struct Node {
     _app: HttpServer,
@@ -255,15 +260,20 @@ impl Traffic {
         )
     }
 
-    /// Answers per node to requests started after `from`, and failures.
-    fn since(&self, from: Instant) -> (BTreeMap<String, usize>, usize) {
+    /// Answers per node to requests started after `from`, and the
+    /// failures (when each started and ended after `from`, and why).
+    fn since(&self, from: Instant) -> (BTreeMap<String, usize>, Vec<String>) {
         let log = self.log.lock().unwrap();
         let mut answers = BTreeMap::new();
-        let mut failed = 0;
-        for (_, _, r) in log.iter().filter(|(start, _, _)| *start > from) {
+        let mut failed = Vec::new();
+        for (start, end, r) in log.iter().filter(|(start, _, _)| *start > from) {
             match r {
                 Ok(body) => *answers.entry(body.clone()).or_insert(0) += 1,
-                Err(_) => failed += 1,
+                Err(e) => failed.push(format!(
+                    "started +{:?}, ended +{:?}: {e}",
+                    *start - from,
+                    *end - from
+                )),
             }
         }
         (answers, failed)
@@ -284,9 +294,9 @@ impl Drop for Traffic {
 fn assert_traffic_after(traffic: &Traffic, removed: Instant, names: &[&str], what: &str) {
     std::thread::sleep(Duration::from_millis(1500));
     let (answers, failed) = traffic.since(removed);
-    assert_eq!(
-        failed, 0,
-        "{what}: requests failed after the route changed: {answers:?}"
+    assert!(
+        failed.is_empty(),
+        "{what}: requests failed after the route changed: {failed:?}; answers {answers:?}"
     );
     let who: BTreeSet<&str> = answers.keys().map(|s| s.as_str()).collect();
     assert_eq!(
