@@ -19,7 +19,7 @@
 //!    for a local address, same veth, same run.
 //!
 //! `cargo bench --bench datapath` (env `DATAPATH_TRIALS`, `DATAPATH_VIPS`,
-//! `DATAPATH_IPERF_SECONDS` change the sizes).
+//! `DATAPATH_IPERF_SECONDS`, `DATAPATH_IPERF_ROUNDS` change the sizes).
 
 #[path = "../tests/common/netlab.rs"]
 mod netlab;
@@ -387,7 +387,7 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
     // pier's 10k VIPs; interleaved so the machine's load hits all three.
     let (mut direct, mut lan, mut plain, mut with_pier) = (vec![], vec![], vec![], vec![]);
     let mut accepted = String::new();
-    let rounds = 7;
+    let rounds = env_usize("DATAPATH_IPERF_ROUNDS", 7);
     for _ in 0..rounds {
         direct.push(iperf(&lab, "c", "198.51.100.1", seconds));
         lan.push(iperf(&lab, "lc", target, seconds));
