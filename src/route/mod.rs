@@ -346,7 +346,8 @@ impl RouteActuator {
     /// here, each once: set with `sysctl = "set"`, a warning naming the
     /// setting with `sysctl = "check"` (pier is already running).
     async fn check_redirects(&mut self, egress: &BTreeSet<u32>) {
-        for index in egress.difference(&self.egress_seen.clone()) {
+        let new: Vec<u32> = egress.difference(&self.egress_seen).copied().collect();
+        for index in &new {
             let name = match kernel::interface_name(&self.handle, *index).await {
                 Ok(Some(n)) => n,
                 Ok(None) => continue,
@@ -388,17 +389,18 @@ impl RouteActuator {
         let first = desired.borrow_and_update().clone();
         self.last = first;
         let mut routes_only = false;
-        // The first pass and timer repairs rewrite the table; a new
-        // Desired only when the firewall changed.
-        let mut rewrite_table = true;
+        // The first pass and timer repairs check the table (rewritten
+        // unless the ruleset generation proves it untouched); a new
+        // Desired writes it only when the firewall changed.
+        let mut repair = true;
         loop {
             let result = if routes_only {
                 self.converge_routes().await
             } else {
-                self.converge(rewrite_table).await
+                self.converge(repair).await
             };
             routes_only = false;
-            rewrite_table = false;
+            repair = false;
             match result {
                 Ok(r) if r.added + r.replaced + r.deleted > 0 => tracing::info!(
                     generation = r.generation,
@@ -431,7 +433,7 @@ impl RouteActuator {
                         if self.events.is_none() {
                             self.events = open_events().map_err(|e| tracing::warn!(error = %e, "route events")).ok();
                         }
-                        rewrite_table = true;
+                        repair = true;
                         break;
                     }
                     msg = event => match msg {
