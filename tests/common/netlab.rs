@@ -492,13 +492,15 @@ pub fn arp_request(sender_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec
     f
 }
 
-/// Send `req` and wait up to `wait` for an ARP reply whose sender IP is
-/// `target`; returns the reply and how long it took.
-pub fn arp_ask(
+/// Send `req` on a raw socket and wait up to `wait` for a frame of at
+/// least `min_len` bytes that `wanted` accepts; returns it and how long it
+/// took.
+fn ask(
     fd: &std::os::fd::OwnedFd,
     req: &[u8],
-    target: [u8; 4],
     wait: Duration,
+    min_len: usize,
+    wanted: impl Fn(&[u8]) -> bool,
 ) -> Option<(Vec<u8>, Duration)> {
     let t0 = Instant::now();
     // SAFETY: req is valid for reads.
@@ -513,15 +515,28 @@ pub fn arp_ask(
     while t0.elapsed() < wait {
         // SAFETY: buf is valid for writes.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
-        if n < 42 {
+        if n < min_len as isize {
             continue;
         }
         let f = &buf[..n as usize];
-        if f[20..22] == [0, 2] && f[28..32] == target {
+        if wanted(f) {
             return Some((f.to_vec(), t0.elapsed()));
         }
     }
     None
+}
+
+/// Send `req` and wait up to `wait` for an ARP reply whose sender IP is
+/// `target`; returns the reply and how long it took.
+pub fn arp_ask(
+    fd: &std::os::fd::OwnedFd,
+    req: &[u8],
+    target: [u8; 4],
+    wait: Duration,
+) -> Option<(Vec<u8>, Duration)> {
+    ask(fd, req, wait, 42, |f| {
+        f[20..22] == [0, 2] && f[28..32] == target
+    })
 }
 
 /// A neighbour solicitation "who has `target`" from `src` (RFC 4861 §4.3,
@@ -579,29 +594,11 @@ pub fn ndp_ask(
     target: std::net::Ipv6Addr,
     wait: Duration,
 ) -> Option<Duration> {
-    let t0 = Instant::now();
-    // SAFETY: req is valid for reads.
-    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr() as *const _, req.len(), 0) };
-    assert_eq!(
-        n as usize,
-        req.len(),
-        "send: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut buf = [0u8; 1600];
-    while t0.elapsed() < wait {
-        // SAFETY: buf is valid for writes.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
-        if n < 78 {
-            continue;
-        }
-        let f = &buf[..n as usize];
-        if f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 136 && f[62..78] == target.octets()
-        {
-            return Some(t0.elapsed());
-        }
-    }
-    None
+    // IPv6, ICMPv6, neighbour advertisement, for `target`.
+    ask(fd, req, wait, 78, |f| {
+        f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 136 && f[62..78] == target.octets()
+    })
+    .map(|(_, took)| took)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` and the last
