@@ -543,6 +543,18 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
         .to_string()
     };
     assert_eq!(redirects("g1"), "1", "a new interface sends redirects");
+    // A table left by a pier with the earlier layout (one interval set of
+    // VIP . proto . port . source), in use by a rule: the first apply
+    // replaces it.
+    gw.exec(&[
+        "nft",
+        "add table inet pier; \
+         add set inet pier ports4 { type ipv4_addr . inet_proto . inet_service; }; \
+         add set inet pier allow4 { type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }; \
+         add chain inet pier vip4; \
+         add rule inet pier vip4 ip daddr . meta l4proto . th dport . ip saddr @allow4 accept; \
+         add rule inet pier vip4 ip daddr . meta l4proto . th dport @ports4 drop",
+    ]);
     block_on_in(&gw, async {
         // Only the client side is configured: the interface towards the
         // nodes is found from pier's own routes once they exist.
@@ -566,6 +578,11 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
             .map(|s| s["elem"].to_string())
             .unwrap_or_default()
     };
+    let sets = gw.exec(&["nft", "list", "sets", "inet"]);
+    assert!(
+        !sets.contains("allow4") && !sets.contains("ports4"),
+        "the earlier layout's sets are gone: {sets}"
+    );
     assert!(elems("vips4").contains(vip), "vips4: {}", elems("vips4"));
     assert!(elems("open4").contains("8080"), "open4: {}", elems("open4"));
     let ranged = elems("ranged4");
