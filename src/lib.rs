@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod health;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
 pub mod route;
 pub mod store;

@@ -10,10 +10,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use pier::api::{self, client, metrics::Metrics, table, ApiContext, SocketOptions};
+use pier::api::{self, client, table, ApiContext, SocketOptions};
 use pier::bgp::speaker::Speaker;
 use pier::config::Config;
 use pier::engine::{self, source, Engine, EngineOutputs, EngineSettings, Input};
+use pier::metrics::Metrics;
 use pier::model::{Desired, Origin};
 use pier::store::SledStore;
 
@@ -180,8 +181,10 @@ fn query(args: ClientArgs, path: &str, render: fn(&serde_json::Value) -> String)
 fn init_tracing(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a file, a pipe or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         Some(LogFormat::Json) => builder.json().init(),

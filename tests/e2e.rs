@@ -312,7 +312,7 @@ fn check_cli(e: &E2eLab, vip: &str) {
     assert_eq!(mode.mode() & 0o777, 0o660);
 }
 
-/// Every metric DESIGN.md names, with its labels; health endpoints.
+/// Every metric docs/architecture.md names, with its labels; health endpoints.
 fn check_metrics(e: &E2eLab) {
     let (code, _) = e.http_get("gw", "/healthz");
     assert_eq!(code, 200);

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::engine::Query;
 
 pub mod client;
-pub mod metrics;
+
 pub mod table;
 
 #[derive(Debug, Error)]
@@ -57,7 +57,7 @@ pub type Reporter = Arc<dyn Fn() -> Value + Send + Sync>;
 #[derive(Clone)]
 pub struct ApiContext {
     pub engine: mpsc::Sender<Query>,
-    pub metrics: metrics::Metrics,
+    pub metrics: crate::metrics::Metrics,
     pub started: Instant,
     pub peers: Option<Reporter>,
     pub routes: Option<Reporter>,
@@ -295,7 +295,7 @@ mod tests {
         });
         ApiContext {
             engine: tx,
-            metrics: metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(),
             started: Instant::now(),
             peers: None,
             routes: None,

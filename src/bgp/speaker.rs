@@ -21,8 +21,8 @@ use super::fsm::{
 };
 use super::rib::{AdjRibOut, PeerView};
 use super::socket::{self, SocketOptions};
-use crate::api::metrics::Metrics;
 use crate::config::{BgpConfig, PeerConfig};
+use crate::metrics::Metrics;
 use crate::model::{Desired, Family};
 use serde::Serialize;
 use std::collections::BTreeMap;

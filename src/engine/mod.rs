@@ -1194,7 +1194,7 @@ pub struct EngineOutputs {
     /// Service states (IPs and pending reasons), republished after every
     /// step that changed an allocation or a plan.
     pub states: watch::Sender<Arc<Vec<ServiceState>>>,
-    pub metrics: crate::api::metrics::Metrics,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Most inputs taken in one step: enough to batch a full initial list into

@@ -1,7 +1,7 @@
 //! The pure planner: (services, nodes, endpoint slices, allocations, node
 //! health, pools) → [`Desired`].
 //!
-//! Rules (DESIGN.md "Next hops"):
+//! Rules (docs/architecture.md, "Behaviour rules": next hops):
 //! - `externalTrafficPolicy: Cluster` → every eligible node;
 //!   `Local` → eligible nodes with at least one ready endpoint of the Service,
 //!   whose `healthCheckNodePort` probe (if any) passes.

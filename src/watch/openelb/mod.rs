@@ -33,10 +33,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::api::metrics::Metrics;
 use crate::bgp::speaker::{PeerStatus, Speaker, StatusBoard};
 use crate::config::{BgpConfig, Config};
 use crate::engine::{Input, ServiceState};
+use crate::metrics::Metrics;
 use crate::model::{Desired, Pool};
 
 pub mod eip;

@@ -1,4 +1,4 @@
-//! Prometheus metrics with the names DESIGN.md promises.
+//! Prometheus metrics with the names docs/architecture.md ("Contracts") promises.
 
 use std::sync::Arc;
 
