@@ -120,7 +120,7 @@ fn speaker(a: &[String]) {
         .expect("tokio runtime");
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(desired(0, 0)));
-        let speaker = Speaker::start(&bgp, router_id, false, rx, None)
+        let speaker = Speaker::start(&bgp, router_id, false, rx, None, Default::default())
             .await
             .expect("speaker");
         let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();

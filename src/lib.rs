@@ -6,6 +6,7 @@ pub mod api;
 pub mod arp;
 pub mod bgp;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod health;
 pub mod ipam;

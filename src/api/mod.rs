@@ -16,7 +16,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::Full;
@@ -30,7 +29,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::bgp::StatusBoard;
 use crate::engine::Query;
+use crate::route::task::RoutesView;
 
 pub mod client;
 
@@ -50,19 +51,16 @@ pub enum ApiError {
     },
 }
 
-/// A part that reports its own status as JSON (BGP peers, routes...).
-pub type Reporter = Arc<dyn Fn() -> Value + Send + Sync>;
-
 /// What the API reads. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiContext {
     pub engine: mpsc::Sender<Query>,
     pub metrics: crate::metrics::Metrics,
     pub started: Instant,
-    pub peers: Option<Reporter>,
-    pub routes: Option<Reporter>,
-    /// Readiness besides the engine's initial sync (e.g. every peer attempted).
-    pub ready_extra: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// The BGP peers; ready once every one has been attempted.
+    pub peers: StatusBoard,
+    /// The routes the route actuator read back.
+    pub routes: RoutesView,
 }
 
 /// Socket file permissions and ownership.
@@ -181,7 +179,7 @@ async fn ask<T>(ctx: &ApiContext, q: impl FnOnce(oneshot::Sender<T>) -> Query) -
 
 async fn ready(ctx: &ApiContext) -> bool {
     let synced = ask(ctx, Query::Status).await.is_some_and(|s| s.synced);
-    synced && ctx.ready_extra.as_ref().is_none_or(|f| f())
+    synced && ctx.peers.all_attempted()
 }
 
 async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<Bytes>> {
@@ -221,8 +219,8 @@ async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<By
             Some(v) => json!(v),
             None => return unavailable(),
         },
-        "/v1/peers" => ctx.peers.as_ref().map_or(json!([]), |f| f()),
-        "/v1/routes" => ctx.routes.as_ref().map_or(json!([]), |f| f()),
+        "/v1/peers" => json!(ctx.peers.snapshot()),
+        "/v1/routes" => json!(*ctx.routes.borrow().clone()),
         other => {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -271,9 +269,20 @@ async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
 
     /// An engine stand-in answering `Status` with `synced`.
     fn context(synced: bool, peers_attempted: bool) -> ApiContext {
+        let board = StatusBoard::default();
+        let peer = "192.0.2.1".parse().unwrap();
+        let status = crate::bgp::PeerStatus::idle(peer, 65000, 65001);
+        board.insert(
+            peer,
+            Arc::new(std::sync::Mutex::new(crate::bgp::PeerStatus {
+                attempted: peers_attempted,
+                ..status
+            })),
+        );
         let (tx, mut rx) = mpsc::channel(8);
         tokio::spawn(async move {
             while let Some(q) = rx.recv().await {
@@ -297,9 +306,8 @@ mod tests {
             engine: tx,
             metrics: crate::metrics::Metrics::new(),
             started: Instant::now(),
-            peers: None,
-            routes: None,
-            ready_extra: Some(Arc::new(move || peers_attempted)),
+            peers: board,
+            routes: tokio::sync::watch::channel(Arc::new(Vec::new())).1,
         }
     }
 

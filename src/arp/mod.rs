@@ -63,6 +63,7 @@ use crate::model::{AnnounceMode, Desired};
 pub mod announce;
 pub mod frame;
 pub mod socket;
+pub mod task;
 
 pub use announce::{Announcer, Schedule};
 pub use frame::{build_gratuitous, build_reply, parse_request, Mac, Request};

@@ -40,6 +40,7 @@ pub mod kernel;
 pub mod nft;
 pub mod nftgen;
 pub mod sysctl;
+pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::model::{BgpAttributes, Family, IpRange, NextHopMode, Pool, PoolMode, ServiceKey};
 
-use super::Object;
+use super::OpenElbObject;
 
 /// The annotation that makes an Eip the pool of Services that match no other.
 pub const DEFAULT_EIP: &str = "eip.openelb.kubesphere.io/is-default-eip";
@@ -83,7 +83,7 @@ pub fn route_get_device(output: &str) -> Option<String> {
 /// The pool an Eip defines, with notes about fields pier reads differently
 /// (shown in the Eip's status), or why it cannot be used.
 pub fn pool(
-    obj: &Object,
+    obj: &OpenElbObject,
     routes: &BTreeMap<IpAddr, Result<String, String>>,
 ) -> Result<(Pool, Vec<String>), String> {
     let spec: EipSpec = serde_json::from_value(obj.spec.clone())
@@ -258,8 +258,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn obj(name: &str, spec: Value, default: bool) -> Object {
-        let mut o = Object::new(name, spec);
+    fn obj(name: &str, spec: Value, default: bool) -> OpenElbObject {
+        let mut o = OpenElbObject::new(name, spec);
         if default {
             o.annotations.insert(DEFAULT_EIP.into(), "true".into());
         }

@@ -16,7 +16,7 @@ use crate::config::{BgpConfig, PeerConfig};
 use crate::engine::ServiceState;
 use crate::model::{Pool, ServiceKey};
 
-use super::{eip, peer, Object};
+use super::{eip, peer, OpenElbObject};
 
 /// What pier made of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,9 +62,9 @@ pub struct File<'a> {
 /// The cluster's part: objects by name.
 #[derive(Debug, Clone, Copy)]
 pub struct Cluster<'a> {
-    pub eips: &'a BTreeMap<String, Object>,
-    pub confs: &'a BTreeMap<String, Object>,
-    pub peers: &'a BTreeMap<String, Object>,
+    pub eips: &'a BTreeMap<String, OpenElbObject>,
+    pub confs: &'a BTreeMap<String, OpenElbObject>,
+    pub peers: &'a BTreeMap<String, OpenElbObject>,
     /// Pools of deleted Eips whose Services still hold IPs: kept, disabled.
     pub draining: &'a BTreeMap<String, Pool>,
     /// `can_reach:<IP>` lookups: IP → interface of the route to it.
@@ -89,8 +89,8 @@ pub struct Merged {
 }
 
 /// Objects oldest first, then by name.
-fn ordered(objs: &BTreeMap<String, Object>) -> Vec<&Object> {
-    let mut v: Vec<&Object> = objs.values().collect();
+fn ordered(objs: &BTreeMap<String, OpenElbObject>) -> Vec<&OpenElbObject> {
+    let mut v: Vec<&OpenElbObject> = objs.values().collect();
     v.sort_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
     v
 }
@@ -329,15 +329,15 @@ mod tests {
     use crate::model::{Origin, PoolMode};
     use serde_json::{json, Value};
 
-    fn eip(name: &str, created: &str, spec: Value) -> (String, Object) {
-        let mut o = Object::new(name, spec);
+    fn eip(name: &str, created: &str, spec: Value) -> (String, OpenElbObject) {
+        let mut o = OpenElbObject::new(name, spec);
         o.created = created.into();
         (name.into(), o)
     }
 
     fn file_pool(name: &str, range: &str) -> Pool {
         let (p, _) = eip::pool(
-            &Object::new(name, json!({"address": range})),
+            &OpenElbObject::new(name, json!({"address": range})),
             &BTreeMap::new(),
         )
         .unwrap();
@@ -350,9 +350,9 @@ mod tests {
     struct World {
         pools: Vec<Pool>,
         bgp: Option<BgpConfig>,
-        eips: BTreeMap<String, Object>,
-        confs: BTreeMap<String, Object>,
-        peers: BTreeMap<String, Object>,
+        eips: BTreeMap<String, OpenElbObject>,
+        confs: BTreeMap<String, OpenElbObject>,
+        peers: BTreeMap<String, OpenElbObject>,
         draining: BTreeMap<String, Pool>,
     }
 
@@ -505,7 +505,7 @@ mod tests {
     fn bgp_from_objects_or_file() {
         let mut w = World::new();
         let p = |name: &str, created: &str, addr: &str| {
-            let mut o = Object::new(
+            let mut o = OpenElbObject::new(
                 name,
                 json!({"conf": {"peerAs": 65000, "neighborAddress": addr, "authPassword": "pw"}}),
             );
@@ -525,10 +525,12 @@ mod tests {
         ));
         w.confs.insert(
             "default".into(),
-            Object::new("default", json!({"as": 65001, "routerId": "10.9.9.9"})),
+            OpenElbObject::new("default", json!({"as": 65001, "routerId": "10.9.9.9"})),
         );
-        w.confs
-            .insert("other".into(), Object::new("other", json!({"as": 65002})));
+        w.confs.insert(
+            "other".into(),
+            OpenElbObject::new("other", json!({"as": 65002})),
+        );
         let m = w.merge();
         let bgp = m.bgp.clone().unwrap();
         assert_eq!(bgp.asn, 65001);

@@ -5,15 +5,16 @@
 //! ```text
 //!  watch eips ─┐
 //!  watch bgpconfs ─┼─► this task ── merge(file, objects) ──► Input::Pools ─► engine
-//!  watch bgppeers ─┘      ▲   │                         └─► Speaker::reconfigure
+//!  watch bgppeers ─┘      ▲   │                         └─► watch<EffectiveBgp> ─► BGP owner task
 //!  SIGHUP (file) ─────────┘   └─► status (Eips: lease holder only; BgpPeers: each
 //!  engine Service states ─────────►   gateway its own nodesPeerStatus entry), Events
 //! ```
 //!
-//! The task owns the BGP speaker while it runs (it starts one when only a
-//! BgpConf defines pier's AS) and gives it back on [`Handle::stop`]. The
-//! merge, the Eip → pool conversion and the status contents are pure
-//! ([`merge`], [`eip`], [`peer`]); this file does the I/O.
+//! The merge result is the BGP configuration: this task publishes it into
+//! the channel the BGP owner task (`src/bgp/task.rs`) reads, and reads the
+//! peers' status back from its [`StatusBoard`]. The merge, the Eip → pool
+//! conversion and the status contents are pure ([`merge`], [`eip`],
+//! [`peer`]); this file does the I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,11 +34,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::bgp::speaker::{PeerStatus, Speaker, StatusBoard};
+use crate::bgp::{EffectiveBgp, StatusBoard};
 use crate::config::{BgpConfig, Config};
 use crate::engine::{Input, ServiceState};
-use crate::metrics::Metrics;
-use crate::model::{Desired, Pool};
+use crate::model::Pool;
 
 pub mod eip;
 pub mod merge;
@@ -68,7 +68,7 @@ pub fn api_resource(kind: &str, plural: &str) -> ApiResource {
 
 /// One object as pier keeps it (no managedFields).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Object {
+pub struct OpenElbObject {
     pub name: String,
     pub uid: Option<String>,
     /// creationTimestamp (RFC 3339 sorts as time).
@@ -78,17 +78,17 @@ pub struct Object {
     pub status: Value,
 }
 
-impl Object {
-    pub fn new(name: &str, spec: Value) -> Object {
-        Object {
+impl OpenElbObject {
+    pub fn new(name: &str, spec: Value) -> OpenElbObject {
+        OpenElbObject {
             name: name.into(),
             spec,
             ..Default::default()
         }
     }
 
-    fn from_dynamic(o: &DynamicObject) -> Option<Object> {
-        Some(Object {
+    fn from_dynamic(o: &DynamicObject) -> Option<OpenElbObject> {
+        Some(OpenElbObject {
             name: o.metadata.name.clone()?,
             uid: o.metadata.uid.clone(),
             created: o
@@ -132,17 +132,17 @@ pub fn merge_diff(old: &Value, new: &Value) -> Value {
     }
 }
 
-/// Everything the task needs from `main`.
-pub struct Context {
+/// What the merge task is given (by `src/daemon.rs`).
+pub struct OpenElbSpawn {
     pub client: Client,
     pub file: Config,
-    /// The speaker started from the file's `[bgp]`, if any.
-    pub speaker: Option<Speaker>,
     pub engine: mpsc::Sender<Input>,
     pub states: watch::Receiver<Arc<Vec<ServiceState>>>,
     pub leader: watch::Receiver<bool>,
-    pub desired: watch::Receiver<Arc<Desired>>,
-    pub metrics: Metrics,
+    /// Where the merged BGP settings go (the BGP owner task reads them).
+    pub bgp: watch::Sender<Option<EffectiveBgp>>,
+    /// The speaker's peers, for BgpPeer `status.nodesPeerStatus`.
+    pub board: StatusBoard,
     /// Fired once the first merged pools are with the engine: Services
     /// are not allocated before (an IP of an Eip must not look foreign).
     pub pools_sent: oneshot::Sender<()>,
@@ -150,70 +150,25 @@ pub struct Context {
     pub gateway: String,
     /// Event reporter instance (the lease identity).
     pub instance: String,
-    /// Where the local API finds the speaker's status (set when this task
-    /// starts a speaker).
-    pub board: BoardSlot,
-    /// Age of the graceful-stop marker, if pier stopped gracefully before:
-    /// a speaker started from a BgpConf within its restart time sets the
-    /// Restart State bit (RFC 4724 §3).
-    pub gr_marker_age: Option<Duration>,
 }
 
-/// Whether a speaker for `bgp` restarts within the graceful-restart time
-/// of a graceful stop `marker_age` ago.
-pub fn restarting(bgp: &BgpConfig, marker_age: Option<Duration>) -> bool {
-    bgp.graceful_restart && marker_age.is_some_and(|age| age.as_secs() < bgp.restart_time_s.into())
-}
-
-/// The running speaker's [`StatusBoard`], shared with the local API, which
-/// is set up before a speaker started from a BgpConf exists.
-#[derive(Clone, Default)]
-pub struct BoardSlot(Arc<std::sync::Mutex<Option<StatusBoard>>>);
-
-impl BoardSlot {
-    pub fn new(board: Option<StatusBoard>) -> Self {
-        BoardSlot(Arc::new(std::sync::Mutex::new(board)))
-    }
-
-    fn set(&self, board: StatusBoard) {
-        if let Ok(mut b) = self.0.lock() {
-            *b = Some(board);
-        }
-    }
-
-    fn board(&self) -> Option<StatusBoard> {
-        self.0.lock().ok().and_then(|b| b.clone())
-    }
-
-    /// Every peer's status (none without a speaker).
-    pub fn snapshot(&self) -> Vec<PeerStatus> {
-        self.board().map(|b| b.snapshot()).unwrap_or_default()
-    }
-
-    /// Every peer has been tried at least once (true without a speaker).
-    pub fn all_attempted(&self) -> bool {
-        self.board().is_none_or(|b| b.all_attempted())
-    }
-}
-
-/// The running task.
-pub struct Handle {
+/// The running merge task.
+pub struct OpenElbTask {
     reload: mpsc::UnboundedSender<Config>,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<(Option<Speaker>, Option<BgpConfig>)>,
+    task: JoinHandle<()>,
 }
 
-impl Handle {
+impl OpenElbTask {
     /// A reloaded config file (SIGHUP): merged again with the objects.
     pub fn reload(&self, cfg: Config) {
         let _ = self.reload.send(cfg);
     }
 
-    /// Stop, and take the speaker back (to shut it down) with the BGP
-    /// settings last applied to it.
-    pub async fn stop(self) -> (Option<Speaker>, Option<BgpConfig>) {
+    /// Stop, and wait for the task.
+    pub async fn stop(self) {
         let _ = self.stop.send(());
-        self.task.await.unwrap_or_default()
+        let _ = self.task.await;
     }
 }
 
@@ -226,11 +181,11 @@ pub fn gateway_name() -> String {
     }
 }
 
-pub fn spawn(ctx: Context) -> Handle {
+pub fn spawn(ctx: OpenElbSpawn) -> OpenElbTask {
     let (reload, reload_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = oneshot::channel();
     let task = tokio::spawn(run(ctx, reload_rx, stop_rx));
-    Handle { reload, stop, task }
+    OpenElbTask { reload, stop, task }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -254,15 +209,15 @@ impl Kind {
     }
 }
 
-/// Objects of one kind, absorbing relists.
+/// The objects of one kind as the watch last listed them, absorbing relists.
 #[derive(Default)]
-struct Store {
-    objects: BTreeMap<String, Object>,
-    relist: Option<BTreeMap<String, Object>>,
+struct ObjectCache {
+    objects: BTreeMap<String, OpenElbObject>,
+    relist: Option<BTreeMap<String, OpenElbObject>>,
     synced: bool,
 }
 
-impl Store {
+impl ObjectCache {
     /// Apply one watch event; true when the objects changed.
     fn apply(&mut self, ev: Event<DynamicObject>) -> bool {
         match ev {
@@ -271,7 +226,8 @@ impl Store {
                 false
             }
             Event::InitApply(o) => {
-                if let (Some(r), Some(o)) = (self.relist.as_mut(), Object::from_dynamic(&o)) {
+                if let (Some(r), Some(o)) = (self.relist.as_mut(), OpenElbObject::from_dynamic(&o))
+                {
                     r.insert(o.name.clone(), o);
                 }
                 false
@@ -283,7 +239,7 @@ impl Store {
                 self.synced = true;
                 changed
             }
-            Event::Apply(o) => match Object::from_dynamic(&o) {
+            Event::Apply(o) => match OpenElbObject::from_dynamic(&o) {
                 Some(o) => self.objects.insert(o.name.clone(), o.clone()) != Some(o),
                 None => false,
             },
@@ -311,16 +267,14 @@ type AppliedBgp = (
     BTreeMap<PathBuf, String>,
 );
 
-struct Task {
+/// The merge task's state: the objects, what was merged, sent and written.
+struct Reconciler {
     client: Client,
     file: Config,
-    speaker: Option<Speaker>,
-    /// The listener settings the running speaker started with.
-    speaker_listen: Option<(bool, u16, Vec<IpAddr>)>,
+    /// The merged BGP settings go here; the BGP owner task applies them.
+    bgp: watch::Sender<Option<EffectiveBgp>>,
     engine: mpsc::Sender<Input>,
-    desired: watch::Receiver<Arc<Desired>>,
-    metrics: Metrics,
-    stores: [Store; 3],
+    caches: [ObjectCache; 3],
     merged: Merged,
     /// Pools last sent to the engine, and BGP config last applied.
     sent_pools: Option<Vec<Pool>>,
@@ -335,33 +289,23 @@ struct Task {
     /// Status last written per (kind, name) with the status seen then: not
     /// written again until the watch shows a different status.
     written: BTreeMap<(Kind, String), (Value, Value)>,
-    /// A condition about the speaker for the BgpConf (restart needed...).
-    speaker_note: Option<String>,
-    board: BoardSlot,
-    /// Taken by the first speaker this task starts.
-    gr_marker_age: Option<Duration>,
+    board: StatusBoard,
     recorder: Recorder,
     gateway: String,
     password_dir: PathBuf,
 }
 
 async fn run(
-    ctx: Context,
+    ctx: OpenElbSpawn,
     mut reload: mpsc::UnboundedReceiver<Config>,
     mut stop: oneshot::Receiver<()>,
-) -> (Option<Speaker>, Option<BgpConfig>) {
+) {
     let mut streams = futures::stream::select_all([
         stream(&ctx.client, Kind::Eip).boxed(),
         stream(&ctx.client, Kind::Conf).boxed(),
         stream(&ctx.client, Kind::Peer).boxed(),
     ]);
-    let speaker_listen = ctx
-        .file
-        .bgp
-        .as_ref()
-        .filter(|_| ctx.speaker.is_some())
-        .map(|b| (b.listen, b.listen_port, b.listen_addresses.clone()));
-    let mut t = Task {
+    let mut t = Reconciler {
         recorder: Recorder::new(
             ctx.client.clone(),
             Reporter {
@@ -372,12 +316,9 @@ async fn run(
         password_dir: ctx.file.gateway.state_dir.join("openelb-peers"),
         client: ctx.client,
         file: ctx.file,
-        speaker: ctx.speaker,
-        speaker_listen,
+        bgp: ctx.bgp,
         engine: ctx.engine,
-        desired: ctx.desired,
-        metrics: ctx.metrics,
-        stores: Default::default(),
+        caches: Default::default(),
         merged: Merged::default(),
         sent_pools: None,
         applied_bgp: None,
@@ -386,9 +327,7 @@ async fn run(
         routes: BTreeMap::new(),
         reported: BTreeSet::new(),
         written: BTreeMap::new(),
-        speaker_note: None,
         board: ctx.board,
-        gr_marker_age: ctx.gr_marker_age,
         gateway: ctx.gateway,
     };
     let mut states = ctx.states;
@@ -403,7 +342,7 @@ async fn run(
             ev = streams.next() => {
                 let Some((kind, ev)) = ev else { break };
                 match ev {
-                    Ok(ev) => dirty = t.stores[kind as usize].apply(ev),
+                    Ok(ev) => dirty = t.caches[kind as usize].apply(ev),
                     Err(e) => warn!(
                         kind = kind.name(),
                         error = %e,
@@ -422,7 +361,7 @@ async fn run(
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }
-        if !t.stores.iter().all(|s| s.synced) {
+        if !t.caches.iter().all(|s| s.synced) {
             continue;
         }
         let states_now = states.borrow_and_update().clone();
@@ -456,7 +395,7 @@ async fn run(
             if let Some(tx) = pools_sent.take() {
                 info!(
                     pools = t.merged.pools.len(),
-                    eips = t.stores[Kind::Eip as usize].objects.len(),
+                    eips = t.caches[Kind::Eip as usize].objects.len(),
                     "pools from the config file and Eips sent"
                 );
                 let _ = tx.send(());
@@ -469,8 +408,6 @@ async fn run(
             _ = &mut stop => break,
         }
     }
-    let bgp = t.applied_bgp.and_then(|(b, _, _)| b);
-    (t.speaker, bgp)
 }
 
 /// `ip -o route get <IP>`: the interface the gateway reaches `ip` through.
@@ -509,12 +446,12 @@ fn write_password(path: &Path, password: &str) -> std::io::Result<()> {
     f.write_all(password.as_bytes())
 }
 
-impl Task {
+impl Reconciler {
     /// Merge again and hand what changed to the engine and the speaker.
     async fn apply(&mut self) {
         // Look up every `can_reach:` interface (the route may have moved).
         let mut routes = BTreeMap::new();
-        for o in self.stores[Kind::Eip as usize].objects.values() {
+        for o in self.caches[Kind::Eip as usize].objects.values() {
             let Ok(spec) = serde_json::from_value::<eip::EipSpec>(o.spec.clone()) else {
                 continue;
             };
@@ -532,9 +469,9 @@ impl Task {
                 router_id: self.file.gateway.router_id,
             },
             merge::Cluster {
-                eips: &self.stores[Kind::Eip as usize].objects,
-                confs: &self.stores[Kind::Conf as usize].objects,
-                peers: &self.stores[Kind::Peer as usize].objects,
+                eips: &self.caches[Kind::Eip as usize].objects,
+                confs: &self.caches[Kind::Conf as usize].objects,
+                peers: &self.caches[Kind::Peer as usize].objects,
                 draining: &self.draining,
                 routes: &self.routes,
                 password_dir: &self.password_dir,
@@ -592,75 +529,19 @@ impl Task {
             merged.passwords.clone(),
         );
         if self.applied_bgp.as_ref() != Some(&bgp) {
-            self.apply_bgp(&bgp.0, bgp.1.unwrap_or(self.file.gateway.router_id))
-                .await;
+            // A new password (same file) must reach the speaker too: publish
+            // even when the settings compare equal.
+            let router_id = bgp.1.unwrap_or(self.file.gateway.router_id);
+            self.bgp
+                .send_replace(bgp.0.clone().map(|bgp| EffectiveBgp { bgp, router_id }));
             self.applied_bgp = Some(bgp);
         }
         self.eip_pools = merge::eip_pools(&merged);
         self.merged = merged;
     }
 
-    async fn apply_bgp(&mut self, bgp: &Option<BgpConfig>, router_id: Ipv4Addr) {
-        self.speaker_note = None;
-        match (self.speaker.as_mut(), bgp) {
-            (Some(sp), Some(b)) => {
-                let listen = (b.listen, b.listen_port, b.listen_addresses.clone());
-                if self.speaker_listen.as_ref().is_some_and(|l| *l != listen) {
-                    let note =
-                        "listenPort / listenAddresses changes take effect when pier restarts"
-                            .to_string();
-                    warn!("{note}");
-                    self.speaker_note = Some(note);
-                }
-                if let Err(e) = sp.reconfigure(b, router_id).await {
-                    warn!("BGP peers not changed: {e}");
-                    self.speaker_note = Some(e.to_string());
-                }
-            }
-            (Some(sp), None) => {
-                // No AS any more: stop every session, keep the speaker.
-                if let Some(b) = self.applied_bgp.as_ref().and_then(|a| a.0.clone()) {
-                    let none = BgpConfig {
-                        peers: Vec::new(),
-                        ..b
-                    };
-                    let _ = sp.reconfigure(&none, router_id).await;
-                }
-            }
-            (None, Some(b)) => {
-                let restarting = restarting(b, self.gr_marker_age.take());
-                match Speaker::start(
-                    b,
-                    router_id,
-                    restarting,
-                    self.desired.clone(),
-                    Some(self.metrics.clone()),
-                )
-                .await
-                {
-                    Ok(sp) => {
-                        info!(
-                            asn = b.asn,
-                            peers = b.peers.len(),
-                            "BGP speaker started from BgpConf"
-                        );
-                        self.speaker_listen =
-                            Some((b.listen, b.listen_port, b.listen_addresses.clone()));
-                        self.board.set(sp.board());
-                        self.speaker = Some(sp);
-                    }
-                    Err(e) => {
-                        warn!("cannot start the BGP speaker: {e}");
-                        self.speaker_note = Some(format!("cannot start BGP: {e}"));
-                    }
-                }
-            }
-            (None, None) => {}
-        }
-    }
-
     async fn event(&self, kind: Kind, name: &str, type_: EventType, reason: &str, note: &str) {
-        let obj = self.stores[kind as usize].objects.get(name);
+        let obj = self.caches[kind as usize].objects.get(name);
         let reference = ObjectReference {
             api_version: Some(format!("{GROUP}/{VERSION}")),
             kind: Some(kind.name().into()),
@@ -690,7 +571,7 @@ impl Task {
     ) {
         let mut wanted: Vec<(Kind, String, Value, Value)> = Vec::new();
         if leader {
-            for (name, o) in &self.stores[Kind::Eip as usize].objects {
+            for (name, o) in &self.caches[Kind::Eip as usize].objects {
                 let verdict = self.merged.eips.get(name);
                 let st = match verdict {
                     Some(Verdict::Accepted { notes }) => {
@@ -707,15 +588,10 @@ impl Task {
                 let new = serde_json::to_value(st).unwrap_or_default();
                 wanted.push((Kind::Eip, name.clone(), o.status.clone(), new));
             }
-            for (name, o) in &self.stores[Kind::Conf as usize].objects {
+            for (name, o) in &self.caches[Kind::Conf as usize].objects {
                 let mut conds = conditions(self.merged.confs.get(name));
-                if let (Some(note), true) = (&self.speaker_note, name == "default") {
-                    conds.push(eip::Condition::new(
-                        "Speaker",
-                        false,
-                        "NotApplied",
-                        note.clone(),
-                    ));
+                if let (Some(note), true) = (self.board.note(), name == "default") {
+                    conds.push(eip::Condition::new("Speaker", false, "NotApplied", note));
                 }
                 let new = json!({"conditions": conds});
                 let cur =
@@ -723,12 +599,9 @@ impl Task {
                 wanted.push((Kind::Conf, name.clone(), cur, new));
             }
         }
-        let board: BTreeMap<IpAddr, peer::NodePeerStatus> = self
-            .speaker
-            .as_ref()
-            .map(|s| peer::by_address(&s.status()))
-            .unwrap_or_default();
-        for (name, o) in &self.stores[Kind::Peer as usize].objects {
+        let board: BTreeMap<IpAddr, peer::NodePeerStatus> =
+            peer::by_address(&self.board.snapshot());
+        for (name, o) in &self.caches[Kind::Peer as usize].objects {
             let mine = self
                 .merged
                 .peer_addresses
@@ -858,7 +731,7 @@ mod tests {
             o.data = json!({"spec": {"address": "10.0.0.1"}});
             o
         };
-        let mut s = Store::default();
+        let mut s = ObjectCache::default();
         assert!(!s.apply(Event::Init));
         assert!(!s.apply(Event::InitApply(obj("a"))));
         assert!(s.apply(Event::InitDone));
@@ -874,6 +747,7 @@ mod tests {
 
     #[test]
     fn restart_bit_within_the_restart_time_only() {
+        use crate::bgp::task::restarting;
         let spec = json!({"as": 1, "gracefulRestart": {"enabled": true, "restartTime": 60}});
         let (mut b, _) = peer::conf(&spec).unwrap();
         assert!(restarting(&b, Some(Duration::from_secs(5))));

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bgp::speaker::PeerStatus;
+use crate::bgp::PeerStatus;
 use crate::config::{BgpConfig, PeerConfig};
 use crate::model::Family;
 

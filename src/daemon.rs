@@ -1,0 +1,481 @@
+//! `pier run`: the daemon's wiring, in the order of the task diagram in
+//! `docs/architecture.md`: sources → engine → actuators.
+//!
+//! ```text
+//!  static config ─┐                                             ┌─► bgp::task    (speaker; config: watch<EffectiveBgp>)
+//!  kubernetes ────┤                                             ├─► route::task  (kernel routes, inet pier)
+//!  health probes ─┼─ Input (mpsc) ─► engine ── Desired (watch) ─┼─► arp::task    (ARP/NDP responder)
+//!  lease ─────────┤                    │                        └─► API views
+//!  SIGHUP ────────┘                    ├─ ServiceEvent (mpsc) ─► watch::status (Service status, Events)
+//!                                      ├─ ServiceState (watch) ─► watch::openelb (Eip/BgpPeer status)
+//!                                      └─ probe targets (watch) ─► health prober
+//! ```
+//!
+//! Each task owns its outside state and starts itself from the channels it
+//! is given; this file only creates the channels, starts the tasks, turns
+//! signals into inputs, and stops everything in order.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiContext, ApiError, SocketOptions};
+use crate::bgp::{self, speaker::BgpError, EffectiveBgp};
+use crate::config::{Config, KubernetesConfig, Shutdown};
+use crate::engine::{self, source, Engine, EngineError, EngineOutputs, EngineSettings, Input};
+use crate::metrics::Metrics;
+use crate::model::{Desired, NextHopMode, Origin, PoolMode};
+use crate::route::{self, RouteError};
+use crate::store::{SledStore, StoreError};
+use crate::watch::{self as kubewatch, openelb, WatchError};
+
+/// Why `pier run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Kubernetes(#[from] WatchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot load allocations: {0}")]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Bgp(#[from] BgpError),
+    #[error("cannot start the kernel route and nftables actuator: {0}")]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{key}: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("cannot handle signals: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("the engine stopped")]
+    EngineStopped,
+}
+
+/// Run until SIGTERM or SIGINT; SIGHUP reloads the config file at `path`.
+pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
+    // The Kubernetes API first: an unreachable server, a bad certificate or
+    // a missing RBAC verb stops pier here, with one clear message.
+    let kube = match &cfg.kubernetes {
+        Some(k) => {
+            let client = kubewatch::connect(k).await?;
+            kubewatch::preflight(&client, k).await?;
+            Some((client, k.clone()))
+        }
+        None => None,
+    };
+    let engine = open_engine(&cfg, kube.is_some())?;
+    let metrics = Metrics::new();
+
+    // Channels: inputs into the engine, what it publishes, and the stop.
+    let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
+    let (query_tx, query_rx) = mpsc::channel(64);
+    let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
+    let (targets_tx, targets_rx) = watch::channel(Default::default());
+    let (states_tx, states_rx) = watch::channel(Arc::new(Vec::new()));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Leadership of the lease; without Kubernetes this box always leads.
+    let (leader_tx, leader_rx) = watch::channel(kube.is_none());
+    // pier's effective BGP settings: from the file, or (kubernetes.crds)
+    // from the OpenELB merge task, which then alone publishes here.
+    let crds = kube.as_ref().is_some_and(|(_, k)| k.crds);
+    let (bgp_tx, bgp_rx) = watch::channel(effective_bgp(&cfg));
+    let keep_on_stop = cfg.gateway.shutdown == Shutdown::Keep;
+
+    // Actuators, each fed from Desired.
+    let bgp = bgp::spawn(bgp::BgpSpawn {
+        config: bgp_rx,
+        desired: desired_rx.clone(),
+        metrics: metrics.clone(),
+        state_dir: cfg.gateway.state_dir.clone(),
+        keep_on_stop,
+    })
+    .await?;
+    let board = bgp.board();
+    let l2_interfaces: Vec<String> = cfg
+        .pools
+        .iter()
+        .filter(|p| p.mode == PoolMode::L2)
+        .filter_map(|p| p.interface.clone())
+        .collect();
+    // Eip objects may bring `layer2` pools at any time; the responder opens
+    // nothing until a plan names an l2 VIP.
+    if !l2_interfaces.is_empty() || crds {
+        crate::arp::task::spawn(
+            Default::default(),
+            desired_rx.clone(),
+            leader_rx.clone(),
+            metrics.clone(),
+        );
+    }
+    let routes = route::task::spawn(route::task::RouteSpawn {
+        config: route::RouteConfig {
+            lan_interfaces: l2_interfaces,
+            sysctl: cfg.gateway.sysctl,
+            ..Default::default()
+        },
+        eager: cfg
+            .pools
+            .iter()
+            .any(|p| p.mode == PoolMode::L2 || p.next_hop == NextHopMode::Gateway),
+        may_forward_later: cfg.bgp.is_some() || crds,
+        keep_on_stop,
+        desired: desired_rx.clone(),
+        fallback: board.fallback(),
+        stop: stop_rx.clone(),
+    })
+    .await?;
+
+    // The local API and the metrics listener.
+    let api_ctx = ApiContext {
+        engine: query_tx,
+        metrics: metrics.clone(),
+        started: Instant::now(),
+        peers: board.clone(),
+        routes: routes.view.clone(),
+    };
+    let socket = api::bind_socket(&cfg.gateway.api_socket, &socket_options(&cfg)?)?;
+    let metrics_listener = api::bind_metrics(cfg.gateway.metrics_listen).await?;
+    tokio::spawn(api::serve_socket(socket, api_ctx.clone()));
+    tokio::spawn(api::serve_metrics(metrics_listener, api_ctx));
+
+    // The engine, and node health probes feeding it.
+    let engine_task = tokio::spawn(engine::run(
+        engine,
+        input_rx,
+        query_rx,
+        EngineOutputs {
+            desired: desired_tx,
+            probe_targets: targets_tx,
+            events: kube.as_ref().map(|_| events_tx),
+            states: states_tx,
+            metrics: metrics.clone(),
+        },
+    ));
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let prober = crate::health::Prober::spawn(cfg.health.clone(), targets_rx, health_tx);
+    let health_forward = {
+        let input_tx = input_tx.clone();
+        tokio::spawn(async move {
+            while let Some(view) = health_rx.recv().await {
+                if input_tx.send(Input::Health(view)).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
+
+    // Sources: static services, then Kubernetes.
+    for input in source::static_inputs(&cfg) {
+        input_tx
+            .send(input)
+            .await
+            .map_err(|_| DaemonError::EngineStopped)?;
+    }
+    let kubernetes = kube.map(|(client, k)| {
+        Kubernetes::spawn(
+            client,
+            &k,
+            &cfg,
+            KubernetesChannels {
+                input: input_tx.clone(),
+                events: events_rx,
+                states: states_rx,
+                leader: leader_rx,
+                leader_tx,
+                stop: stop_rx,
+                bgp: bgp_tx.clone(),
+                board: board.clone(),
+            },
+        )
+    });
+
+    // Signals.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut cfg = cfg;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => {
+                let Some(new) = reload(&path, &cfg) else { continue };
+                let merged = kubernetes.as_ref().and_then(|k| k.openelb.as_ref());
+                match merged {
+                    // The merge task sends the pools and publishes BGP.
+                    Some(openelb) => openelb.reload(new.clone()),
+                    None => {
+                        bgp_tx.send_if_modified(|b| {
+                            let wanted = effective_bgp(&new);
+                            let changed = *b != wanted;
+                            *b = wanted;
+                            changed
+                        });
+                    }
+                }
+                for input in reload_inputs(&cfg, &new)
+                    .into_iter()
+                    .filter(|i| merged.is_none() || !matches!(i, Input::Pools(_)))
+                {
+                    input_tx.send(input).await.map_err(|_| DaemonError::EngineStopped)?;
+                }
+                cfg = new;
+            }
+            changed = desired_rx.changed() => {
+                if changed.is_err() { break; }
+                let d = desired_rx.borrow_and_update().clone();
+                info!(generation = d.generation, vips = d.announcements.len(), "desired state published");
+            }
+        }
+    }
+
+    // Stop in order: the lease (another gateway takes over at once), the
+    // Kubernetes tasks, BGP (graceful or Cease), the data path, the engine.
+    stop_tx.send_replace(true);
+    if let Some(k) = kubernetes {
+        k.stop().await;
+    }
+    bgp.stop().await;
+    routes.finished().await;
+    // Every sender of engine inputs must go for the engine to finish.
+    drop(prober);
+    health_forward.abort();
+    drop(input_tx);
+    let _ = engine_task.await;
+    let _ = std::fs::remove_file(&cfg.gateway.api_socket);
+    info!("stopped");
+    Ok(())
+}
+
+/// The engine with the allocations of the store in `gateway.state_dir`.
+fn open_engine(cfg: &Config, kubernetes: bool) -> Result<Engine, DaemonError> {
+    let store = SledStore::open(&cfg.gateway.state_dir)?;
+    let mut sources: BTreeSet<Origin> = [Origin::Static].into();
+    if kubernetes {
+        sources.insert(Origin::Kubernetes);
+    }
+    let settings = EngineSettings {
+        sources,
+        kube_proxy_port: cfg.health.kube_proxy_port,
+        // With Kubernetes, the lease decides; static services need none.
+        leader: !kubernetes,
+    };
+    Ok(Engine::new(Box::new(store), cfg.pools.clone(), settings)?)
+}
+
+/// The file's BGP settings, as the BGP task takes them.
+fn effective_bgp(cfg: &Config) -> Option<EffectiveBgp> {
+    cfg.bgp.clone().map(|bgp| EffectiveBgp {
+        bgp,
+        router_id: cfg.gateway.router_id,
+    })
+}
+
+/// What the Kubernetes tasks read and write.
+struct KubernetesChannels {
+    input: mpsc::Sender<Input>,
+    events: mpsc::UnboundedReceiver<engine::ServiceEvent>,
+    states: watch::Receiver<Arc<Vec<engine::ServiceState>>>,
+    leader: watch::Receiver<bool>,
+    leader_tx: watch::Sender<bool>,
+    stop: watch::Receiver<bool>,
+    bgp: watch::Sender<Option<EffectiveBgp>>,
+    board: bgp::StatusBoard,
+}
+
+/// The Kubernetes source's tasks: watches, the status writer, the lease,
+/// and (with `kubernetes.crds`) the OpenELB merge.
+struct Kubernetes {
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    lease: tokio::task::JoinHandle<()>,
+    openelb: Option<openelb::OpenElbTask>,
+}
+
+impl Kubernetes {
+    fn spawn(client: Client, k: &KubernetesConfig, cfg: &Config, ch: KubernetesChannels) -> Self {
+        let id = kubewatch::lease::identity();
+        // Pools and peers from Eip/BgpConf/BgpPeer objects, merged with the
+        // file's; Services wait for the first merged pools (`gate`).
+        let mut gate = None;
+        let openelb = k.crds.then(|| {
+            let (tx, rx) = oneshot::channel();
+            gate = Some(rx);
+            openelb::spawn(openelb::OpenElbSpawn {
+                client: client.clone(),
+                file: cfg.clone(),
+                engine: ch.input.clone(),
+                states: ch.states.clone(),
+                leader: ch.leader.clone(),
+                bgp: ch.bgp,
+                board: ch.board,
+                pools_sent: tx,
+                gateway: openelb::gateway_name(),
+                instance: id.clone(),
+            })
+        });
+        let mut watches = vec![kubewatch::status::spawn(
+            client.clone(),
+            ch.events,
+            ch.leader,
+            id.clone(),
+        )];
+        let lease = tokio::spawn(kubewatch::lease::run(
+            client.clone(),
+            k.lease_namespace.clone(),
+            k.lease_name.clone(),
+            kubewatch::lease::Elector::new(
+                id,
+                Duration::from_secs(k.lease_duration_s.into()),
+                Duration::from_secs(k.lease_renew_s.into()),
+            ),
+            ch.input.clone(),
+            ch.leader_tx,
+            ch.stop,
+        ));
+        watches.extend(kubewatch::spawn(
+            client,
+            kubewatch::ClaimRule {
+                load_balancer_class: k.load_balancer_class.clone(),
+                claim_unclassed: k.claim_unclassed,
+            },
+            ch.input,
+            gate,
+        ));
+        Kubernetes {
+            watches,
+            lease,
+            openelb,
+        }
+    }
+
+    /// Give the lease up (the stop signal is sent), then stop the rest.
+    async fn stop(mut self) {
+        // A lease call hanging in an API outage must not keep the engine's
+        // input open (the engine ends when every sender is gone).
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.lease)
+            .await
+            .is_err()
+        {
+            self.lease.abort();
+        }
+        for t in &self.watches {
+            t.abort();
+        }
+        if let Some(o) = self.openelb {
+            o.stop().await;
+        }
+    }
+}
+
+fn socket_options(cfg: &Config) -> Result<SocketOptions, DaemonError> {
+    Ok(SocketOptions {
+        mode: cfg.gateway.api_socket_mode,
+        owner: match &cfg.gateway.api_socket_owner {
+            Some(name) => Some(user_id(name)?),
+            None => None,
+        },
+        group: match &cfg.gateway.api_socket_group {
+            Some(name) => Some(group_id(name)?),
+            None => None,
+        },
+    })
+}
+
+/// The numeric id of a group, by name.
+fn group_id(name: &str) -> Result<u32, DaemonError> {
+    let err = |message: String| DaemonError::Config {
+        key: "gateway.api_socket_group",
+        message,
+    };
+    let c = std::ffi::CString::new(name).map_err(|_| err("contains a NUL byte".into()))?;
+    // SAFETY: getgrnam reads a NUL-terminated string and returns a pointer to
+    // static storage (or NULL); we read one field before any other call.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        return Err(err(format!("no group named {name:?}")));
+    }
+    // SAFETY: non-null pointer from getgrnam, see above.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+/// The numeric id of a user, by name.
+fn user_id(name: &str) -> Result<u32, DaemonError> {
+    let err = |message: String| DaemonError::Config {
+        key: "gateway.api_socket_owner",
+        message,
+    };
+    let c = std::ffi::CString::new(name).map_err(|_| err("contains a NUL byte".into()))?;
+    // SAFETY: getpwnam reads a NUL-terminated string and returns a pointer to
+    // static storage (or NULL); we read one field before any other call.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(err(format!("no user named {name:?}")));
+    }
+    // SAFETY: non-null pointer from getpwnam, see above.
+    Ok(unsafe { (*pw).pw_uid })
+}
+
+/// Re-read the config; on errors keep the running one and log every error.
+fn reload(path: &Path, running: &Config) -> Option<Config> {
+    match Config::load(path) {
+        Ok(mut new) => {
+            // What the running tasks were started with stays as it is, so
+            // that shutdown and the data path agree with what runs.
+            for (section, changed) in [
+                ("[gateway]", new.gateway != running.gateway),
+                ("[kubernetes]", new.kubernetes != running.kubernetes),
+                ("[health]", new.health != running.health),
+            ] {
+                if changed {
+                    warn!(config = %path.display(), "SIGHUP: {section} changes need a restart; not applied");
+                }
+            }
+            new.gateway = running.gateway.clone();
+            new.kubernetes = running.kubernetes.clone();
+            new.health = running.health.clone();
+            if new.bgp.is_some() != running.bgp.is_some() {
+                warn!(config = %path.display(), "SIGHUP: adding or removing [bgp] needs a restart; BGP not changed");
+                new.bgp = running.bgp.clone();
+            }
+            info!(
+                config = %path.display(),
+                pools = new.pools.len(),
+                peers = new.bgp.as_ref().map_or(0, |b| b.peers.len()),
+                static_services = new.static_services.len(),
+                "SIGHUP: configuration reloaded"
+            );
+            Some(new)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                error!("{e}");
+            }
+            error!(
+                errors = errors.0.len(),
+                "SIGHUP: configuration has errors; keeping the running one"
+            );
+            None
+        }
+    }
+}
+
+fn reload_inputs(old: &Config, new: &Config) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    if old.pools != new.pools {
+        inputs.push(Input::Pools(new.pools.clone()));
+    }
+    if old.static_services != new.static_services {
+        inputs.push(Input::Resync(Origin::Static));
+        inputs.extend(source::static_inputs(new));
+    }
+    inputs
+}
