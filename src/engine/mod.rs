@@ -10,6 +10,16 @@
 //!
 //! `step` is synchronous and does no I/O besides the store, so the engine is
 //! tested with plain `#[test]`s and a [`crate::store::MemoryStore`].
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | [`Input`], [`Engine`] and its step: absorb inputs, allocate, persist, re-plan |
+//! | `plan.rs` | the pure planner: allocations → announcements |
+//! | `service_status.rs` | [`ServiceEvent`] (status requests and Events) and IPs adopted from Services' status |
+//! | `probes.rs` | which nodes the health prober probes |
+//! | `views.rs` | the local API's [`Query`] and the views it gets |
+//! | `run.rs` | the async task around the step |
+//! | `source.rs` | static services from the config file |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -26,7 +36,16 @@ use crate::model::{
 use crate::store::{AllocationStore, StoreBatch, StoreError};
 
 pub mod plan;
+mod probes;
+mod run;
+mod service_status;
 pub mod source;
+mod views;
+
+use probes::ProbeBook;
+pub use run::{release_free_memory, run, EngineOutputs};
+pub use service_status::ServiceEvent;
+pub use views::{EngineStatus, NodeState, PoolState, PoolUsageState, Query, ServiceState};
 
 pub use plan::{Planner, ProbeNeeds, Unannounced, World};
 
@@ -62,43 +81,6 @@ pub enum Input {
     Leader(bool),
 }
 
-/// What happened to a Service, for logs, Events and status.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ServiceEvent {
-    /// The Service now holds these IPs (durably).
-    Allocated {
-        service: ServiceKey,
-        ips: Vec<IpAddr>,
-    },
-    /// These IPs were given back.
-    Released {
-        service: ServiceKey,
-        ips: Vec<IpAddr>,
-    },
-    /// The Service stays pending (deduplicated: sent once per distinct reason).
-    Refused {
-        service: ServiceKey,
-        reason: Refusal,
-    },
-    /// An IP found in the Service's status could not be adopted.
-    AdoptConflict {
-        service: ServiceKey,
-        ip: IpAddr,
-        reason: Refusal,
-    },
-    /// The store could not be written; the change was undone and is retried.
-    StoreFailed { service: ServiceKey, error: String },
-    /// The leader wants `status.loadBalancer.ingress` to hold exactly these
-    /// IPs (primary family first); the Service's status differs.
-    StatusWanted {
-        service: ServiceKey,
-        ips: Vec<IpAddr>,
-    },
-    /// The Service is gone or no longer pier's (after its `Released`, if
-    /// it held IPs): what is remembered about it can go.
-    Gone { service: ServiceKey },
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
     /// Sources whose initial list must arrive before the first allocation.
@@ -107,68 +89,6 @@ pub struct EngineSettings {
     pub kube_proxy_port: u16,
     /// Start as leader (true when no lease is used).
     pub leader: bool,
-}
-
-/// A Service's state as the engine sees it, for the API.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ServiceState {
-    pub service: ServiceKey,
-    pub origin: Origin,
-    pub ips: Vec<IpAddr>,
-    /// Why it has no IP, or why an IP is not announced.
-    pub pending: Option<String>,
-}
-
-/// A question from the local API, answered between steps.
-#[derive(Debug)]
-pub enum Query {
-    Status(oneshot::Sender<EngineStatus>),
-    Services(oneshot::Sender<Vec<ServiceState>>),
-    Pools(oneshot::Sender<Vec<PoolState>>),
-    Nodes(oneshot::Sender<Vec<NodeState>>),
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct EngineStatus {
-    /// Every source delivered its initial list.
-    pub synced: bool,
-    pub leader: bool,
-    /// Generation of the last published plan.
-    pub generation: u64,
-    pub services: usize,
-    pub allocated: usize,
-    pub pending: usize,
-    pub vips_announced: usize,
-    pub vips_unannounced: usize,
-    pub nodes: usize,
-    pub pools: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PoolState {
-    pub pool: Pool,
-    pub usage: Vec<PoolUsageState>,
-    /// Allocations of this pool whose IP is no longer inside it.
-    pub orphans: Vec<Allocation>,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PoolUsageState {
-    pub family: crate::model::Family,
-    /// As a string: an IPv6 pool can hold more than JSON numbers carry.
-    pub total: String,
-    pub in_use: String,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct NodeState {
-    pub node: Node,
-    /// Why the node is not a next hop for Cluster VIPs, if it is not.
-    pub ineligible: Option<String>,
-    /// Probe targets on this node that are failing.
-    pub failing_probes: Vec<ProbeTarget>,
-    /// VIPs this node is a next hop of.
-    pub vips: usize,
 }
 
 /// The outcome of one [`Engine::step`].
@@ -304,157 +224,6 @@ impl Engine {
         self.pools.values()
     }
 
-    /// Every known Service with its IPs and, if any, why it is pending.
-    pub fn service_states(&self) -> Vec<ServiceState> {
-        self.services
-            .values()
-            .map(|s| {
-                let ips: Vec<IpAddr> = self
-                    .ipam
-                    .allocations_of(&s.key)
-                    .iter()
-                    .map(|a| a.ip)
-                    .collect();
-                let pending = self.refused.get(&s.key).map(|r| r.to_string()).or_else(|| {
-                    ips.iter()
-                        .find_map(|ip| self.unannounced.get(ip))
-                        .map(|u| u.to_string())
-                });
-                ServiceState {
-                    service: s.key.clone(),
-                    origin: s.origin,
-                    ips,
-                    pending,
-                }
-            })
-            .collect()
-    }
-
-    pub fn status(&self) -> EngineStatus {
-        let states = self.ipam_counts();
-        EngineStatus {
-            synced: self.synced(),
-            leader: self.settings.leader,
-            generation: self.desired.generation,
-            services: self.services.len(),
-            allocated: states.0,
-            pending: states.1,
-            vips_announced: self.desired.announcements.len(),
-            vips_unannounced: self.unannounced.len(),
-            nodes: self.nodes.len(),
-            pools: self.pools.len(),
-        }
-    }
-
-    /// (Services holding IPs, Services refused).
-    fn ipam_counts(&self) -> (usize, usize) {
-        let allocated = self
-            .services
-            .keys()
-            .filter(|k| !self.ipam.allocations_of(k).is_empty())
-            .count();
-        (allocated, self.refused.len())
-    }
-
-    pub fn pool_states(&self) -> Vec<PoolState> {
-        let orphans = self.ipam.orphans();
-        self.pools
-            .values()
-            .map(|p| PoolState {
-                pool: p.clone(),
-                usage: self
-                    .ipam
-                    .usage(&p.name)
-                    .into_iter()
-                    .map(|u| PoolUsageState {
-                        family: u.family,
-                        total: u.total.to_string(),
-                        in_use: u.in_use.to_string(),
-                    })
-                    .collect(),
-                orphans: orphans
-                    .iter()
-                    .filter(|a| a.pool == p.name)
-                    .cloned()
-                    .collect(),
-            })
-            .collect()
-    }
-
-    pub fn node_states(&self) -> Vec<NodeState> {
-        let mut vips: BTreeMap<&str, usize> = BTreeMap::new();
-        for a in &self.desired.announcements {
-            for h in a.next_hops.iter() {
-                *vips.entry(h.node.as_str()).or_default() += 1;
-            }
-        }
-        self.nodes
-            .values()
-            .map(|n| {
-                let failing: Vec<ProbeTarget> = self
-                    .health
-                    .down
-                    .iter()
-                    .filter(|t| {
-                        n.internal_ips.contains(&t.address) || n.external_ips.contains(&t.address)
-                    })
-                    .cloned()
-                    .collect();
-                let ineligible = if !n.ready {
-                    Some("not Ready".to_string())
-                } else if n.labels.contains_key(crate::model::EXCLUDE_FROM_LB_LABEL) {
-                    Some(format!("labelled {}", crate::model::EXCLUDE_FROM_LB_LABEL))
-                } else if failing.iter().any(|t| {
-                    t.path == plan::KUBE_PROXY_HEALTH_PATH
-                        && t.port == self.settings.kube_proxy_port
-                }) {
-                    Some("failing the kube-proxy health probe".to_string())
-                } else {
-                    None
-                };
-                NodeState {
-                    node: n.clone(),
-                    ineligible,
-                    failing_probes: failing,
-                    vips: vips.get(n.name.as_str()).copied().unwrap_or(0),
-                }
-            })
-            .collect()
-    }
-
-    /// Each node's health for `pier_node_healthy` and the node down/up
-    /// log lines: Kubernetes nodes by name (healthy = none of its probes
-    /// failing), addresses probed for static services by address.
-    pub fn node_health(&self) -> BTreeMap<String, bool> {
-        let mut out: BTreeMap<String, bool> = BTreeMap::new();
-        let mut covered: BTreeSet<IpAddr> = BTreeSet::new();
-        for n in self.nodes.values() {
-            let mut healthy = true;
-            for a in n.internal_ips.iter().chain(n.external_ips.iter()) {
-                covered.insert(*a);
-                healthy &= !self.health.down.iter().any(|t| t.address == *a);
-            }
-            out.insert(n.name.clone(), healthy);
-        }
-        for t in &self.probe_targets {
-            if !covered.contains(&t.address) {
-                let up = self.health.is_up(t);
-                *out.entry(t.address.to_string()).or_insert(true) &= up;
-            }
-        }
-        out
-    }
-
-    fn answer(&self, q: Query) {
-        // A caller that gave up is no error.
-        let _ = match q {
-            Query::Status(tx) => tx.send(self.status()).map_err(drop),
-            Query::Services(tx) => tx.send(self.service_states()).map_err(drop),
-            Query::Pools(tx) => tx.send(self.pool_states()).map_err(drop),
-            Query::Nodes(tx) => tx.send(self.node_states()).map_err(drop),
-        };
-    }
-
     /// Apply a batch of inputs. Deterministic for a given sequence.
     pub fn step(&mut self, inputs: Vec<Input>) -> Step {
         let mut dirty: BTreeSet<ServiceKey> = std::mem::take(&mut self.retry);
@@ -481,58 +250,6 @@ impl Engine {
         self.update_probes(replan_all, &touched, &dirty, &mut step);
         self.status_wanted(&touched, &dirty, &mut step);
         step
-    }
-
-    /// The leader asks for the status of every changed Kubernetes Service
-    /// whose `status.loadBalancer.ingress` differs from what it holds. A
-    /// Service holding nothing gets no request: a conflicting IP in its
-    /// status is reported, not cleared.
-    fn status_wanted(
-        &self,
-        touched: &BTreeSet<IpAddr>,
-        dirty: &BTreeSet<ServiceKey>,
-        step: &mut Step,
-    ) {
-        if !self.settings.leader {
-            return;
-        }
-        let mut keys: BTreeSet<&ServiceKey> = dirty.iter().collect();
-        for vip in touched {
-            if let Some(on_vip) = self.ipam.by_ip().get(vip) {
-                keys.extend(on_vip.iter().map(|a| &a.service));
-            }
-        }
-        for key in keys {
-            let Some(svc) = self.services.get(key) else {
-                continue;
-            };
-            if svc.origin != Origin::Kubernetes {
-                continue;
-            }
-            let held = self.ipam.allocations_of(key);
-            if held.is_empty() {
-                continue;
-            }
-            // Primary family first, as the Service lists its families.
-            let mut ips: Vec<IpAddr> = held.iter().map(|a| a.ip).collect();
-            ips.sort_by_key(|ip| {
-                let fam = Family::of(ip);
-                svc.ip_families
-                    .iter()
-                    .position(|f| *f == fam)
-                    .unwrap_or(usize::MAX)
-            });
-            let mut have = svc.status_ips.clone();
-            have.sort();
-            let mut want = ips.clone();
-            want.sort();
-            if have != want {
-                step.events.push(ServiceEvent::StatusWanted {
-                    service: key.clone(),
-                    ips,
-                });
-            }
-        }
     }
 
     fn absorb(
@@ -656,72 +373,6 @@ impl Engine {
         }
     }
 
-    /// Take IPs from Services' status that the ipam does not have yet.
-    fn adopt_status(&mut self, step: &mut Step) {
-        let mut batch = StoreBatch::default();
-        let services: Vec<Service> = self
-            .services
-            .values()
-            .filter(|s| !s.status_ips.is_empty())
-            .cloned()
-            .collect();
-        for svc in &services {
-            self.adopt_service(svc, &mut batch, step);
-        }
-        if let Err(e) = self.store.apply(&batch) {
-            error!(error = %e, "cannot persist IPs adopted from Service status; they stay adopted in memory and are retried");
-            self.retry
-                .extend(batch.put.iter().map(|a| a.service.clone()));
-        }
-    }
-
-    fn adopt_service(&mut self, svc: &Service, batch: &mut StoreBatch, step: &mut Step) {
-        let held: BTreeSet<IpAddr> = self
-            .ipam
-            .allocations_of(&svc.key)
-            .iter()
-            .map(|a| a.ip)
-            .collect();
-        let labels = self
-            .namespaces
-            .get(&svc.key.namespace)
-            .cloned()
-            .unwrap_or_default();
-        let sharing_key = request_for(svc, &labels)
-            .ok()
-            .and_then(|r| r.sharing_key.clone());
-        for ip in &svc.status_ips {
-            if held.contains(ip) {
-                continue;
-            }
-            let Some(pool) = self.pools.values().find(|p| p.contains(ip)) else {
-                // Not ours (another controller's IP, or a removed pool).
-                continue;
-            };
-            let a = Allocation {
-                service: svc.key.clone(),
-                ip: *ip,
-                pool: pool.name.clone(),
-                sharing_key: sharing_key.clone(),
-                ports: svc.ports.clone(),
-            };
-            match self.ipam.restore(a.clone()) {
-                Ok(()) => {
-                    info!(service = %svc.key, ip = %ip, "adopted IP from Service status");
-                    batch.put.push(a);
-                }
-                Err(reason) => {
-                    warn!(service = %svc.key, ip = %ip, %reason, "IP in Service status conflicts; left alone");
-                    step.events.push(ServiceEvent::AdoptConflict {
-                        service: svc.key.clone(),
-                        ip: *ip,
-                        reason,
-                    });
-                }
-            }
-        }
-    }
-
     /// The IPs whose holders may have changed for `key`, which held `old`
     /// before (the ipam's by-IP index is the planner's: nothing to copy).
     fn reindex(&self, key: &ServiceKey, old: &[Allocation]) -> Vec<IpAddr> {
@@ -729,39 +380,6 @@ impl Engine {
             .chain(self.ipam.allocations_of(key))
             .map(|a| a.ip)
             .collect()
-    }
-
-    /// Make a follower's allocations for `key` equal the IPs in its status
-    /// that lie in a pool. Returns whether anything changed.
-    fn mirror_status(
-        &mut self,
-        key: &ServiceKey,
-        held: &[Allocation],
-        batch: &mut StoreBatch,
-    ) -> bool {
-        let Some(svc) = self.services.get(key) else {
-            return false;
-        };
-        let mut want: Vec<IpAddr> = svc
-            .status_ips
-            .iter()
-            .filter(|ip| self.pools.values().any(|p| p.contains(ip)))
-            .copied()
-            .collect();
-        want.sort();
-        let mut have: Vec<IpAddr> = held.iter().map(|a| a.ip).collect();
-        have.sort();
-        if want == have {
-            return false;
-        }
-        let svc = svc.clone();
-        let released = self.ipam.release(key);
-        batch
-            .remove
-            .extend(released.iter().map(|a| (a.service.clone(), a.ip)));
-        let mut scratch = Step::default();
-        self.adopt_service(&svc, batch, &mut scratch);
-        true
     }
 
     /// Allocate or release for every dirty Service; persist in one batch.
@@ -1012,116 +630,6 @@ impl Engine {
             step.desired = Some(self.desired.clone());
         }
     }
-
-    /// Keep the probe targets current: only the Services whose share may
-    /// have changed are recomputed.
-    fn update_probes(
-        &mut self,
-        all: bool,
-        touched: &BTreeSet<IpAddr>,
-        dirty: &BTreeSet<ServiceKey>,
-        step: &mut Step,
-    ) {
-        let world = World {
-            services: &self.services,
-            nodes: &self.nodes,
-            endpoints: &self.endpoints,
-            pools: &self.pools,
-            health: &self.health,
-            kube_proxy_port: self.settings.kube_proxy_port,
-        };
-        let mut needs_changed = false;
-        if all {
-            self.probes = ProbeBook::default();
-            for key in self.services.keys() {
-                self.probes
-                    .update(&world, key, self.ipam.allocations_of(key));
-            }
-            needs_changed = true;
-        } else {
-            let mut keys: BTreeSet<&ServiceKey> = dirty.iter().collect();
-            for vip in touched {
-                if let Some(on_vip) = self.ipam.by_ip().get(vip) {
-                    keys.extend(on_vip.iter().map(|a| &a.service));
-                }
-            }
-            for key in keys {
-                let allocs = if self.services.contains_key(key) {
-                    self.ipam.allocations_of(key)
-                } else {
-                    &[]
-                };
-                needs_changed |= self.probes.update(&world, key, allocs);
-            }
-        }
-        if needs_changed {
-            let mut targets: BTreeSet<ProbeTarget> = self.probes.counts.keys().cloned().collect();
-            targets.extend(plan::cluster_probe_targets(
-                &world,
-                self.probes.cluster.keys(),
-            ));
-            if targets != self.probe_targets {
-                self.probe_targets = targets.clone();
-                step.probe_targets = Some(targets);
-            }
-        }
-    }
-}
-
-/// Each Service's share of the probe targets, with reference counts over
-/// all Services, so one Service's change costs only its own share.
-#[derive(Default)]
-struct ProbeBook {
-    needs: BTreeMap<ServiceKey, ProbeNeeds>,
-    counts: BTreeMap<ProbeTarget, usize>,
-    cluster: BTreeMap<(String, Family), usize>,
-}
-
-impl ProbeBook {
-    /// Recompute the share of the Service holding `allocs` (none when it
-    /// is gone); true when the union changed (a target or a (pool, family)
-    /// appeared or went away).
-    fn update(&mut self, world: &World<'_>, key: &ServiceKey, allocs: &[Allocation]) -> bool {
-        let new = if allocs.is_empty() {
-            ProbeNeeds::default()
-        } else {
-            plan::service_probe_needs(world, allocs)
-        };
-        let old = if new.is_empty() {
-            self.needs.remove(key).unwrap_or_default()
-        } else {
-            match self.needs.insert(key.clone(), new.clone()) {
-                Some(old) if old == new => return false,
-                old => old.unwrap_or_default(),
-            }
-        };
-        let targets = count_diff(&mut self.counts, &old.targets, &new.targets);
-        let cluster = count_diff(&mut self.cluster, &old.cluster, &new.cluster);
-        targets || cluster
-    }
-}
-
-/// Move reference counts from `old` to `new`; true when a key appeared or
-/// disappeared.
-/// Both are sorted without duplicates.
-fn count_diff<T: Ord + Clone>(counts: &mut BTreeMap<T, usize>, old: &[T], new: &[T]) -> bool {
-    let mut changed = false;
-    let has = |v: &[T], x: &T| v.binary_search(x).is_ok();
-    for gone in old.iter().filter(|x| !has(new, x)) {
-        if let Some(n) = counts.get_mut(gone) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(gone);
-                changed = true;
-            }
-        }
-    }
-    for came in new.iter().filter(|x| !has(old, x)) {
-        let n = counts.entry(came.clone()).or_insert(0);
-        *n += 1;
-        changed |= *n == 1;
-    }
-    changed
 }
 
 /// One log line per announced, changed or withdrawn VIP. Both lists are
@@ -1185,134 +693,13 @@ struct Batch {
     events: Vec<ServiceEvent>,
 }
 
-/// Handles to what the engine publishes.
-pub struct EngineOutputs {
-    pub desired: watch::Sender<Arc<Desired>>,
-    pub probe_targets: watch::Sender<BTreeSet<ProbeTarget>>,
-    /// Service events (for status and Events writers); dropped if nobody listens.
-    pub events: Option<mpsc::UnboundedSender<ServiceEvent>>,
-    /// Service states (IPs and pending reasons), republished after every
-    /// step that changed an allocation or a plan.
-    pub states: watch::Sender<Arc<Vec<ServiceState>>>,
-    pub metrics: crate::metrics::Metrics,
-}
-
 /// Most inputs taken in one step: enough to batch a full initial list into
 /// one store flush, few enough to keep latency bounded under a flood.
 const MAX_BATCH: usize = 65_536;
 
-/// The engine task: waits for inputs, applies them in batches, publishes,
-/// and answers queries between steps. Ends when every input sender is dropped.
-pub async fn run(
-    mut engine: Engine,
-    mut inputs: mpsc::Receiver<Input>,
-    mut queries: mpsc::Receiver<Query>,
-    out: EngineOutputs,
-) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut queries_open = true;
-    let mut node_health: BTreeMap<String, bool> = BTreeMap::new();
-    loop {
-        tokio::select! {
-            n = inputs.recv_many(&mut buf, MAX_BATCH) => {
-                if n == 0 {
-                    break;
-                }
-            }
-            q = queries.recv(), if queries_open => {
-                match q {
-                    Some(q) => engine.answer(q),
-                    None => queries_open = false,
-                }
-                continue;
-            }
-        }
-        let mut nodes_touched = buf.iter().any(|i| {
-            matches!(
-                i,
-                Input::Health(_) | Input::Node(_) | Input::NodeGone(_) | Input::Synced(_)
-            )
-        });
-        let started = std::time::Instant::now();
-        let large = buf.len() >= LARGE_STEP;
-        let step = engine.step(std::mem::take(&mut buf));
-        out.metrics
-            .reconcile_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let changed = step.desired.is_some() || !step.events.is_empty();
-        if let Some(d) = step.desired {
-            out.desired.send_replace(d);
-        }
-        if let Some(t) = step.probe_targets {
-            nodes_touched = true;
-            out.probe_targets.send_replace(t);
-        }
-        if engine.synced() && (changed || out.states.borrow().is_empty()) {
-            out.states.send_replace(Arc::new(engine.service_states()));
-            let (allocated, pending) = engine.ipam_counts();
-            out.metrics.set_services(allocated, pending);
-            out.metrics.clear_pools();
-            for p in engine.pools() {
-                for u in engine.ipam().usage(&p.name) {
-                    out.metrics
-                        .set_pool(&p.name, u.family.as_str(), u.total, u.in_use);
-                }
-            }
-        }
-        if engine.synced() && nodes_touched {
-            let now = engine.node_health();
-            for (node, healthy) in &now {
-                match node_health.get(node) {
-                    Some(was) if was == healthy => continue,
-                    None if *healthy => {}
-                    Some(_) | None => {
-                        if *healthy {
-                            info!(%node, "node up: passes its health probes again");
-                        } else {
-                            warn!(%node, "node down: failing its health probe; no longer a next hop");
-                        }
-                    }
-                }
-                out.metrics
-                    .node_healthy
-                    .get_or_create(&out.metrics.node(node))
-                    .set(i64::from(*healthy));
-            }
-            for gone in node_health.keys().filter(|n| !now.contains_key(*n)) {
-                out.metrics.node_healthy.remove(&out.metrics.node(gone));
-            }
-            node_health = now;
-        }
-        if let Some(tx) = &out.events {
-            for ev in step.events {
-                // Unbounded: status writes must not be lost; the writer
-                // coalesces them per Service.
-                if tx.send(ev).is_err() {
-                    debug!("service event dropped: writer gone");
-                }
-            }
-        }
-        if large {
-            release_free_memory();
-        }
-    }
-}
-
 /// Inputs in one step above which the step is large (an initial list, a
 /// relist): afterwards the memory its buffers took is given back.
 const LARGE_STEP: usize = 1_000;
-
-/// Give memory that is free inside the allocator back to the system.
-/// glibc keeps freed memory in its per-thread arenas; after a full sync
-/// (lists decoded on every worker thread, a store batch, thousands of
-/// status writes) that is tens of megabytes resident but unused.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 #[cfg(test)]
 mod tests;
