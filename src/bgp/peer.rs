@@ -13,12 +13,12 @@ use super::codec::{
     self, decode, describe_notification, encode, frame_len, AddPathMode, AfiSafi, Capability,
     Context, GracefulRestart, Message, Open, Update,
 };
+use super::error::BgpError;
 use super::fsm::{
     collision_keeps_local, notif, Action, Event, Fsm, FsmConfig, Notification, State,
 };
 use super::rib::{AdjRibOut, PeerView};
 use super::socket::{self, SocketOptions};
-use super::speaker::BgpError;
 use super::status::{PeerStatus, StatusBoard};
 use crate::config::{BgpConfig, PeerConfig};
 use crate::metrics::Metrics;

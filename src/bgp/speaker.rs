@@ -4,6 +4,7 @@
 //! The speaker is owned by one task, [`super::task`], which alone starts,
 //! reconfigures and stops it.
 
+pub use super::error::BgpError;
 use super::peer::{Command, PeerSettings, PeerTask};
 use super::socket;
 use super::status::{PeerStatus, StatusBoard};
@@ -17,28 +18,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-
-/// Errors starting the speaker.
-#[derive(Debug, thiserror::Error)]
-pub enum BgpError {
-    #[error("cannot listen for BGP on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("peer {peer}: cannot read password file {path}: {source}")]
-    Password {
-        peer: IpAddr,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("peer {peer}: cannot set TCP-MD5 on the listener {addr}: {source}")]
-    Md5 {
-        peer: IpAddr,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 struct Peer {
     settings: PeerSettings,
