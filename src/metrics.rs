@@ -1,6 +1,6 @@
 //! Prometheus metrics with the names docs/architecture.md ("Contracts") promises.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +16,21 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// `pier_errors_total{component,kind}`: errors counted where they are
+/// logged, by the error's `metric_label()`. Process-wide, unlike the rest:
+/// the tasks that meet these errors (ARP responder, route actuator, health
+/// prober) run apart from the engine and hold no [`Metrics`]; every
+/// `Metrics` registry exports this one family.
+static ERRORS: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
+
+/// Count one error of `kind` (its `metric_label()`) met by `component`
+/// (`arp`, `route`, `health`).
+pub fn count_error(component: &str, kind: &str) {
+    ERRORS
+        .get_or_create(&labels(&[("component", component), ("kind", kind)]))
+        .inc();
 }
 
 /// Every metric pier exports. Cheap to clone (all handles are shared).
@@ -108,6 +123,11 @@ impl Metrics {
             "Time the engine takes to apply one batch of changes",
             m.reconcile_seconds.clone(),
         );
+        r.register(
+            "pier_errors",
+            "Errors by component (arp, route, health) and kind, counted where they are logged",
+            ERRORS.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -193,5 +213,16 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn errors_are_counted_by_component_and_kind() {
+        let m = Metrics::new();
+        // A kind no error has, so no other test counts it.
+        count_error("route", "test_only");
+        count_error("route", "test_only");
+        let text = m.render();
+        let line = "pier_errors_total{component=\"route\",kind=\"test_only\"} 2";
+        assert!(text.contains(line), "missing {line} in\n{text}");
     }
 }

@@ -457,7 +457,8 @@ pub enum Origin {
 pub struct Service {
     pub key: ServiceKey,
     pub origin: Origin,
-    /// Annotations pier reads (pool, IP and sharing-key keys); others may be dropped.
+    /// Annotations pier reads (pool, IP and sharing-key keys); others may be
+    /// dropped. Static services use `static_request` instead.
     pub annotations: BTreeMap<String, String>,
     /// `spec.loadBalancerIP` (deprecated in Kubernetes, still honoured).
     pub load_balancer_ip: Option<String>,
@@ -478,6 +479,21 @@ pub struct Service {
     /// Static services: the port of the HTTP `/healthz` probe on each next
     /// hop (kube-proxy's by default); `None` = not probed.
     pub static_probe_port: Option<u16>,
+    /// Static services: the pool, IPs and sharing key they ask for, as
+    /// typed values. Kubernetes Services carry these as annotations instead
+    /// (`annotations`, read by src/ipam/request.rs); when this is set the
+    /// annotations are not read.
+    pub static_request: Option<StaticRequest>,
+}
+
+/// What a static service asks ipam for (a `[[static_services]]` entry,
+/// already validated by the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticRequest {
+    pub pool: String,
+    /// Requested IPs, at most one per family; empty = allocate from the pool.
+    pub ips: Vec<IpAddr>,
+    pub sharing_key: Option<String>,
 }
 
 impl Service {
@@ -497,6 +513,7 @@ impl Service {
             status_ips: Vec::new(),
             static_next_hops: None,
             static_probe_port: None,
+            static_request: None,
         }
     }
 }

@@ -101,6 +101,11 @@ impl ArpError {
             ArpError::Io { .. } => "io",
         }
     }
+
+    /// Count it in `pier_errors_total{component="arp"}`.
+    fn count(&self) {
+        crate::metrics::count_error("arp", self.metric_label());
+    }
 }
 
 /// Responder settings.
@@ -298,12 +303,14 @@ async fn run_interface(
                     Ok(()) => return,
                     Err(e) => {
                         Stats::bump(&stats.errors);
+                        e.count();
                         warn!(interface = %name, error = %e, "arp: reopening interface");
                     }
                 }
             }
             Err(e) => {
                 Stats::bump(&stats.errors);
+                e.count();
                 warn!(interface = %name, error = %e, "arp: cannot answer on interface; retrying");
             }
         }
@@ -395,6 +402,7 @@ impl Serving {
             if !want.contains_key(mac) {
                 if let Err(e) = self.nd.get_ref().leave(&self.name, self.link, *mac) {
                     Stats::bump(&stats.errors);
+                    e.count();
                     warn!(error = %e, "arp: leaving multicast group {mac}");
                 }
             }
@@ -403,6 +411,7 @@ impl Serving {
             if !self.groups.contains_key(mac) {
                 if let Err(e) = self.nd.get_ref().join(&self.name, self.link, *mac) {
                     Stats::bump(&stats.errors);
+                    e.count();
                     warn!(error = %e, "arp: joining multicast group {mac}");
                 }
             }
@@ -445,6 +454,7 @@ impl Serving {
                 Ok(None) => continue,
                 Err(e) => {
                     Stats::bump(&stats.malformed);
+                    e.count();
                     debug!(interface = %self.name, error = %e, "arp: dropped frame");
                     continue;
                 }

@@ -2,6 +2,8 @@
 //!
 //! [`Config::load`] reads a file and returns either a fully validated
 //! [`Config`] or *every* problem found, each naming file, line and key.
+//! `toml_reader.rs` reads TOML values with their positions and collects the
+//! problems; `schema/` holds pier's sections and keys and their checks.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,9 +13,10 @@ use serde::Serialize;
 
 use crate::model::{Family, Pool, PortSpec, ServiceKey};
 
-mod parse;
+mod schema;
+mod toml_reader;
 
-pub use parse::{ConfigError, ConfigErrors};
+pub use toml_reader::{ConfigError, ConfigErrors};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -191,10 +194,13 @@ impl Config {
 
     /// Parse and validate `text`, naming `path` in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        parse::parse(path, text)
+        schema::parse(path, text)
     }
 
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests;

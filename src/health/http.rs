@@ -40,6 +40,11 @@ impl ProbeError {
             ProbeError::BadPath { .. } => "bad_path",
         }
     }
+
+    /// Count it in `pier_errors_total{component="health"}`.
+    pub(super) fn count(&self) {
+        crate::metrics::count_error("health", self.metric_label());
+    }
 }
 
 /// Longest status line read before giving up on a response.

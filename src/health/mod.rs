@@ -169,6 +169,9 @@ async fn run(
                 if running.get(&target).map(|r| r.id) != Some(id) {
                     continue;
                 }
+                if let Err(e) = &outcome {
+                    e.count();
+                }
                 let change = verdicts.record(&target, outcome.is_ok());
                 match change {
                     Some(Verdict::Down) => match &outcome {

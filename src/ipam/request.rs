@@ -1,5 +1,7 @@
-//! What a Service asks for: pool, IPs, families, sharing key — read from
-//! pier's annotations, then the OpenELB/Porter and MetalLB ones and
+//! What a Service asks for: pool, IPs, families, sharing key. A static
+//! service carries its pool, IPs and sharing key typed
+//! (`Service::static_request`); a Kubernetes Service's are read from pier's
+//! annotations, then the OpenELB/Porter and MetalLB ones and
 //! `spec.loadBalancerIP`, so users can switch without editing Services.
 //!
 //! Precedence: pier's own key wins over every other source of the same
@@ -109,12 +111,16 @@ fn normalise(v: &str) -> Vec<&str> {
     parts
 }
 
-/// Read what `svc` asks for. `namespace_labels` are its namespace's labels
-/// (for pools with a `namespace_selector`).
-pub fn request_for(
-    svc: &Service,
-    namespace_labels: &BTreeMap<String, String>,
-) -> Result<Request, Refusal> {
+/// The pool, IPs and sharing key a Service asks for, before families.
+struct Asked {
+    pool: Option<String>,
+    ips: Vec<IpAddr>,
+    sharing_key: Option<String>,
+}
+
+/// What a Kubernetes Service asks for, read from its annotations and
+/// `spec.loadBalancerIP`.
+fn from_annotations(svc: &Service) -> Result<Asked, Refusal> {
     let pool = pick(svc, annotations::POOL, &annotations::POOL_COMPAT, None)?
         .map(|(key, v)| {
             let v = v.trim();
@@ -148,6 +154,32 @@ pub fn request_for(
     )?
     .map(|(_, v)| v.trim().to_string())
     .filter(|v| !v.is_empty());
+    Ok(Asked {
+        pool,
+        ips,
+        sharing_key,
+    })
+}
+
+/// Read what `svc` asks for: a static service's typed request as it is, a
+/// Kubernetes Service's from its annotations. `namespace_labels` are its
+/// namespace's labels (for pools with a `namespace_selector`).
+pub fn request_for(
+    svc: &Service,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Result<Request, Refusal> {
+    let Asked {
+        pool,
+        ips,
+        sharing_key,
+    } = match &svc.static_request {
+        Some(r) => Asked {
+            pool: Some(r.pool.clone()),
+            ips: r.ips.clone(),
+            sharing_key: r.sharing_key.clone(),
+        },
+        None => from_annotations(svc)?,
+    };
 
     let mut listed: Vec<Family> = Vec::new();
     for f in &svc.ip_families {
@@ -300,6 +332,31 @@ mod tests {
             let e = req(&svc(&[(annotations::IP, v)])).unwrap_err();
             assert!(matches!(e, Refusal::InvalidAnnotation { .. }), "{v:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_typed_request_is_taken_as_is_and_annotations_are_not_read() {
+        let mut s = svc(&[
+            (annotations::POOL, "from-annotation"),
+            (annotations::IP, "10.9.9.9"),
+            (annotations::SHARING_KEY, "other"),
+        ]);
+        s.ip_families = vec![Family::V4, Family::V6];
+        s.ip_family_policy = IpFamilyPolicy::RequireDualStack;
+        let ips: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+        s.static_request = Some(crate::model::StaticRequest {
+            pool: "typed".into(),
+            ips: ips.clone(),
+            sharing_key: Some("a,b".into()),
+        });
+        let r = req(&s).unwrap();
+        assert_eq!(r.pool.as_deref(), Some("typed"));
+        assert_eq!(r.ips, ips);
+        assert_eq!(r.sharing_key.as_deref(), Some("a,b"));
+        // The family checks apply to typed IPs too.
+        s.ip_families = vec![Family::V4];
+        s.ip_family_policy = IpFamilyPolicy::SingleStack;
+        assert!(req(&s).unwrap_err().to_string().contains("single-stack"));
     }
 
     #[test]

@@ -106,6 +106,11 @@ impl RouteError {
             RouteError::Sysctl { .. } => "sysctl",
         }
     }
+
+    /// Count it in `pier_errors_total{component="route"}`.
+    fn count(&self) {
+        crate::metrics::count_error("route", self.metric_label());
+    }
 }
 
 /// How the route actuator runs.
@@ -326,6 +331,7 @@ impl RouteActuator {
                 // One bad route (a next hop not on a connected subnet, say)
                 // must not hold up the others.
                 Err(e) => {
+                    e.count();
                     tracing::warn!(error = %e, "route change failed");
                     report.failed.push((op.dst(), e.to_string()));
                     continue;
@@ -368,7 +374,10 @@ impl RouteActuator {
                         tracing::info!(sysctl = %key, "set sysctl for forwarding");
                     }
                 }
-                Err(e) => tracing::warn!(interface = %name, "{e}"),
+                Err(e) => {
+                    e.count();
+                    tracing::warn!(interface = %name, "{e}")
+                }
             }
             self.redirects_checked.insert(name);
         }
@@ -411,7 +420,10 @@ impl RouteActuator {
                     "routes converged"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "route reconcile failed; will retry"),
+                Err(e) => {
+                    e.count();
+                    tracing::warn!(error = %e, "route reconcile failed; will retry")
+                }
             }
             // Wait for the next trigger.
             loop {
@@ -432,7 +444,10 @@ impl RouteActuator {
                     }
                     _ = tick.tick() => {
                         if self.events.is_none() {
-                            self.events = open_events().map_err(|e| tracing::warn!(error = %e, "route events")).ok();
+                            self.events = open_events().map_err(|e| {
+                                e.count();
+                                tracing::warn!(error = %e, "route events")
+                            }).ok();
                         }
                         repair = true;
                         break;

@@ -42,12 +42,43 @@ pub use convert::ClaimRule;
 pub enum WatchError {
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: String, message: String },
-    #[error("cannot {verb} {resource}: {message}")]
+    /// A call that failed: refused by the API server (`error` is then
+    /// `kube::Error::Api` with the status code and reason) or that did not
+    /// reach it (connection, TLS).
+    ///
+    /// `error` is kept for callers to match on but is not the `source()`:
+    /// the message already walks its chain ([`explain`]), and main prints
+    /// errors with their chain, which would say it twice.
+    #[error("cannot {verb} {resource}: {}{hint}", explain(.error))]
     Api {
         verb: &'static str,
         resource: String,
-        message: String,
+        error: kube::Error,
+        /// What to do, appended to the message (may be empty).
+        hint: &'static str,
     },
+    /// RBAC does not allow a write pier makes: a SelfSubjectAccessReview
+    /// answered `allowed: false`, with the authorizer's `reason` if any.
+    #[error("cannot {verb} {resource}: forbidden by RBAC (the API server's answer to a SelfSubjectAccessReview{}); see packaging/rbac.yaml", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Denied {
+        verb: &'static str,
+        resource: String,
+        reason: Option<String>,
+    },
+}
+
+impl WatchError {
+    /// The API server's answer (HTTP status code, reason, message) when it
+    /// refused a call.
+    pub fn api_status(&self) -> Option<&kube::core::Status> {
+        match self {
+            WatchError::Api {
+                error: kube::Error::Api(status),
+                ..
+            } => Some(status),
+            _ => None,
+        }
+    }
 }
 
 /// Make the client from the configured kubeconfig (and context).
@@ -105,11 +136,15 @@ pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), Wa
     where
         K: kube::Resource + Clone + DeserializeOwned + Debug,
     {
-        api.list(lp).await.map(|_| ()).map_err(|e| WatchError::Api {
-            verb: "list",
-            resource: resource.to_string(),
-            message: explain(&e),
-        })
+        api.list(lp)
+            .await
+            .map(|_| ())
+            .map_err(|error| WatchError::Api {
+                verb: "list",
+                resource: resource.to_string(),
+                error,
+                hint: "",
+            })
     }
     list(Api::<KService>::all(client.clone()), &lp, "services").await?;
     list(
@@ -124,8 +159,8 @@ pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), Wa
         for (kind, plural) in openelb::KINDS {
             let api: Api<kube::api::DynamicObject> =
                 Api::all_with(client.clone(), &openelb::api_resource(kind, plural));
-            if let Err(e) = api.list(&lp).await {
-                let hint = match &e {
+            if let Err(error) = api.list(&lp).await {
+                let hint = match &error {
                     kube::Error::Api(s) if s.code == 404 => {
                         " (kubernetes.crds = true needs the CRDs: kubectl apply -f packaging/crds/)"
                     }
@@ -134,7 +169,8 @@ pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), Wa
                 return Err(WatchError::Api {
                     verb: "list",
                     resource: format!("{plural}.{}", openelb::GROUP),
-                    message: format!("{}{hint}", explain(&e)),
+                    error,
+                    hint,
                 });
             }
         }
@@ -142,14 +178,15 @@ pub async fn preflight(client: &Client, cfg: &KubernetesConfig) -> Result<(), Wa
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease_namespace);
     let lease_exists = match leases.get_opt(&cfg.lease_name).await {
         Ok(l) => l.is_some(),
-        Err(e) => {
+        Err(error) => {
             return Err(WatchError::Api {
                 verb: "get",
                 resource: format!(
                     "leases.coordination.k8s.io {}/{}",
                     cfg.lease_namespace, cfg.lease_name
                 ),
-                message: explain(&e),
+                error,
+                hint: "",
             })
         }
     };
@@ -244,17 +281,10 @@ async fn can_write(
             Ok(r) => {
                 let status = r.status.unwrap_or_default();
                 if !status.allowed {
-                    let why = status
-                        .reason
-                        .filter(|r| !r.is_empty())
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default();
-                    return Err(WatchError::Api {
+                    return Err(WatchError::Denied {
                         verb: write.verb,
                         resource: write.describe(),
-                        message: format!(
-                            "forbidden by RBAC (the API server's answer to a SelfSubjectAccessReview{why}); see packaging/rbac.yaml"
-                        ),
+                        reason: status.reason.filter(|r| !r.is_empty()),
                     });
                 }
             }
@@ -444,4 +474,49 @@ pub fn spawn(
         let _ = tx.send(Input::Synced(Origin::Kubernetes)).await;
     }));
     handles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_call_keeps_the_api_status_and_says_what_to_do() {
+        let status =
+            kube::core::Status::failure("services is forbidden", "Forbidden").with_code(403);
+        let e = WatchError::Api {
+            verb: "list",
+            resource: "services".into(),
+            error: kube::Error::Api(status.boxed()),
+            hint: "",
+        };
+        assert!(matches!(e.api_status(), Some(s) if s.code == 403 && s.reason == "Forbidden"));
+        assert_eq!(
+            e.to_string(),
+            "cannot list services: forbidden by RBAC (services is forbidden); apply packaging/rbac.yaml and bind it to pier's identity"
+        );
+    }
+
+    #[test]
+    fn a_denied_write_names_verb_resource_and_reason() {
+        let e = WatchError::Denied {
+            verb: "patch",
+            resource: "services/status".into(),
+            reason: Some("no RBAC policy matched".into()),
+        };
+        assert_eq!(e.api_status(), None);
+        assert_eq!(
+            e.to_string(),
+            "cannot patch services/status: forbidden by RBAC (the API server's answer to a SelfSubjectAccessReview: no RBAC policy matched); see packaging/rbac.yaml"
+        );
+        let e = WatchError::Denied {
+            verb: "patch",
+            resource: "services/status".into(),
+            reason: None,
+        };
+        assert!(
+            e.to_string().contains("SelfSubjectAccessReview); see"),
+            "{e}"
+        );
+    }
 }

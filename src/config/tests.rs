@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::Protocol;
+use crate::model::{NextHopMode, PoolMode, Protocol};
 
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(Path::new("pier.toml"), text)

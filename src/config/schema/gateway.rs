@@ -1,0 +1,99 @@
+//! `[gateway]`: the gateway process itself.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use toml::de::DeTable;
+
+use crate::config::toml_reader::{Diagnostics, Section, Span};
+use crate::config::{GatewayConfig, LogFormat, Shutdown, SysctlMode};
+
+const GATEWAY: &[&str] = &[
+    "router_id",
+    "state_dir",
+    "api_socket",
+    "metrics_listen",
+    "api_socket_mode",
+    "api_socket_group",
+    "api_socket_owner",
+    "shutdown",
+    "sysctl",
+    "log_format",
+];
+
+pub(super) fn read(
+    diag: &mut Diagnostics<'_>,
+    t: &DeTable<'_>,
+    span: Span,
+) -> Option<GatewayConfig> {
+    let s = Section::new(diag, t, "gateway", span, GATEWAY);
+    let router_id = s.parsed(diag, "router_id", |v| {
+        v.parse::<Ipv4Addr>()
+            .map_err(|_| format!("{v:?} is not an IPv4 address (the BGP identifier is 32 bits)"))
+    });
+    if router_id.is_none() && s.raw("router_id").is_none() {
+        s.missing(diag, "router_id");
+    }
+    let path_of = |diag: &mut Diagnostics<'_>, name: &str, default: &str| -> PathBuf {
+        s.parsed(diag, name, |v| {
+            if v.starts_with('/') {
+                Ok(PathBuf::from(v))
+            } else {
+                Err(format!("{v:?} must be an absolute path"))
+            }
+        })
+        .map_or_else(|| PathBuf::from(default), |(p, _)| p)
+    };
+    let state_dir = path_of(diag, "state_dir", "/var/lib/pier");
+    let api_socket = path_of(diag, "api_socket", "/run/pier/pier.sock");
+    let metrics_listen = s
+        .parsed(diag, "metrics_listen", |v| {
+            v.parse::<SocketAddr>().map_err(|_| {
+                format!("{v:?} is not an address:port (e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")")
+            })
+        })
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 9469)), |(a, _)| a);
+    let api_socket_mode = s
+        .parsed(diag, "api_socket_mode", |v| {
+            u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| format!("{v:?} is not an octal file mode (e.g. \"0660\")"))
+        })
+        .map_or(0o660, |(m, _)| m);
+    let api_socket_group = s.str(diag, "api_socket_group").map(|(g, _)| g);
+    let api_socket_owner = s.str(diag, "api_socket_owner").map(|(u, _)| u);
+    let shutdown = s
+        .parsed(diag, "shutdown", |v| match v {
+            "withdraw" => Ok(Shutdown::Withdraw),
+            "keep" => Ok(Shutdown::Keep),
+            _ => Err(format!("{v:?}: expected \"withdraw\" or \"keep\"")),
+        })
+        .map_or(Shutdown::Withdraw, |(v, _)| v);
+    let sysctl = s
+        .parsed(diag, "sysctl", |v| match v {
+            "set" => Ok(SysctlMode::Set),
+            "check" => Ok(SysctlMode::Check),
+            _ => Err(format!("{v:?}: expected \"set\" or \"check\"")),
+        })
+        .map_or(SysctlMode::Set, |(v, _)| v);
+    let log_format = s
+        .parsed(diag, "log_format", |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{v:?}: expected \"text\" or \"json\"")),
+        })
+        .map_or(LogFormat::Text, |(v, _)| v);
+    Some(GatewayConfig {
+        router_id: router_id?.0,
+        state_dir,
+        api_socket,
+        metrics_listen,
+        api_socket_mode,
+        api_socket_group,
+        api_socket_owner,
+        shutdown,
+        sysctl,
+        log_format,
+    })
+}
