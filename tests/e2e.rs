@@ -594,3 +594,108 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
         }
     });
 }
+
+/// The counter `name{interface="eth0"}` on a gateway's `/metrics` (0 when
+/// absent).
+fn eth0_counter(e: &E2eLab, host: &str, name: &str) -> u64 {
+    let (_, metrics) = e.http_get(host, "/metrics");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{interface=\"eth0\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn l2_leader_cut_from_the_api_goes_silent_and_the_standby_takes_over() {
+    if !lab::prerequisites("e2e_l2_cut") {
+        return;
+    }
+    let mut e = E2eLab::new("ec", PIER, false, &["gw", "gw2"]);
+    let lease = (2, 1);
+    let cfg1 = e.gateway_config(&Gateway {
+        mode: "l2",
+        lease,
+        ..Gateway::default()
+    });
+    let leader = e.start_pier("gw", &cfg1);
+    e.create_service("lan", false, json!({}));
+    let vip = e.wait_status_ip("lan", &leader);
+    wait_for("the client served through the leader", PATIENCE, || {
+        e.request(&vip, 1000)
+    });
+    let cfg2 = e.gateway_config(&Gateway {
+        host: "gw2",
+        address: "10.0.0.3",
+        mode: "l2",
+        lease,
+        ..Gateway::default()
+    });
+    let standby = e.start_pier("gw2", &cfg2);
+    wait_for("the standby ready", PATIENCE, || {
+        match e.http_get("gw2", "/readyz") {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}\n{}", e.lab.log(&standby))),
+        }
+    });
+    assert_eq!(e.client_neighbour(&vip), Some(e.mac("gw")));
+
+    // The leader loses the API server only: its box, links and forwarding
+    // stay up.
+    e.lab.sh(
+        "gw",
+        "nft add table ip cut; \
+         nft add chain ip cut out '{ type filter hook output priority 0; }'; \
+         nft add rule ip cut out ip daddr 10.0.0.5 drop",
+    );
+    // The client keeps being served while the standby takes over and
+    // announces itself with gratuitous ARP.
+    let mut answers = Vec::new();
+    wait_for("the client moved to the standby", PATIENCE, || {
+        answers.extend(e.requests(&vip, 1));
+        match e.client_neighbour(&vip) {
+            Some(mac) if mac == e.mac("gw2") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(!answers.iter().any(|a| a == "FAIL"), "{answers:?}");
+    wait_for(
+        "gratuitous ARP from the standby",
+        PATIENCE,
+        || match eth0_counter(&e, "gw2", "pier_garp_sent_total") {
+            0 => Err(e.lab.log(&standby)),
+            n => Ok(n),
+        },
+    );
+    // The old leader is silent: fresh resolutions reach only the standby
+    // and its reply counter stands still.
+    wait_for(
+        "the old leader logs that it stopped answering",
+        PATIENCE,
+        || {
+            let log = e.lab.log(&leader);
+            if log.contains("stops answering ARP/NDP") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    // Counters reach /metrics once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = eth0_counter(&e, "gw", "pier_arp_replies_sent_total");
+    for _ in 0..3 {
+        e.lab.sh("c", "ip neigh flush dev eth0");
+        let a = e.requests(&vip, 2);
+        assert!(!a.iter().any(|x| x == "FAIL"), "{a:?}");
+        assert_eq!(e.client_neighbour(&vip), Some(e.mac("gw2")));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        eth0_counter(&e, "gw", "pier_arp_replies_sent_total"),
+        before,
+        "the old leader still answers ARP:\n{}",
+        e.lab.log(&leader)
+    );
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{ArpConfig, ArpResponder};
 use crate::metrics::Metrics;
@@ -32,15 +32,16 @@ pub fn spawn(
     tokio::spawn(feed(responder, desired, leader));
 }
 
-/// Feed the responder every plan, once this gateway has led.
+/// Feed the responder every plan while this gateway holds the lease.
 ///
-/// Two gateways with `l2` pools must not both answer for a VIP, so a
-/// standby (lease held by another gateway) stays silent, and starts
-/// answering, with gratuitous ARP, when it takes the lease. A gateway that
-/// loses the lease keeps answering: with the API server down nobody can
-/// hold the lease, and the data path must not depend on the API server; at
-/// worst (a gateway cut off from the API only) both answer, and both
-/// forward to the same nodes.
+/// Two gateways with `l2` pools must not both answer for a VIP: a standby
+/// (lease held by another gateway) stays silent and starts answering, with
+/// gratuitous ARP / unsolicited NA, when it takes the lease. A gateway that
+/// loses the lease goes silent at once. The lease task steps down before
+/// any other gateway may take over (`src/watch/lease.rs`), also when it is
+/// cut off from the API server, so two gateways never answer at once; the
+/// price is that with the API server unreachable for every gateway for
+/// longer than the lease, `l2` VIPs go unanswered (`docs/ha.md`).
 async fn feed(
     responder: Arc<ArpResponder>,
     mut desired: watch::Receiver<Arc<Desired>>,
@@ -49,9 +50,17 @@ async fn feed(
     let mut answering = false;
     let mut leader_open = true;
     loop {
-        if !answering && *leader.borrow_and_update() {
-            info!("l2: this gateway answers ARP/NDP for its VIPs from now on");
-            answering = true;
+        let leads = *leader.borrow_and_update();
+        if leads != answering {
+            if leads {
+                info!(
+                    "l2: this gateway holds the lease: it answers ARP/NDP for its VIPs from now on"
+                );
+            } else {
+                warn!("l2: this gateway no longer holds the lease: it stops answering ARP/NDP");
+                responder.update(&Desired::default());
+            }
+            answering = leads;
         }
         let d = desired.borrow_and_update().clone();
         if d.generation > 0 && answering {
@@ -59,8 +68,8 @@ async fn feed(
         }
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { break },
-            // The lease task ended: keep the current state.
-            changed = leader.changed(), if !answering && leader_open => leader_open = changed.is_ok(),
+            // The lease task ended (pier stops): keep the current state.
+            changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
         }
     }
 }

@@ -178,22 +178,30 @@ pub async fn run(
     let mut is_leader = false;
     loop {
         let now = start.elapsed();
-        match api.get_opt(&name).await {
-            Ok(current) => {
-                let obs = current.as_ref().map(observed);
-                if el.decide(obs.as_ref(), now) == Decision::Write {
-                    match write(&api, &name, current, &el).await {
-                        Ok(()) => el.wrote(start.elapsed()),
-                        Err(kube::Error::Api(s)) if s.code == 409 => {}
-                        Err(e) => {
-                            warn!(lease = %format!("{namespace}/{name}"), error = %super::explain(&e), "cannot write the lease")
+        // A call hanging on an unreachable API server must not hold up the
+        // step-down below: give each round at most one renew period.
+        let renew = el.renew;
+        let round = async {
+            match api.get_opt(&name).await {
+                Ok(current) => {
+                    let obs = current.as_ref().map(observed);
+                    if el.decide(obs.as_ref(), now) == Decision::Write {
+                        match write(&api, &name, current, &el).await {
+                            Ok(()) => el.wrote(start.elapsed()),
+                            Err(kube::Error::Api(s)) if s.code == 409 => {}
+                            Err(e) => {
+                                warn!(lease = %format!("{namespace}/{name}"), error = %super::explain(&e), "cannot write the lease")
+                            }
                         }
                     }
                 }
+                Err(e) => {
+                    warn!(lease = %format!("{namespace}/{name}"), error = %super::explain(&e), "cannot read the lease")
+                }
             }
-            Err(e) => {
-                warn!(lease = %format!("{namespace}/{name}"), error = %super::explain(&e), "cannot read the lease")
-            }
+        };
+        if tokio::time::timeout(renew, round).await.is_err() {
+            warn!(lease = %format!("{namespace}/{name}"), "the API server did not answer within {renew:?}");
         }
         let now_leading = el.leading(start.elapsed());
         if now_leading != is_leader {
@@ -201,7 +209,7 @@ pub async fn run(
             if is_leader {
                 info!(id = %el.id, "lease acquired: this gateway allocates and writes status");
             } else {
-                warn!(id = %el.id, "lease lost: writes stop; announcements continue");
+                warn!(id = %el.id, "lease lost: writes and ARP/NDP answers stop; BGP announcements continue");
             }
             leader.send_replace(is_leader);
             if engine.send(Input::Leader(is_leader)).await.is_err() {
