@@ -228,8 +228,9 @@ impl Session {
 
     /// Periodic transmission is allowed (§6.8.7, §6.6).
     fn periodic(&self) -> bool {
-        !self.remote_min_rx.is_zero()
-            && !(self.remote_demand && self.state == State::Up && self.remote_state == State::Up)
+        let remote_in_demand =
+            self.remote_demand && self.state == State::Up && self.remote_state == State::Up;
+        !self.remote_min_rx.is_zero() && !remote_in_demand
     }
 
     /// The next transmit time from `now`: the interval less 0–25 % jitter,

@@ -108,16 +108,26 @@ fn reception_checks_discard() {
         ("short", decode(&good[..23]), E::Short(23)),
         ("empty", decode(&[]), E::Short(0)),
         ("version 0", with(&|w| w[0] &= 0x1f), E::Version(0)),
-        ("version 2", with(&|w| w[0] = 0x40 | (w[0] & 0x1f)), E::Version(2)),
+        (
+            "version 2",
+            with(&|w| w[0] = 0x40 | (w[0] & 0x1f)),
+            E::Version(2),
+        ),
         (
             "length 23",
             with(&|w| w[3] = 23),
-            E::LengthTooSmall { length: 23, min: 24 },
+            E::LengthTooSmall {
+                length: 23,
+                min: 24,
+            },
         ),
         (
             "A bit, length 24",
             with(&|w| w[1] |= 0x04),
-            E::LengthTooSmall { length: 24, min: 26 },
+            E::LengthTooSmall {
+                length: 24,
+                min: 26,
+            },
         ),
         (
             "length beyond payload",
@@ -129,7 +139,11 @@ fn reception_checks_discard() {
         ),
         ("detect mult 0", with(&|w| w[2] = 0), E::ZeroDetectMult),
         ("multipoint", with(&|w| w[1] |= 0x01), E::Multipoint),
-        ("my discr 0", with(&|w| w[4..8].fill(0)), E::ZeroMyDiscriminator),
+        (
+            "my discr 0",
+            with(&|w| w[4..8].fill(0)),
+            E::ZeroMyDiscriminator,
+        ),
         (
             "your discr 0 in Up",
             with(&|w| w[8..12].fill(0)),
@@ -192,7 +206,13 @@ fn diag_codes_round_trip_and_name() {
 fn arb_packet() -> impl Strategy<Value = ControlPacket> {
     (
         (0u8..32, 0u8..4, any::<[bool; 4]>(), 1u8..=255),
-        (1u32.., any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (
+            1u32..,
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        ),
         proptest::option::of((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40))),
     )
         .prop_map(|((diag, st, b, mult), (my, your, tx, rx, echo), auth)| {
@@ -321,7 +341,11 @@ fn state_table_of_section_6_8_6() {
             _ => up_session(now),
         };
         assert_eq!(s.state(), local);
-        let your = if matches!(rx, Down | AdminDown) { 0 } else { LOCAL };
+        let your = if matches!(rx, Down | AdminDown) {
+            0
+        } else {
+            LOCAL
+        };
         let out = s.handle(Input::Received(remote(rx, your)), now + MS);
         assert_eq!(s.state(), want, "{local} + received {rx}");
         assert_eq!(s.status().local_diag, diag, "{local} + received {rx}");
@@ -517,7 +541,10 @@ fn timer_changes_while_up_wait_for_the_final() {
     );
     let p = sent(&out)[0];
     assert!(p.poll);
-    assert_eq!((p.desired_min_tx_us, p.required_min_rx_us), (600_000, 100_000));
+    assert_eq!(
+        (p.desired_min_tx_us, p.required_min_rx_us),
+        (600_000, 100_000)
+    );
     assert_eq!(s.tx_interval(), Duration::from_millis(300));
     assert_eq!(s.detection_time(), Duration::from_millis(900));
     s.handle(
@@ -557,7 +584,10 @@ fn admin_down_and_up() {
         vec![(State::Up, State::AdminDown, Diag::AdministrativelyDown)]
     );
     let p = sent(&out)[0];
-    assert_eq!((p.state, p.diag), (State::AdminDown, Diag::AdministrativelyDown));
+    assert_eq!(
+        (p.state, p.diag),
+        (State::AdminDown, Diag::AdministrativelyDown)
+    );
     // Received packets change nothing, transmission goes on.
     let out = s.handle(Input::Received(remote(State::Up, LOCAL)), t0 + MS);
     assert_eq!(out, vec![Output::Discarded(Discard::AdminDown)]);
