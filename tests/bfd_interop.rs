@@ -8,6 +8,7 @@
 //!   3. without the drop they come Up again;
 //!   4. removing pier's IPv4 session makes the router see it Down.
 //!
+//! Multihop (RFC 5883) through one forwarding namespace, with each router.
 //! And GTSM (RFC 5881 §5) against hand-made packets: one sent with TTL 64
 //! is ignored, one with TTL 255 is taken.
 
@@ -205,12 +206,8 @@ impl Router for Bird {
     }
 }
 
-#[test]
-fn bird_sessions_up_detection_and_admin_down() {
-    if !netlab::prerequisites("bfd_bird", &["ip", "bird", "birdc", "nft"]) {
-        return;
-    }
-    let mut lab = lan("fb");
+/// BIRD in "r" with `protocol bfd { BODY }`.
+fn start_bird(lab: &mut Lab, body: &str) {
     let dir = path_str(&lab.dir);
     let conf = lab.write(
         "bird.conf",
@@ -219,14 +216,7 @@ fn bird_sessions_up_detection_and_admin_down() {
 router id 10.0.0.1;
 protocol device {{ scan time 1; }}
 protocol bfd {{
-  interface "eth0" {{
-    min rx interval 100 ms;
-    min tx interval 100 ms;
-    idle tx interval 1000 ms;
-    multiplier 3;
-  }};
-  neighbor 10.0.0.2;
-  neighbor fd00::2;
+{body}
 }}
 "#
         ),
@@ -234,6 +224,25 @@ protocol bfd {{
     let sock = path_str(&lab.dir.join("bird.ctl"));
     let conf = path_str(&conf);
     lab.spawn("r", "bird", &["bird", "-f", "-c", &conf, "-s", &sock]);
+}
+
+#[test]
+fn bird_sessions_up_detection_and_admin_down() {
+    if !netlab::prerequisites("bfd_bird", &["ip", "bird", "birdc", "nft"]) {
+        return;
+    }
+    let mut lab = lan("fb");
+    start_bird(
+        &mut lab,
+        r#"  interface "eth0" {
+    min rx interval 100 ms;
+    min tx interval 100 ms;
+    idle tx interval 1000 ms;
+    multiplier 3;
+  };
+  neighbor 10.0.0.2;
+  neighbor fd00::2;"#,
+    );
     up_blackhole_up_remove(&lab, &Bird);
 }
 
@@ -268,12 +277,8 @@ fn vtysh(lab: &Lab, cmd: &str) -> String {
         .1
 }
 
-#[test]
-fn frr_sessions_up_detection_and_admin_down() {
-    if !netlab::prerequisites("bfd_frr", &["ip", "zebra", "bfdd", "vtysh", "nft"]) {
-        return;
-    }
-    let mut lab = lan("ff");
+/// zebra and bfdd in "r" with `bfd` block BODY.
+fn start_frr(lab: &mut Lab, body: &str) {
     let dir = path_str(&lab.dir);
     lab.write(
         "frr.conf",
@@ -283,16 +288,7 @@ hostname r
 log file {dir}/frr-log debugging
 !
 bfd
- peer 10.0.0.2
-  receive-interval 100
-  transmit-interval 100
-  detect-multiplier 3
- !
- peer fd00::2
-  receive-interval 100
-  transmit-interval 100
-  detect-multiplier 3
- !
+{body}
 !
 "#
         ),
@@ -327,7 +323,123 @@ bfd
     bfdd.extend(["--bfdctl".to_string(), format!("{dir}/bfdd.sock")]);
     let bfdd: Vec<&str> = bfdd.iter().map(|s| s.as_str()).collect();
     lab.spawn("r", "bfdd", &bfdd);
+}
+
+#[test]
+fn frr_sessions_up_detection_and_admin_down() {
+    if !netlab::prerequisites("bfd_frr", &["ip", "zebra", "bfdd", "vtysh", "nft"]) {
+        return;
+    }
+    let mut lab = lan("ff");
+    start_frr(
+        &mut lab,
+        r#" peer 10.0.0.2
+  receive-interval 100
+  transmit-interval 100
+  detect-multiplier 3
+ !
+ peer fd00::2
+  receive-interval 100
+  transmit-interval 100
+  detect-multiplier 3
+ !"#,
+    );
     up_blackhole_up_remove(&lab, &Frr);
+}
+
+/// pier in "gw" 10.1.0.2, a forwarding hop "m", the router "r" 10.2.0.2.
+fn routed(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    for h in ["gw", "m", "r"] {
+        lab.bare_host(h);
+    }
+    lab.link(
+        "gw",
+        "eth0",
+        &["10.1.0.2/24"],
+        "m",
+        "eth0",
+        &["10.1.0.1/24"],
+    );
+    lab.link("m", "eth1", &["10.2.0.1/24"], "r", "eth0", &["10.2.0.2/24"]);
+    lab.sh("gw", "ip route add default via 10.1.0.1");
+    lab.sh("r", "ip route add default via 10.2.0.1");
+    lab.sh("m", "sysctl -qw net.ipv4.ip_forward=1");
+    lab
+}
+
+/// RFC 5883 through one forwarding hop: pier with `hops` accepts the
+/// router's packets and comes Up; removed, the router sees Down.
+fn multihop_up(lab: &Lab, router: &dyn Router, hops: Hops) {
+    let name = router.name();
+    let context = || format!("{}\nrouter log:\n{}", router.dump(lab), lab.log(name));
+    lab.in_host("gw", || {
+        runtime().block_on(async {
+            let bfd = BfdHandle::spawn();
+            let p = BfdPeer {
+                peer: "10.2.0.2".parse().unwrap(),
+                local: Some("10.1.0.2".parse().unwrap()),
+                hops,
+            };
+            let mut st = bfd.add_session(p.clone(), timers()).await.unwrap();
+            let s = wait_state(
+                &mut st,
+                &format!("{name} multihop Up"),
+                |s| s.state == State::Up,
+                context,
+            )
+            .await;
+            eprintln!("{name} multihop: Up, {s:?}");
+            wait_router(&format!("{name} sees 10.1.0.2 Up"), || {
+                match router.session_state(lab, "10.1.0.2")? {
+                    s if s == "up" => Ok(()),
+                    s => Err(format!("{s}\n{}", context())),
+                }
+            })
+            .await;
+            bfd.remove_session(p).await.unwrap();
+            wait_router(&format!("{name} sees 10.1.0.2 Down"), || {
+                match router.session_state(lab, "10.1.0.2")? {
+                    s if s == "down" => Ok(()),
+                    s => Err(format!("{s}\n{}", context())),
+                }
+            })
+            .await;
+        })
+    });
+}
+
+#[test]
+fn frr_multihop_through_a_router() {
+    if !netlab::prerequisites("bfd_frr_multihop", &["ip", "zebra", "bfdd", "vtysh"]) {
+        return;
+    }
+    let mut lab = routed("fm");
+    start_frr(
+        &mut lab,
+        r#" peer 10.1.0.2 multihop local-address 10.2.0.2
+  receive-interval 100
+  transmit-interval 100
+ !"#,
+    );
+    // FRR sends with TTL 255: it arrives with 254.
+    multihop_up(&lab, &Frr, Hops::Multi(2));
+}
+
+#[test]
+fn bird_multihop_through_a_router() {
+    if !netlab::prerequisites("bfd_bird_multihop", &["ip", "bird", "birdc"]) {
+        return;
+    }
+    let mut lab = routed("bm");
+    start_bird(
+        &mut lab,
+        r#"  multihop { min rx interval 100 ms; min tx interval 100 ms; };
+  neighbor 10.1.0.2 local 10.2.0.2 multihop on;"#,
+    );
+    // BIRD sends multihop BFD with the system's default TTL (64), so no
+    // TTL check is possible: 255 hops accepts any TTL (docs/bfd.md).
+    multihop_up(&lab, &Bird, Hops::Multi(255));
 }
 
 /// A Control packet from the "router" 10.0.0.1 to pier's session.
