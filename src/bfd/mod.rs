@@ -42,7 +42,7 @@ pub use pier_bfd_wire::{Diag, State, Timers as BfdTimers};
 
 use pier_bfd_wire::{decode, encode, Input, Output, Session, MULTIHOP_PORT, SINGLE_HOP_PORT};
 use socket::Datagram;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -108,6 +108,16 @@ pub struct BfdState {
     pub last_down: Option<Diag>,
     /// How many times it left Up.
     pub downs: u64,
+}
+
+/// Timers from the per-peer config keys `bfd_min_rx_ms`, `bfd_min_tx_ms`,
+/// `bfd_multiplier` (defaults 300 / 300 / 3: `BfdTimers::default()`).
+pub fn timers_ms(min_rx_ms: u64, min_tx_ms: u64, multiplier: u8) -> BfdTimers {
+    BfdTimers {
+        desired_min_tx: Duration::from_millis(min_tx_ms),
+        required_min_rx: Duration::from_millis(min_rx_ms),
+        detect_mult: multiplier,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,8 +250,8 @@ impl Entry {
 struct Sessions {
     origin: Instant,
     by_discr: HashMap<u32, Entry>,
-    /// (family v6, multihop) → receive socket opened.
-    listening: HashMap<(bool, bool), ()>,
+    /// (family v6, multihop) of the receive sockets opened.
+    listening: HashSet<(bool, bool)>,
     datagrams: mpsc::Sender<(bool, Datagram)>,
 }
 
@@ -264,7 +274,7 @@ impl Sessions {
     /// Opens the receive socket for this family and hop kind, once.
     fn listen(&mut self, peer: &BfdPeer) -> Result<(), BfdError> {
         let key = (peer.peer.is_ipv6(), peer.multihop());
-        if self.listening.contains_key(&key) {
+        if self.listening.contains(&key) {
             return Ok(());
         }
         let sock = socket::listen(key.0, peer.port()).map_err(|source| BfdError::Socket {
@@ -293,7 +303,7 @@ impl Sessions {
                 }
             }
         });
-        self.listening.insert(key, ());
+        self.listening.insert(key);
         Ok(())
     }
 
@@ -481,7 +491,7 @@ async fn run(mut commands: mpsc::Receiver<Command>) {
     let mut s = Sessions {
         origin: Instant::now(),
         by_discr: HashMap::new(),
-        listening: HashMap::new(),
+        listening: HashSet::new(),
         datagrams: dtx,
     };
     loop {
@@ -510,5 +520,33 @@ async fn run(mut commands: mpsc::Receiver<Command>) {
     let discrs: Vec<u32> = s.by_discr.keys().copied().collect();
     for d in discrs {
         s.drive(d, Input::AdminDown, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_ttl_per_hop_kind() {
+        let p = |hops| BfdPeer {
+            peer: "10.0.0.1".parse().unwrap(),
+            local: None,
+            hops,
+        };
+        assert_eq!(p(Hops::Single).min_ttl(), 255);
+        assert_eq!(p(Hops::Multi(1)).min_ttl(), 255);
+        assert_eq!(p(Hops::Multi(2)).min_ttl(), 254);
+        assert_eq!(p(Hops::Multi(255)).min_ttl(), 1);
+        assert_eq!(p(Hops::Multi(0)).min_ttl(), 255);
+        assert_eq!(
+            (p(Hops::Single).port(), p(Hops::Multi(2)).port()),
+            (3784, 4784)
+        );
+    }
+
+    #[test]
+    fn timers_from_config_keys() {
+        assert_eq!(timers_ms(300, 300, 3), BfdTimers::default());
     }
 }
