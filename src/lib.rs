@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod arp;
+pub mod bfd;
 pub mod bgp;
 pub mod config;
 pub mod daemon;

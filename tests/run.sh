@@ -36,7 +36,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --qui
 # builds in seconds.
 (
     cd fuzz
-    for target in bgp_message bgp_open bgp_update; do
+    for target in bgp_message bgp_open bgp_update bfd_packet; do
         RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" -- \
             -max_total_time="$PIER_FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units)|ERROR|panicked" || true
         # A crash leaves an artifact: fail the run.
