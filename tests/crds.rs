@@ -1047,7 +1047,7 @@ async fn relists_and_api_restarts_change_nothing() {
     .await;
     // web's IPAllocated Event follows its status write.
     until("web's IPAllocated Event", || {
-        env.events("Service", "web", "IPAllocated").pop()
+        kube::events(&env.api, "IPAllocated", "web").pop()
     })
     .await;
     let writes = env.status_patches("eips", "e");
