@@ -91,8 +91,7 @@ async fn fast_until_down(rows: &mut Vec<Row>) {
     let (times, servers, _prober) =
         detection(cfg.clone(), 10, "127.0.3", Duration::from_millis(71)).await;
     rows.push(Row {
-        what: "interval 300 ms, fall 4: failure → down (fast interval 60 ms), 10 targets"
-            .into(),
+        what: "interval 300 ms, fall 4: failure → down (fast interval 60 ms), 10 targets".into(),
         value: spread(&times),
         expected: "0.18–0.48 s (at the interval: 0.9–1.2 s)".into(),
     });
@@ -100,7 +99,11 @@ async fn fast_until_down(rows: &mut Vec<Row>) {
     let start = Instant::now();
     tokio::time::sleep(WINDOW).await;
     let elapsed = start.elapsed();
-    let bad: u64 = servers.iter().map(|s| s.served("/healthz").bad).sum::<u64>() - bad0;
+    let bad: u64 = servers
+        .iter()
+        .map(|s| s.served("/healthz").bad)
+        .sum::<u64>()
+        - bad0;
     let most = elapsed.as_millis() as u64 / 300 + 1;
     rows.push(Row {
         what: format!("down targets, interval 300 ms: probes per target in {elapsed:.2?}"),

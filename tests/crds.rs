@@ -43,7 +43,8 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let api = kube::api_server(ServerOptions::default(), &["pier-system", "shop", "other"]).await;
+        let api =
+            kube::api_server(ServerOptions::default(), &["pier-system", "shop", "other"]).await;
         for crd in CustomResource::openelb() {
             api.register_crd(crd);
         }
@@ -782,7 +783,11 @@ passive = true
             .replace("passive = true", "passive = true\nhold_time = 30"),
     )
     .unwrap();
-    let reloads = || pier.log_text().matches("SIGHUP: configuration reloaded").count();
+    let reloads = || {
+        pier.log_text()
+            .matches("SIGHUP: configuration reloaded")
+            .count()
+    };
     pier.signal(libc::SIGHUP);
     until("the reload", || (reloads() == 1).then_some(())).await;
     env.patch(
@@ -885,7 +890,10 @@ async fn v1alpha1_objects_and_an_eip_deleted_while_in_use() {
         kube::pier_service(&env.socket(), "shop", "late").filter(|s| s["pending"].is_string())
     })
     .await;
-    assert!(late["ips"].as_array().is_some_and(|a| a.is_empty()), "{late}");
+    assert!(
+        late["ips"].as_array().is_some_and(|a| a.is_empty()),
+        "{late}"
+    );
     assert!(
         env.ips("shop", "late").is_empty(),
         "a deleted Eip gave a new IP"

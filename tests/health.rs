@@ -123,7 +123,10 @@ async fn removed_targets_are_no_longer_probed_and_leave_the_view() {
     // Once a is probed twice more (an interval: a probe of b in flight at
     // the removal has landed), count; then a is probed eight more times.
     let a_now = a.served("/healthz").total();
-    wait_until("a probed twice more", || a.served("/healthz").total() >= a_now + 2).await;
+    wait_until("a probed twice more", || {
+        a.served("/healthz").total() >= a_now + 2
+    })
+    .await;
     let b_then = b.served("/healthz").total();
     let a_then = a.served("/healthz").total();
     wait_until("a probed eight more times", || {
@@ -174,7 +177,10 @@ async fn one_probe_per_target_per_interval() {
         srv.served("/healthz").total() - h0,
         srv.served("/").total() - r0,
     );
-    assert!(h.abs_diff(r) <= 2, "/healthz {h}, / {r}: not one probe each per interval");
+    assert!(
+        h.abs_diff(r) <= 2,
+        "/healthz {h}, / {r}: not one probe each per interval"
+    );
 }
 
 /// A target that fails goes down after exactly `fall` failed probes (sent
@@ -232,7 +238,10 @@ async fn stops_when_the_engine_side_closes() {
     let (_other_tx, other_rx) = watch::channel(BTreeSet::from([other.target("/healthz")]));
     let (otx, _orx) = mpsc::unbounded_channel();
     let _other = Prober::spawn(cfg(), other_rx, otx);
-    wait_until("the other prober's probes", || other.served("/healthz").total() >= 2).await;
+    wait_until("the other prober's probes", || {
+        other.served("/healthz").total() >= 2
+    })
+    .await;
     let n = srv.served("/healthz").total();
     wait_until("five more", || other.served("/healthz").total() >= 7).await;
     assert_eq!(srv.served("/healthz").total(), n, "probes after stop");

@@ -254,9 +254,11 @@ async fn rotated_token_file_is_read_again() {
     std::fs::write(&token, "second").unwrap();
     api.set_bearer_token(Some("second".into()));
     api.create(lb("after")).unwrap();
-    until_within("after allocated with the rotated token", Duration::from_secs(120), || {
-        (!ips(&api, "after").is_empty()).then_some(())
-    })
+    until_within(
+        "after allocated with the rotated token",
+        Duration::from_secs(120),
+        || (!ips(&api, "after").is_empty()).then_some(()),
+    )
     .await;
     assert!(
         api.count_requests(|r| r.status == 401) >= 1,
@@ -298,9 +300,11 @@ async fn failing_watches_back_off_and_recover() {
     );
     api.allow_all();
     api.create(lb("second")).unwrap();
-    until_within("second allocated after the failures end", Duration::from_secs(60), || {
-        (!ips(&api, "second").is_empty()).then_some(())
-    })
+    until_within(
+        "second allocated after the failures end",
+        Duration::from_secs(60),
+        || (!ips(&api, "second").is_empty()).then_some(()),
+    )
     .await;
 }
 

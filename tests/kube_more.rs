@@ -392,8 +392,7 @@ async fn invalid_annotation_is_one_event_across_watch_restarts() {
         // pier is back on the Services (a new watch or list), then a
         // change pier does not care about re-sends the Service too.
         until("watching Services again", || {
-            (service_requests(&api, "watch") + service_requests(&api, "list") > seen)
-                .then_some(())
+            (service_requests(&api, "watch") + service_requests(&api, "list") > seen).then_some(())
         })
         .await;
         api.merge_patch(
@@ -608,7 +607,10 @@ async fn lease_renewal_denied_stops_status_writes() {
     // From here on another box may take over once the lease has run out
     // (by its renewTime and duration): this one must have stopped writing
     // by then.
-    until("the lease expired", || kube::lease_expired(&api).then_some(())).await;
+    until("the lease expired", || {
+        kube::lease_expired(&api).then_some(())
+    })
+    .await;
     api.create(lb("after", json!({}))).unwrap();
     // pier has seen the Service, and tried to renew once more.
     until("pier knows after", || {

@@ -273,7 +273,10 @@ fn unix_seconds(t: &str) -> Option<f64> {
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let mut c = time.split(':');
-    let (h, min) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?);
+    let (h, min) = (
+        c.next()?.parse::<i64>().ok()?,
+        c.next()?.parse::<i64>().ok()?,
+    );
     let s: f64 = c.next()?.parse().ok()?;
     // Days from the civil date (H. Hinnant's days_from_civil).
     let y = if m <= 2 { y - 1 } else { y };
@@ -285,4 +288,3 @@ fn unix_seconds(t: &str) -> Option<f64> {
     let days = era * 146_097 + doe - 719_468;
     Some((days * 86_400 + h * 3_600 + min * 60) as f64 + s)
 }
-
