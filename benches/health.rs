@@ -88,11 +88,11 @@ async fn fast_until_down(rows: &mut Vec<Row>) {
         ..HealthConfig::default()
     };
     // The prober keeps running: the down targets' probes are counted next.
-    let (times, servers, _prober) =
-        detection(cfg.clone(), 10, "127.0.3", Duration::from_millis(71)).await;
+    let d = detection(cfg.clone(), 10, "127.0.3", Duration::from_millis(71)).await;
+    let (times, servers) = (&d.times, &d.servers);
     rows.push(Row {
         what: "interval 300 ms, fall 4: failure → down (fast interval 60 ms), 10 targets".into(),
-        value: spread(&times),
+        value: spread(times),
         expected: "0.18–0.48 s (at the interval: 0.9–1.2 s)".into(),
     });
     let bad0: u64 = servers.iter().map(|s| s.served("/healthz").bad).sum();
@@ -112,20 +112,27 @@ async fn fast_until_down(rows: &mut Vec<Row>) {
     });
 }
 
+/// What [`detection`] measured, and the prober, still running.
+struct Detection {
+    /// From each failure to the view saying so, sorted.
+    times: Vec<Duration>,
+    servers: Arc<Vec<Server>>,
+    _running: (
+        Prober,
+        watch::Sender<BTreeSet<ProbeTarget>>,
+        mpsc::UnboundedReceiver<HealthView>,
+    ),
+}
+
 /// `n` targets on 127.x.y.1..n that start failing `gap` apart: the time
 /// from each failure to the view saying it is down, sorted.
-async fn detection(
-    cfg: HealthConfig,
-    n: usize,
-    net: &str,
-    gap: Duration,
-) -> (Vec<Duration>, Arc<Vec<Server>>, Prober) {
+async fn detection(cfg: HealthConfig, n: usize, net: &str, gap: Duration) -> Detection {
     let mut servers = Vec::new();
     for i in 0..n {
         servers.push(Server::start(&format!("{net}.{}", i + 1)).await);
     }
     let targets: BTreeSet<ProbeTarget> = servers.iter().map(|s| s.target("/healthz")).collect();
-    let (_tx, targets_rx) = watch::channel(targets);
+    let (targets_tx, targets_rx) = watch::channel(targets);
     let (vtx, mut rx) = mpsc::unbounded_channel();
     let prober = Prober::spawn(cfg, targets_rx, vtx);
     until(|| servers.iter().all(|s| s.served("/healthz").ok >= 1)).await;
@@ -156,7 +163,11 @@ async fn detection(
     }
     let mut times: Vec<Duration> = detected.into_values().collect();
     times.sort();
-    (times, servers, prober)
+    Detection {
+        times,
+        servers,
+        _running: (prober, targets_tx, rx),
+    }
 }
 
 fn spread(times: &[Duration]) -> String {
@@ -184,14 +195,13 @@ fn main() {
         probe_rate(&mut rows).await;
         fast_until_down(&mut rows).await;
         let cfg = HealthConfig::default();
-        let (times, _servers, _prober) =
-            detection(cfg.clone(), 20, "127.0.4", Duration::from_millis(37)).await;
+        let d = detection(cfg.clone(), 20, "127.0.4", Duration::from_millis(37)).await;
         rows.push(Row {
             what: format!(
                 "defaults (interval {} ms, fall {}): failure → down, 20 targets 37 ms apart",
                 cfg.interval_ms, cfg.fall
             ),
-            value: spread(&times),
+            value: spread(&d.times),
             expected: "0.2–0.7 s (src/health/mod.rs)".into(),
         });
         rows
