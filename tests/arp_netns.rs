@@ -9,12 +9,13 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "common/netlab.rs"]
 mod netlab;
 
 use netlab::{arp_ask as ask, arp_request, parse_mac, raw_arp_socket};
+use netlab::{in_ns, wait_until};
 use pier::arp::{ArpConfig, ArpResponder, Schedule};
 use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop};
 
@@ -22,26 +23,6 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 const MAC_A: &str = "02:00:5e:aa:00:01";
 const FAKE_MAC: &str = "02:00:5e:99:99:99";
-
-fn prerequisites() -> bool {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    if root && ip {
-        return true;
-    }
-    let why = if root {
-        "`ip` (iproute2) is missing"
-    } else {
-        "not root"
-    };
-    if ci {
-        panic!("arp_netns needs root and iproute2: {why}");
-    }
-    eprintln!("SKIP arp_netns: {why}");
-    false
-}
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -124,7 +105,7 @@ impl Lab {
         // Until the kernel's link watch marks both ends up (it can take a
         // second), the veth's queue drops what is sent.
         for (ns, dev) in [(&lab.a, &lab.va), (&lab.b, &lab.vb)] {
-            wait_for(&format!("{dev} up"), Duration::from_secs(5), || {
+            wait_until(&format!("{dev} up"), Duration::from_secs(5), || {
                 let out = ip(&["-j", "-n", ns, "link", "show", "dev", dev]);
                 out.contains("\"operstate\":\"UP\"")
             });
@@ -162,7 +143,7 @@ impl Lab {
     /// Send one UDP datagram from B to `addr`, which makes B's kernel
     /// resolve it (ARP request / neighbour solicitation).
     fn poke(&self, addr: IpAddr) {
-        in_netns(&self.b, move || {
+        in_ns(&self.b, move || {
             let bind: SocketAddr = if addr.is_ipv4() {
                 "0.0.0.0:0".parse().unwrap()
             } else {
@@ -186,17 +167,6 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
-}
-
-/// Run `f` on a thread that has entered network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        netlab::enter(&ns);
-        f()
-    })
-    .join()
-    .expect("netns thread")
 }
 
 /// The responder, running on its own thread (and tokio runtime) inside A.
@@ -270,17 +240,6 @@ fn desired(vips: &[(&str, &str)]) -> Desired {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(cond(), "timed out waiting for {what}");
-}
-
 fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -288,7 +247,7 @@ fn addr(s: &str) -> IpAddr {
 /// B's kernel gave up on `a` (FAILED) or never had an entry, and in no
 /// case holds A's MAC for it.
 fn wait_unanswered(lab: &Lab, a: IpAddr) {
-    wait_for(
+    wait_until(
         &format!("{a} to fail in b"),
         Duration::from_secs(10),
         || match lab.neigh(a) {
@@ -301,7 +260,7 @@ fn wait_unanswered(lab: &Lab, a: IpAddr) {
 
 #[test]
 fn resolves_owned_vips_only_and_stops_on_release() {
-    if !prerequisites() {
+    if !netlab::prerequisites("arp_netns", &["ip"]) {
         return;
     }
     let lab = Lab::new();
@@ -336,7 +295,7 @@ fn resolves_owned_vips_only_and_stops_on_release() {
         ("10.66.50.101", &other),
         ("fd66:50::101", &other),
     ]));
-    wait_for("responder serving", Duration::from_secs(5), || {
+    wait_until("responder serving", Duration::from_secs(5), || {
         let c = r.arp.counters();
         c.get(&lab.va).is_some_and(|c| c.serving) && c.get(&other).is_some_and(|c| c.serving)
     });
@@ -350,7 +309,7 @@ fn resolves_owned_vips_only_and_stops_on_release() {
     for a in [vip4, vip6, elsewhere4, elsewhere6, nobody4, nobody6] {
         lab.poke(a);
     }
-    wait_for("VIPs resolved in b", Duration::from_secs(5), || {
+    wait_until("VIPs resolved in b", Duration::from_secs(5), || {
         lab.lladdr(vip4).as_deref() == Some(MAC_A) && lab.lladdr(vip6).as_deref() == Some(MAC_A)
     });
     for a in [elsewhere4, elsewhere6, nobody4, nobody6] {
@@ -367,7 +326,7 @@ fn resolves_owned_vips_only_and_stops_on_release() {
     // Release the IPv6 VIP only: its group is left, B's new question about
     // it goes unanswered, the IPv4 VIP is still answered.
     r.arp.update(&desired(&[("10.66.50.100", &lab.va)]));
-    wait_for("solicited-node group left", Duration::from_secs(5), || {
+    wait_until("solicited-node group left", Duration::from_secs(5), || {
         !lab.multicast_a().contains("33:33:ff:00:01:00")
     });
     ip(&["-n", &lab.b, "neigh", "flush", "dev", &lab.vb]);
@@ -375,14 +334,14 @@ fn resolves_owned_vips_only_and_stops_on_release() {
     lab.poke(vip6);
     lab.poke(vip4);
     wait_unanswered(&lab, vip6);
-    wait_for("IPv4 VIP still answered", Duration::from_secs(5), || {
+    wait_until("IPv4 VIP still answered", Duration::from_secs(5), || {
         lab.lladdr(vip4).as_deref() == Some(MAC_A)
     });
 
     // Release everything: the interface is dropped, B gets no answer.
     r.arp.update(&desired(&[]));
     let replies = r.arp.counters()[&lab.va].replies;
-    wait_for("interface no longer served", Duration::from_secs(5), || {
+    wait_until("interface no longer served", Duration::from_secs(5), || {
         !r.arp.counters()[&lab.va].serving
     });
     ip(&["-n", &lab.b, "neigh", "flush", "dev", &lab.vb]);
@@ -393,7 +352,7 @@ fn resolves_owned_vips_only_and_stops_on_release() {
 
 #[test]
 fn takeover_is_announced_gratuitously() {
-    if !prerequisites() {
+    if !netlab::prerequisites("arp_netns", &["ip"]) {
         return;
     }
     let lab = Lab::new();
@@ -435,12 +394,12 @@ fn takeover_is_announced_gratuitously() {
         ("fd66:50::100", &lab.va),
     ]));
     // B sends nothing; only the announcements can teach it A's MAC.
-    wait_for(
+    wait_until(
         "gratuitous announcements learned by b",
         Duration::from_secs(5),
         || lab.lladdr(vip4).as_deref() == Some(MAC_A) && lab.lladdr(vip6).as_deref() == Some(MAC_A),
     );
-    wait_for("takeover burst sent", Duration::from_secs(5), || {
+    wait_until("takeover burst sent", Duration::from_secs(5), || {
         r.arp.counters()[&lab.va].gratuitous >= 4
     });
     let c = r.arp.counters()[&lab.va];
@@ -452,13 +411,13 @@ fn takeover_is_announced_gratuitously() {
 /// the responder's reply latency measured (printed, not asserted).
 #[test]
 fn arp_replies_are_exact_and_timed() {
-    if !prerequisites() {
+    if !netlab::prerequisites("arp_netns", &["ip"]) {
         return;
     }
     let lab = Lab::new();
     let r = Responder::start(&lab.a, ArpConfig::default());
     r.arp.update(&desired(&[("10.66.50.100", &lab.va)]));
-    wait_for("responder serving", Duration::from_secs(5), || {
+    wait_until("responder serving", Duration::from_secs(5), || {
         r.arp.counters().get(&lab.va).is_some_and(|c| c.serving)
     });
     let vb = lab.vb.clone();
@@ -467,7 +426,7 @@ fn arp_replies_are_exact_and_timed() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v[0]["address"].as_str().unwrap().to_string()
     });
-    let (latencies, unowned) = in_netns(&lab.b, move || {
+    let (latencies, unowned) = in_ns(&lab.b, move || {
         let fd = raw_arp_socket(&vb);
         let req = arp_request(mac_b, [10, 66, 50, 2], [10, 66, 50, 100]);
         let (reply, _) = ask(&fd, &req, [10, 66, 50, 100], Duration::from_secs(2))
@@ -493,7 +452,7 @@ fn arp_replies_are_exact_and_timed() {
     // The kernel answering for an address of its own, same path, same run.
     ip(&["-n", &lab.a, "addr", "add", "10.66.50.1/24", "dev", &lab.va]);
     let vb = lab.vb.clone();
-    let kernel = in_netns(&lab.b, move || {
+    let kernel = in_ns(&lab.b, move || {
         let fd = raw_arp_socket(&vb);
         let req = arp_request(mac_b, [10, 66, 50, 2], [10, 66, 50, 1]);
         (0..200)
@@ -528,7 +487,7 @@ fn arp_replies_are_exact_and_timed() {
 /// appears, and a changed MAC is picked up and announced.
 #[test]
 fn late_interface_and_mac_change_are_followed() {
-    if !prerequisites() {
+    if !netlab::prerequisites("arp_netns", &["ip"]) {
         return;
     }
     let lab = Lab::new();
@@ -546,7 +505,7 @@ fn late_interface_and_mac_change_are_followed() {
         },
     );
     r.arp.update(&desired(&[("10.66.60.100", &late)]));
-    wait_for(
+    wait_until(
         "open errors for the missing interface",
         Duration::from_secs(5),
         || {
@@ -565,11 +524,11 @@ fn late_interface_and_mac_change_are_followed() {
     ip(&["-n", &lab.b, "addr", "add", "10.66.60.2/24", "dev", &late_b]);
     ip(&["-n", &lab.b, "link", "set", &late_b, "up"]);
     sysctl(&lab.b, &format!("net.ipv4.neigh.{late_b}.locktime"), "0");
-    wait_for("late interface served", Duration::from_secs(5), || {
+    wait_until("late interface served", Duration::from_secs(5), || {
         r.arp.counters()[&late].serving
     });
     for (ns, dev) in [(&lab.a, &late), (&lab.b, &late_b)] {
-        wait_for(&format!("{dev} up"), Duration::from_secs(5), || {
+        wait_until(&format!("{dev} up"), Duration::from_secs(5), || {
             ip(&["-j", "-n", ns, "link", "show", "dev", dev]).contains("\"operstate\":\"UP\"")
         });
     }
@@ -584,7 +543,7 @@ fn late_interface_and_mac_change_are_followed() {
         })
     };
     lab.poke(vip);
-    wait_for(
+    wait_until(
         "VIP resolved on the late interface",
         Duration::from_secs(5),
         || neigh(&lab).as_deref() == Some(MAC_A),
@@ -595,7 +554,7 @@ fn late_interface_and_mac_change_are_followed() {
     ip(&["-n", &lab.a, "link", "set", &late, "address", NEW_MAC]);
     // B asks nothing: the responder notices the new MAC, reopens and
     // announces it, and B's existing entry follows.
-    wait_for("B learned the new MAC", Duration::from_secs(5), || {
+    wait_until("B learned the new MAC", Duration::from_secs(5), || {
         neigh(&lab).as_deref() == Some(NEW_MAC)
     });
     assert!(r.arp.counters()[&late].gratuitous > before);

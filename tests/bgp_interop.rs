@@ -299,7 +299,11 @@ router bgp 65000
     zebra.extend(common("zebra.pid"));
     let zebra: Vec<&str> = zebra.iter().map(|s| s.as_str()).collect();
     lab.spawn("r", "zebra", &zebra);
-    std::thread::sleep(Duration::from_millis(500));
+    // bgpd talks to zebra through its socket: wait until zebra listens.
+    let zserv = lab.dir.join("zserv.api");
+    wait_for("zebra's socket", Duration::from_secs(10), || {
+        zserv.exists().then_some(()).ok_or_else(|| lab.log("zebra"))
+    });
     let mut bgpd = vec!["/usr/lib/frr/bgpd".to_string()];
     bgpd.extend(common("bgpd.pid"));
     let bgpd: Vec<&str> = bgpd.iter().map(|s| s.as_str()).collect();
@@ -385,6 +389,21 @@ fn frr_ecmp_ipv4_ipv6_and_hold_timer() {
     );
 }
 
+/// The router's TcpExt TCPMD5Failure counter (its namespace's own).
+fn md5_failures(lab: &Lab) -> u64 {
+    let text = lab.sh("r", "cat /proc/net/netstat");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPMD5Failure")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn bird_established(lab: &Lab) -> bool {
     birdc(lab, "show protocols pier").contains("Established")
 }
@@ -411,7 +430,16 @@ fn bird_md5_four_octet_asn_and_router_restart() {
     };
     let cfg = pier_config(&lab, &opts);
     start_pier(&mut lab, &cfg);
-    std::thread::sleep(Duration::from_secs(4));
+    // pier's SYNs reach the router, whose kernel drops them: a wrong
+    // signature, counted, twice (a connect and a retry or retransmit).
+    wait_for(
+        "the router to drop pier's wrongly signed SYNs",
+        Duration::from_secs(30),
+        || match md5_failures(&lab) {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("TCPMD5Failure {n}")),
+        },
+    );
     assert!(
         !bird_established(&lab),
         "session up with a wrong TCP-MD5 password"
@@ -612,17 +640,29 @@ fn graceful_restart_keeps_traffic_flowing_while_pier_restarts() {
             (false, out) => Err(out),
         },
     );
-    // pier stops gracefully: no NOTIFICATION, the router keeps the paths.
+    // pier stops gracefully: no NOTIFICATION, the router keeps the paths,
+    // from the stop until the router has seen the session go down, and on.
     lab.stop("pier");
-    for _ in 0..6 {
+    let down_checked = |lab: &Lab| {
         assert_eq!(
-            kernel_gateways(&lab, "-4", "192.0.2.10"),
+            kernel_gateways(lab, "-4", "192.0.2.10"),
             three,
             "routes lost while pier was down"
         );
         let (ok, out) = lab.try_sh("c", "ping -c1 -W1 192.0.2.10");
         assert!(ok, "client lost the VIP while pier was down: {out}");
-        std::thread::sleep(Duration::from_millis(300));
+    };
+    wait_for(
+        "the router to see the session down",
+        Duration::from_secs(30),
+        || {
+            down_checked(&lab);
+            let p = birdc(&lab, "show protocols pier");
+            (!p.contains("Established")).then_some(()).ok_or(p)
+        },
+    );
+    for _ in 0..3 {
+        down_checked(&lab);
     }
     // pier comes back (Restart State bit set), sends the same paths and
     // End-of-RIB; the router never loses the route meanwhile.

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pier_testapi::{CustomResource, TestApiServer};
+use pier_testapi::{CustomResource, ServerOptions, TestApiServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +27,13 @@ const V1: &str = "network.kubesphere.io/v1alpha1";
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/kube.rs"]
+mod kube;
+#[path = "common/wait.rs"]
+mod wait;
 use daemon::Pier;
+use kube::{pool, PierConfig, POOL_V4};
+use wait::until;
 
 struct Env {
     api: TestApiServer,
@@ -37,53 +43,30 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let api = TestApiServer::start().await.unwrap();
+        let api =
+            kube::api_server(ServerOptions::default(), &["pier-system", "shop", "other"]).await;
         for crd in CustomResource::openelb() {
             api.register_crd(crd);
         }
-        for ns in ["pier-system", "shop", "other"] {
-            api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name": ns}}))
-                .unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let kc = dir.path().join("kubeconfig");
-        api.kubeconfig(&kc).unwrap();
+        let (dir, kc) = kube::workdir(&api);
         Env { api, dir, kc }
     }
 
+    /// `pier.toml`, its state in `state`, its socket `pier.sock`.
     fn config(&self, extra: &str) -> PathBuf {
-        let dir = self.dir.path();
-        let text = format!(
-            r#"[gateway]
-router_id = "10.66.0.2"
-state_dir = "{dir}/state"
-api_socket = "{dir}/pier.sock"
-metrics_listen = "127.0.0.1:0"
-
-[kubernetes]
-kubeconfig = "{kc}"
-claim_unclassed = true
-lease_namespace = "pier-system"
-lease_duration_s = 4
-lease_renew_s = 1
-crds = true
-
-[[pools]]
-name = "public"
-addresses = ["10.77.0.0/24"]
-auto_assign = false
-{extra}
-"#,
-            dir = dir.display(),
-            kc = self.kc.display(),
-        );
-        let path = dir.join("pier.toml");
-        std::fs::write(&path, text).unwrap();
-        path
+        PierConfig {
+            name: "pier",
+            state: Some("state"),
+            kubernetes: "crds = true\n",
+            pools: pool("public", &[POOL_V4], "auto_assign = false\n"),
+            extra,
+            ..Default::default()
+        }
+        .write(self.dir.path(), &self.kc)
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.path().join("pier.sock")
+        kube::socket(&self.dir.path().join("pier.toml"))
     }
 
     fn create(&self, api_version: &str, kind: &str, name: &str, spec: Value) {
@@ -106,13 +89,8 @@ auto_assign = false
 
     /// `pier pools --json`, by pool name.
     fn pools(&self) -> std::collections::BTreeMap<String, Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(["pools", "--json", "--socket"])
-            .arg(self.socket())
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v.as_array()
+        kube::cli_json(&self.socket(), "pools")
+            .as_array()
             .into_iter()
             .flatten()
             .filter_map(|p| Some((p["pool"]["name"].as_str()?.to_string(), p["pool"].clone())))
@@ -130,13 +108,7 @@ auto_assign = false
     }
 
     fn ips(&self, ns: &str, name: &str) -> Vec<String> {
-        self.api
-            .get("v1", "Service", Some(ns), name)
-            .and_then(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| i["ip"].as_str().map(String::from))
-            .collect()
+        kube::ips_in(&self.api, ns, name)
     }
 
     /// Events about one of the OpenELB objects.
@@ -156,17 +128,6 @@ auto_assign = false
         let path = format!("/apis/{V2}/{plural}/{name}/status");
         self.api
             .count_requests(|r| r.method == "PATCH" && r.path == path)
-    }
-}
-
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -355,9 +316,22 @@ async fn eips_become_pools_and_report_usage_conflicts_and_overlaps() {
     })
     .await;
 
-    // Status is written only when it changes: a quiet spell writes nothing.
+    // Status is written only when it changes: passes that write other
+    // Eips' status (a Service comes and goes in eip-l2, the default Eip)
+    // write nothing to eip-shop.
     let before = env.status_patches("eips", "eip-shop");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.service("other", "passing", json!({}), 80);
+    until("eip-l2 status with the passing Service", || {
+        (env.status("Eip", "eip-l2")["usage"] == 2).then_some(())
+    })
+    .await;
+    env.api
+        .delete("v1", "Service", Some("other"), "passing")
+        .unwrap();
+    until("eip-l2 status without it", || {
+        (env.status("Eip", "eip-l2")["usage"] == 1).then_some(())
+    })
+    .await;
     assert_eq!(
         env.status_patches("eips", "eip-shop"),
         before,
@@ -809,7 +783,13 @@ passive = true
             .replace("passive = true", "passive = true\nhold_time = 30"),
     )
     .unwrap();
+    let reloads = || {
+        pier.log_text()
+            .matches("SIGHUP: configuration reloaded")
+            .count()
+    };
     pier.signal(libc::SIGHUP);
+    until("the reload", || (reloads() == 1).then_some(())).await;
     env.patch(
         "BgpPeer",
         "extra",
@@ -820,7 +800,20 @@ passive = true
         "default",
         json!({"spec": {"routerId": "10.9.9.9"}}),
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A peer added after all that shows in its status once pier has
+    // handled everything before it.
+    env.create(
+        V2,
+        "BgpPeer",
+        "later",
+        json!({"conf": {"peerAs": 65006, "neighborAddress": "127.0.0.6"},
+        "transport": {"passiveMode": true}}),
+    );
+    until("the later peer's status", || {
+        let s = env.status("BgpPeer", "later");
+        (s["nodesPeerStatus"][&gw]["peerState"]["localAs"] == 64999).then_some(())
+    })
+    .await;
     for (kind, name) in [("BgpConf", "default"), ("BgpPeer", "same")] {
         let ev = env.events(kind, name, "ConfigConflict");
         assert_eq!(ev.len(), 1, "{ev:?}");
@@ -892,7 +885,15 @@ async fn v1alpha1_objects_and_an_eip_deleted_while_in_use() {
     })
     .await;
     env.service("shop", "late", pool, 81);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // pier has seen it, and says why it has no IP.
+    let late = until("late pending in pier's view", || {
+        kube::pier_service(&env.socket(), "shop", "late").filter(|s| s["pending"].is_string())
+    })
+    .await;
+    assert!(
+        late["ips"].as_array().is_some_and(|a| a.is_empty()),
+        "{late}"
+    );
     assert!(
         env.ips("shop", "late").is_empty(),
         "a deleted Eip gave a new IP"
@@ -1010,12 +1011,8 @@ fn crd_manifests_serve_both_versions_and_cel_checks_addresses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_crds_stop_pier_with_a_clear_message() {
-    let api = TestApiServer::start().await.unwrap();
-    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"pier-system"}}))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    api.kubeconfig(&kc).unwrap();
+    let api = kube::api_server(ServerOptions::default(), &["pier-system"]).await;
+    let (dir, kc) = kube::workdir(&api);
     let env = Env { api, dir, kc };
     let cfg = env.config("");
     let out = tokio::task::spawn_blocking(move || {
@@ -1056,18 +1053,35 @@ async fn relists_and_api_restarts_change_nothing() {
         (env.status("Eip", "e")["usage"] == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // web's IPAllocated Event follows its status write.
+    until("web's IPAllocated Event", || {
+        kube::events(&env.api, "IPAllocated", "web").pop()
+    })
+    .await;
     let writes = env.status_patches("eips", "e");
     let pools = env.pools();
     let log_mark = std::fs::read_to_string(&pier.log)
         .unwrap()
         .matches("pools changed")
         .count();
-    // Watches end, the server restarts, history is lost (410 → relist).
+    // Watches end, the server restarts, history is lost (410 → relist);
+    // each fault once pier watches the Eips again.
+    let eip_watches = || {
+        env.api
+            .count_requests(|r| r.verb == "watch" && r.path.ends_with("/eips") && r.status == 200)
+    };
+    let watches = eip_watches();
     env.api.drop_watches();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("the Eips watched again", || {
+        (eip_watches() > watches).then_some(())
+    })
+    .await;
+    let watches = eip_watches();
     env.api.restart();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("the Eips watched again after the restart", || {
+        (eip_watches() > watches).then_some(())
+    })
+    .await;
     env.api.compact();
     env.api.drop_watches();
     // Something new must come through after the relists.
@@ -1104,9 +1118,15 @@ async fn stops_promptly_while_the_api_server_hangs() {
     .await;
     // Every request now hangs (far longer than the test waits); a change
     // makes pier write the Eip's status.
+    let changes = || pier.log_text().matches("pools changed").count();
+    let before = changes();
     env.api.set_latency(Duration::from_secs(3600));
     env.patch("Eip", "e", json!({"spec": {"address": "10.89.0.0/29"}}));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // pier applies the change, and is then stuck in its API calls.
+    until("pier applies the change", || {
+        (changes() > before).then_some(())
+    })
+    .await;
     pier.signal(libc::SIGTERM);
     let exited = until("pier to exit after SIGTERM", || {
         pier.child.try_wait().ok().flatten()

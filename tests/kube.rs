@@ -6,104 +6,30 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/kube.rs"]
+mod kube;
 #[path = "common/rbac.rs"]
 mod rbac;
+#[path = "common/wait.rs"]
+mod wait;
 use daemon::Pier;
+use kube::{events, holder, ingress, ips, lb, pool, setup, status_writes, PierConfig, POOL_DUAL};
+use wait::until;
 
 use pier_testapi::{ServerOptions, TestApiServer};
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn config(dir: &Path, name: &str, kubeconfig: &Path, lease: (u32, u32)) -> PathBuf {
-    let state = dir.join(format!("state-{name}"));
-    let text = format!(
-        r#"[gateway]
-router_id = "10.66.0.2"
-state_dir = "{state}"
-api_socket = "{dir}/{name}.sock"
-metrics_listen = "127.0.0.1:0"
-
-[kubernetes]
-kubeconfig = "{kc}"
-load_balancer_class = "pier.io/gateway"
-claim_unclassed = true
-lease_namespace = "pier-system"
-lease_duration_s = {dur}
-lease_renew_s = {renew}
-
-[[pools]]
-name = "public"
-addresses = ["10.77.0.0/24", "fd66:0:0:77::/64"]
-"#,
-        state = state.display(),
-        dir = dir.display(),
-        kc = kubeconfig.display(),
-        dur = lease.0,
-        renew = lease.1,
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn setup(opts: ServerOptions) -> (TestApiServer, tempfile::TempDir, PathBuf) {
-    let api = TestApiServer::start_with(opts).await.unwrap();
-    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"pier-system"}}))
-        .unwrap();
-    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop"}}))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    api.kubeconfig(&kc).unwrap();
-    (api, dir, kc)
-}
-
-fn lb(name: &str, annotations: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    })
-}
-
-fn ingress(api: &TestApiServer, name: &str) -> Vec<Value> {
-    api.get("v1", "Service", Some("shop"), name)
-        .and_then(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn ips(api: &TestApiServer, name: &str) -> Vec<String> {
-    ingress(api, name)
-        .iter()
-        .filter_map(|i| i["ip"].as_str().map(String::from))
-        .collect()
-}
-
-/// Wait for a condition the daemon must bring about (generous bound: this
-/// checks behaviour, not speed).
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    PierConfig {
+        name,
+        lease,
+        pools: pool("public", POOL_DUAL, ""),
+        ..Default::default()
     }
-}
-
-fn events(api: &TestApiServer, reason: &str, name: &str) -> Vec<Value> {
-    api.list("events.k8s.io/v1", "Event", Some("shop"))
-        .into_iter()
-        .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name)
-        .collect()
-}
-
-fn status_writes(api: &TestApiServer) -> usize {
-    api.count_requests(|r| r.path.ends_with("/status") && r.method == "PATCH")
+    .write(dir, kubeconfig)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,9 +148,13 @@ async fn allocate_status_events_release_and_pending_reason() {
     })
     .await;
 
-    // packaging/rbac.yaml grants exactly what pier used (give the leader
-    // time to renew its lease once).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // packaging/rbac.yaml grants exactly what pier used (once the leader
+    // has renewed its lease: an update of the lease).
+    until("a lease renewal", || {
+        (api.count_requests(|r| r.verb == "update" && r.path.ends_with("/leases/pier")) >= 1)
+            .then_some(())
+    })
+    .await;
     // The OpenELB objects' verbs are checked by tests/crds.rs (crds = true).
     let granted: std::collections::BTreeSet<_> = rbac::grants()
         .into_iter()
@@ -258,15 +188,39 @@ async fn restart_lost_store_and_relist_keep_every_ip() {
     })
     .await;
 
-    // A relist after 410 Gone changes nothing: no status write.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A relist after 410 Gone changes nothing: no status write. Counted
+    // from when every IPAllocated Event is there (they follow the status
+    // writes), up to when a Service created after the relist has its IP
+    // (pier handles the relist before it).
+    until("20 IPAllocated events", || {
+        (0..20)
+            .all(|i| !events(&api, "IPAllocated", &format!("s{i:02}")).is_empty())
+            .then_some(())
+    })
+    .await;
     let writes = status_writes(&api);
+    let lists = api.count_requests(|r| r.verb == "list" && r.path.ends_with("/services"));
     api.compact();
     api.drop_watches();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until("the relist", || {
+        (api.count_requests(|r| r.verb == "list" && r.path.ends_with("/services")) > lists)
+            .then_some(())
+    })
+    .await;
+    api.create(lb("marker", json!({}))).unwrap();
+    until("a Service created after the relist allocated", || {
+        (!ips(&api, "marker").is_empty()).then_some(())
+    })
+    .await;
     let relists = api.count_requests(|r| r.verb == "list" && r.path.ends_with("/services"));
     assert!(relists >= 2, "the watch should have listed again");
-    assert_eq!(status_writes(&api), writes, "a relist wrote status");
+    let marker =
+        api.count_requests(|r| r.path == kube::status_path("marker") && r.method == "PATCH");
+    assert_eq!(
+        status_writes(&api) - marker,
+        writes,
+        "a relist wrote status"
+    );
 
     // SIGKILL, lose the store entirely, restart: the IPs come back from
     // the Services' status, none moves.
@@ -298,15 +252,6 @@ async fn second_gateway_takes_over_when_the_leader_dies() {
     })
     .await;
     let b = Pier::start(&config(dir.path(), "b", &kc, (2, 1)));
-    let holder = |api: &TestApiServer| {
-        api.get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            Some("pier-system"),
-            "pier",
-        )
-        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
-    };
     let first = until("a lease holder", || holder(&api)).await;
     assert!(
         first.ends_with(&format!("_{}", a.child.id())),

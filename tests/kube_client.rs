@@ -5,83 +5,42 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pier_testapi::{ServerOptions, TestApiServer};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/kube.rs"]
+mod kube;
+#[path = "common/wait.rs"]
+mod wait;
 use daemon::Pier;
+use kube::{ips, PierConfig};
+use wait::{until, until_within};
 
 fn config(dir: &Path, name: &str, kubeconfig: &Path, context: Option<&str>) -> PathBuf {
-    let state = dir.join(format!("state-{name}"));
-    let context = context
-        .map(|c| format!("context = \"{c}\"\n"))
-        .unwrap_or_default();
-    let text = format!(
-        r#"[gateway]
-router_id = "10.66.0.2"
-state_dir = "{state}"
-api_socket = "{dir}/{name}.sock"
-metrics_listen = "127.0.0.1:0"
-
-[kubernetes]
-kubeconfig = "{kc}"
-{context}load_balancer_class = "pier.io/gateway"
-claim_unclassed = true
-lease_namespace = "pier-system"
-lease_duration_s = 4
-lease_renew_s = 1
-
-[[pools]]
-name = "public"
-addresses = ["10.77.0.0/24"]
-"#,
-        state = state.display(),
-        dir = dir.display(),
-        kc = kubeconfig.display(),
+    let kubernetes = format!(
+        "{}load_balancer_class = \"pier.io/gateway\"\n",
+        context
+            .map(|c| format!("context = \"{c}\"\n"))
+            .unwrap_or_default()
     );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    PierConfig {
+        name,
+        kubernetes: &kubernetes,
+        ..Default::default()
+    }
+    .write(dir, kubeconfig)
 }
 
 async fn server(opts: ServerOptions) -> TestApiServer {
-    let api = TestApiServer::start_with(opts).await.unwrap();
-    for ns in ["pier-system", "shop"] {
-        api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name": ns}}))
-            .unwrap();
-    }
-    api
+    kube::api_server(opts, &["pier-system", kube::SHOP]).await
 }
 
-fn lb(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    })
-}
-
-fn ips(api: &TestApiServer, name: &str) -> Vec<String> {
-    api.get("v1", "Service", Some("shop"), name)
-        .and_then(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|i| i["ip"].as_str().map(String::from))
-        .collect()
-}
-
-async fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn lb(name: &str) -> serde_json::Value {
+    kube::lb(name, json!({}))
 }
 
 /// pier serves a Service through this kubeconfig.
@@ -89,7 +48,7 @@ async fn works(api: &TestApiServer, dir: &Path, name: &str, kc: &Path, context: 
     let _pier = Pier::start(&config(dir, name, kc, context));
     let svc = format!("svc-{name}");
     api.create(lb(&svc)).unwrap();
-    until(&format!("{svc} allocated through {name}"), 30, || {
+    until(&format!("{svc} allocated through {name}"), || {
         (!ips(api, &svc).is_empty()).then_some(())
     })
     .await;
@@ -288,16 +247,18 @@ async fn rotated_token_file_is_read_again() {
     );
     let _pier = Pier::start(&config(dir.path(), "tf", &kc, None));
     api.create(lb("before")).unwrap();
-    until("before allocated", 30, || {
+    until("before allocated", || {
         (!ips(&api, "before").is_empty()).then_some(())
     })
     .await;
     std::fs::write(&token, "second").unwrap();
     api.set_bearer_token(Some("second".into()));
     api.create(lb("after")).unwrap();
-    until("after allocated with the rotated token", 120, || {
-        (!ips(&api, "after").is_empty()).then_some(())
-    })
+    until_within(
+        "after allocated with the rotated token",
+        Duration::from_secs(120),
+        || (!ips(&api, "after").is_empty()).then_some(()),
+    )
     .await;
     assert!(
         api.count_requests(|r| r.status == 401) >= 1,
@@ -315,7 +276,7 @@ async fn failing_watches_back_off_and_recover() {
     api.kubeconfig(&kc).unwrap();
     let _pier = Pier::start(&config(dir.path(), "a", &kc, None));
     api.create(lb("first")).unwrap();
-    until("first allocated", 30, || {
+    until("first allocated", || {
         (!ips(&api, "first").is_empty()).then_some(())
     })
     .await;
@@ -324,18 +285,26 @@ async fn failing_watches_back_off_and_recover() {
     api.fail_next("list", "services", 500, 1_000_000);
     api.fail_next("watch", "services", 500, 1_000_000);
     api.drop_watches();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // pier's lease renewals (one a second, lease_renew_s = 1) are the
+    // clock: while it renews four times, a watch that backs off tries a
+    // few times, one that retries in a loop hundreds of times.
+    until("four lease renewals", || {
+        (kube::lease_requests(&api, "PUT", 200) >= 4).then_some(())
+    })
+    .await;
     let tries = api.count_requests(|r| r.path == "/api/v1/services" && r.status == 500);
     assert!(tries >= 1, "pier should have tried again");
     assert!(
         tries <= 20,
-        "{tries} attempts in 4 s: the watch retries without backing off"
+        "{tries} attempts during four lease renewals (4 s): the watch retries without backing off"
     );
     api.allow_all();
     api.create(lb("second")).unwrap();
-    until("second allocated after the failures end", 60, || {
-        (!ips(&api, "second").is_empty()).then_some(())
-    })
+    until_within(
+        "second allocated after the failures end",
+        Duration::from_secs(60),
+        || (!ips(&api, "second").is_empty()).then_some(()),
+    )
     .await;
 }
 
@@ -350,7 +319,7 @@ async fn access_reviews_refused_is_a_warning_not_a_stop() {
     api.deny("create", "selfsubjectaccessreviews.authorization.k8s.io");
     let pier = Pier::start(&config(dir.path(), "a", &kc, None));
     api.create(lb("web")).unwrap();
-    until("web allocated", 30, || {
+    until("web allocated", || {
         (!ips(&api, "web").is_empty()).then_some(())
     })
     .await;

@@ -15,123 +15,31 @@ use serde_json::{json, Value};
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/kube.rs"]
+mod kube;
+#[path = "common/wait.rs"]
+mod wait;
 use daemon::Pier;
+use kube::{
+    events, holder, ingress, ips, lb, lb_ports, pier_service, pool, service_requests, socket,
+    status_path, status_writes_to, PierConfig, POOL_DUAL,
+};
+use wait::until;
 
-fn config(dir: &Path, name: &str, kubeconfig: &Path, lease: (u32, u32), pools: &str) -> PathBuf {
-    let state = dir.join(format!("state-{name}"));
-    let text = format!(
-        r#"[gateway]
-router_id = "10.66.0.2"
-state_dir = "{state}"
-api_socket = "{dir}/{name}.sock"
-metrics_listen = "127.0.0.1:0"
-
-[kubernetes]
-kubeconfig = "{kc}"
-load_balancer_class = "pier.io/gateway"
-claim_unclassed = true
-lease_namespace = "pier-system"
-lease_duration_s = {dur}
-lease_renew_s = {renew}
-
-[[pools]]
-name = "public"
-addresses = [{pools}]
-"#,
-        state = state.display(),
-        dir = dir.display(),
-        kc = kubeconfig.display(),
-        dur = lease.0,
-        renew = lease.1,
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+fn config(dir: &Path, name: &str, kubeconfig: &Path, lease: (u32, u32), pools: &[&str]) -> PathBuf {
+    PierConfig {
+        name,
+        lease,
+        pools: pool("public", pools, ""),
+        ..Default::default()
+    }
+    .write(dir, kubeconfig)
 }
 
-const POOL: &str = r#""10.77.0.0/24", "fd66:0:0:77::/64""#;
+const POOL: &[&str] = POOL_DUAL;
 
 async fn setup() -> (TestApiServer, tempfile::TempDir, PathBuf) {
-    let api = TestApiServer::start_with(ServerOptions::default())
-        .await
-        .unwrap();
-    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"pier-system"}}))
-        .unwrap();
-    api.create(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop"}}))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    api.kubeconfig(&kc).unwrap();
-    (api, dir, kc)
-}
-
-fn lb(name: &str, annotations: Value) -> Value {
-    lb_ports(name, annotations, &[80])
-}
-
-fn lb_ports(name: &str, annotations: Value, ports: &[u16]) -> Value {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|p| json!({"name": format!("p{p}"), "port": p, "protocol": "TCP"}))
-        .collect();
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
-        "spec": {"type": "LoadBalancer", "ports": ports}
-    })
-}
-
-fn ingress(api: &TestApiServer, name: &str) -> Vec<Value> {
-    api.get("v1", "Service", Some("shop"), name)
-        .and_then(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn ips(api: &TestApiServer, name: &str) -> Vec<String> {
-    ingress(api, name)
-        .iter()
-        .filter_map(|i| i["ip"].as_str().map(String::from))
-        .collect()
-}
-
-/// Wait for a condition the daemon must bring about (a generous bound:
-/// this checks behaviour, not speed).
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn events(api: &TestApiServer, reason: &str, name: &str) -> Vec<Value> {
-    api.list("events.k8s.io/v1", "Event", Some("shop"))
-        .into_iter()
-        .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name)
-        .collect()
-}
-
-fn status_path(name: &str) -> String {
-    format!("/api/v1/namespaces/shop/services/{name}/status")
-}
-
-/// Status writes (any method that changes a status) to one Service.
-fn status_writes_to(api: &TestApiServer, name: &str) -> usize {
-    let path = status_path(name);
-    api.count_requests(|r| r.path == path && r.method != "GET")
-}
-
-fn holder(api: &TestApiServer) -> Option<String> {
-    api.get(
-        "coordination.k8s.io/v1",
-        "Lease",
-        Some("pier-system"),
-        "pier",
-    )
-    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    kube::setup(ServerOptions::default()).await
 }
 
 /// 1. The API server restarts, drops its watches, and goes away for a
@@ -150,8 +58,14 @@ async fn api_restart_and_dropped_watches_while_creating_services() {
         all.iter().all(|v| v.len() == 1).then_some(all)
     })
     .await;
-    // Let the writer settle, then watch only what happens from here.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once their IPAllocated Events are there (they follow the status
+    // writes), watch only what happens from here.
+    until("10 IPAllocated events", || {
+        (0..10)
+            .all(|i| !events(&api, "IPAllocated", &format!("old{i}")).is_empty())
+            .then_some(())
+    })
+    .await;
     api.clear_requests();
 
     // Services keep coming while the server misbehaves in every way. After
@@ -207,6 +121,7 @@ async fn api_restart_and_dropped_watches_while_creating_services() {
             .await;
             recoveries += 1;
         }
+        // Pacing, not waiting: the Services keep coming across the faults.
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let new: Vec<Vec<String>> = until("40 new Services allocated", || {
@@ -224,10 +139,26 @@ async fn api_restart_and_dropped_watches_while_creating_services() {
         api.count_requests(|r| r.verb == "list" && r.path == "/api/v1/services" && r.status == 200);
     assert!(lists >= 1, "pier should have relisted Services ({lists})");
 
-    // Quiet again: a last relist must change nothing either.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Quiet again (every IPAllocated Event written): a last relist must
+    // change nothing either. A Service created after it reaches pier
+    // through the new watch, after whatever the relist brought.
+    until("40 IPAllocated events", || {
+        (0..40)
+            .all(|i| !events(&api, "IPAllocated", &format!("new{i:02}")).is_empty())
+            .then_some(())
+    })
+    .await;
+    let watches = service_requests(&api, "watch");
     api.drop_watches();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until("the watch again", || {
+        (service_requests(&api, "watch") > watches).then_some(())
+    })
+    .await;
+    api.create(lb("last", json!({}))).unwrap();
+    until("a Service created after the last relist allocated", || {
+        (ips(&api, "last").len() == 1).then_some(())
+    })
+    .await;
 
     let after: Vec<Vec<String>> = (0..10).map(|i| ips(&api, &format!("old{i}"))).collect();
     assert_eq!(before, after, "an existing Service changed IP");
@@ -414,8 +345,13 @@ async fn sharing_key_with_disjoint_ports_shares_and_overlap_is_refused() {
         note.contains("front"),
         "the Event should name the key: {note}"
     );
-    // Still pending a while later, and nothing written for it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Still pending once pier has handled a later Service, and nothing
+    // written for it.
+    api.create(lb("later", json!({}))).unwrap();
+    until("later allocated", || {
+        (!ips(&api, "later").is_empty()).then_some(())
+    })
+    .await;
     assert!(ips(&api, "clash").is_empty());
     assert_eq!(status_writes_to(&api, "clash"), 0);
     // The sharers kept their IP.
@@ -444,6 +380,7 @@ async fn invalid_annotation_is_one_event_across_watch_restarts() {
         "{ev}"
     );
     for round in 0..4 {
+        let seen = service_requests(&api, "watch") + service_requests(&api, "list");
         match round % 3 {
             0 => api.drop_watches(),
             1 => api.restart(),
@@ -452,8 +389,12 @@ async fn invalid_annotation_is_one_event_across_watch_restarts() {
                 api.drop_watches();
             }
         }
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        // A change pier does not care about re-sends the Service too.
+        // pier is back on the Services (a new watch or list), then a
+        // change pier does not care about re-sends the Service too.
+        until("watching Services again", || {
+            (service_requests(&api, "watch") + service_requests(&api, "list") > seen).then_some(())
+        })
+        .await;
         api.merge_patch(
             "v1",
             "Service",
@@ -463,11 +404,15 @@ async fn invalid_annotation_is_one_event_across_watch_restarts() {
         )
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Pier is alive and relisted: a new Service still gets an IP.
+    // Pier is alive and relisted: a new Service, created after the last
+    // change, still gets an IP and its Event (after everything before it).
     api.create(lb("ok", json!({}))).unwrap();
     until("ok allocated", || {
         (!ips(&api, "ok").is_empty()).then_some(())
+    })
+    .await;
+    until("ok's IPAllocated event", || {
+        events(&api, "IPAllocated", "ok").pop()
     })
     .await;
     // The first list and the one after the compaction's 410 are certain;
@@ -537,7 +482,18 @@ async fn adoption_conflict_is_reported_and_the_holder_left_alone() {
     .await;
     assert_eq!(beta.len(), 1);
     assert_ne!(beta[0], "10.77.0.9");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Adopted IPs are held: a new Service gets neither. Once it has its
+    // IP and Event, pier has handled everything before it.
+    api.create(lb("fresh", json!({}))).unwrap();
+    let fresh = until("fresh allocated", || {
+        let v = ips(&api, "fresh");
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    until("fresh's IPAllocated event", || {
+        events(&api, "IPAllocated", "fresh").pop()
+    })
+    .await;
     assert_eq!(ips(&api, "alpha"), ["10.77.0.9"]);
     assert_eq!(ips(&api, "calm"), ["10.77.0.20"]);
     assert_eq!(
@@ -550,13 +506,6 @@ async fn adoption_conflict_is_reported_and_the_holder_left_alone() {
         0,
         "calm's status was written"
     );
-    // Adopted IPs are held: a new Service gets neither.
-    api.create(lb("fresh", json!({}))).unwrap();
-    let fresh = until("fresh allocated", || {
-        let v = ips(&api, "fresh");
-        (!v.is_empty()).then_some(v)
-    })
-    .await;
     for taken in ["10.77.0.9", "10.77.0.20", beta[0].as_str()] {
         assert_ne!(fresh[0], taken);
     }
@@ -568,7 +517,8 @@ async fn adoption_conflict_is_reported_and_the_holder_left_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lease_taken_away_stops_status_writes_at_once() {
     let (api, dir, kc) = setup().await;
-    let pier = Pier::start(&config(dir.path(), "a", &kc, (8, 1), POOL));
+    let cfg = config(dir.path(), "a", &kc, (8, 1), POOL);
+    let pier = Pier::start(&cfg);
     until("pier leads", || {
         holder(&api).filter(|h| h.ends_with(&pier.holder_suffix()))
     })
@@ -592,16 +542,20 @@ async fn lease_taken_away_stops_status_writes_at_once() {
     api.update(lease).unwrap();
     // Wait until pier has read the lease with the new holder.
     until("pier reads the lease", || {
-        (api.count_requests(|r| {
-            r.method == "GET"
-                && r.path == "/apis/coordination.k8s.io/v1/namespaces/pier-system/leases/pier"
-                && r.status == 200
-        }) >= 1)
-            .then_some(())
+        (kube::lease_requests(&api, "GET", 200) >= 1).then_some(())
     })
     .await;
     api.create(lb("after", json!({}))).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // pier has seen the Service, and has read the intruder's lease twice
+    // more (at lease_renew_s) and left it alone.
+    until("pier knows after", || {
+        pier_service(&socket(&cfg), "shop", "after")
+    })
+    .await;
+    until("pier reads the lease again", || {
+        (kube::lease_requests(&api, "GET", 200) >= 3).then_some(())
+    })
+    .await;
     assert_eq!(holder(&api).as_deref(), Some("intruder"));
     assert!(
         ips(&api, "after").is_empty(),
@@ -630,7 +584,8 @@ async fn lease_taken_away_stops_status_writes_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lease_renewal_denied_stops_status_writes() {
     let (api, dir, kc) = setup().await;
-    let pier = Pier::start(&config(dir.path(), "a", &kc, (3, 1), POOL));
+    let cfg = config(dir.path(), "a", &kc, (3, 1), POOL);
+    let pier = Pier::start(&cfg);
     until("pier leads", || {
         holder(&api).filter(|h| h.ends_with(&pier.holder_suffix()))
     })
@@ -649,11 +604,24 @@ async fn lease_renewal_denied_stops_status_writes() {
             .then_some(())
     })
     .await;
-    // From here on another box may take over after lease_duration_s: this
-    // one must have stopped writing by then.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // From here on another box may take over once the lease has run out
+    // (by its renewTime and duration): this one must have stopped writing
+    // by then.
+    until("the lease expired", || {
+        kube::lease_expired(&api).then_some(())
+    })
+    .await;
     api.create(lb("after", json!({}))).unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // pier has seen the Service, and tried to renew once more.
+    until("pier knows after", || {
+        pier_service(&socket(&cfg), "shop", "after")
+    })
+    .await;
+    let refused = kube::lease_requests(&api, "PUT", 403);
+    until("another refused renewal", || {
+        (kube::lease_requests(&api, "PUT", 403) > refused).then_some(())
+    })
+    .await;
     assert!(
         ips(&api, "after").is_empty(),
         "a gateway that cannot renew its lease wrote status"
@@ -682,7 +650,7 @@ async fn ten_thousand_services_get_distinct_ips() {
         api.create(slice(i, 50)).unwrap();
     }
     let t = Instant::now();
-    let pier = Pier::start(&config(dir.path(), "a", &kc, (15, 5), r#""10.80.0.0/16""#));
+    let pier = Pier::start(&config(dir.path(), "a", &kc, (15, 5), &["10.80.0.0/16"]));
     // Cheap progress check first (the request log), then the real one:
     // every Service's status, read back.
     let patched = |api: &TestApiServer| {

@@ -353,35 +353,38 @@ fn routes_are_installed_replaced_repaired_and_removed() {
             let _ = stop_rx.await;
         });
         let checker = async {
-            // Wait for the loop's first reconcile to be done (idempotent).
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            gw.ip(&[
-                "route",
-                "del",
-                "10.77.0.10/32",
-                "proto",
-                &ROUTE_PROTOCOL.to_string(),
-            ]);
-            gw.ip(&[
-                "-6",
-                "route",
-                "del",
-                "fd66::10/128",
-                "proto",
-                &ROUTE_PROTOCOL.to_string(),
-            ]);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut restored = false;
-            while Instant::now() < deadline {
-                if gw.pier_routes().len() == 2 {
-                    restored = true;
+            // Twice: the first deletion may meet the loop's first reconcile;
+            // once the routes are back the loop is past it, and the second
+            // deletion can only come back through the netlink event.
+            let mut restored = 0;
+            for _ in 0..2 {
+                gw.ip(&[
+                    "route",
+                    "del",
+                    "10.77.0.10/32",
+                    "proto",
+                    &ROUTE_PROTOCOL.to_string(),
+                ]);
+                gw.ip(&[
+                    "-6",
+                    "route",
+                    "del",
+                    "fd66::10/128",
+                    "proto",
+                    &ROUTE_PROTOCOL.to_string(),
+                ]);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && gw.pier_routes().len() != 2 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if gw.pier_routes().len() != 2 {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                restored += 1;
             }
             let _ = stop_tx.send(());
             drop(tx);
-            restored
+            restored == 2
         };
         let ((), restored) = tokio::join!(runner, checker);
         assert!(

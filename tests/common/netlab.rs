@@ -601,20 +601,12 @@ pub fn ndp_ask(
     .map(|(_, took)| took)
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` and the last
-/// value seen after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
+// The polling helpers live in tests/common/wait.rs (one copy for every
+// test); benches include this file alone, so it brings them along.
+#[path = "wait.rs"]
+mod wait;
+#[allow(unused_imports)]
+pub use wait::{wait_for, wait_until};
 
 /// Runs `f` on a new thread inside the network namespace `ns` (sockets it
 /// creates, e.g. a listener bound there, stay in that namespace; threads it
