@@ -289,10 +289,24 @@ impl Drop for Traffic {
     }
 }
 
-/// Keep the background traffic running for a while after a removal and
-/// check that all of it succeeded and reached exactly `names`.
+/// Requests started after `from` that have finished.
+fn finished_since(traffic: &Traffic, from: Instant) -> usize {
+    let (answers, failed) = traffic.since(from);
+    answers.values().sum::<usize>() + failed.len()
+}
+
+/// Keep the background traffic running for 60 more requests after a
+/// removal and check that all of them succeeded and reached exactly
+/// `names`.
 fn assert_traffic_after(traffic: &Traffic, removed: Instant, names: &[&str], what: &str) {
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for(
+        "60 requests after the route changed",
+        Duration::from_secs(30),
+        || match finished_since(traffic, removed) {
+            n if n >= 60 => Ok(()),
+            n => Err(format!("{n} requests")),
+        },
+    );
     let (answers, failed) = traffic.since(removed);
     assert!(
         failed.is_empty(),
@@ -329,8 +343,16 @@ fn node_failures_leave_the_route_while_traffic_flows() {
     assert_answered_by(&lab, "lc", L2, &["n1", "n2", "n3"]);
 
     let mut report = Vec::new();
+    let start = Instant::now();
     let traffic = Traffic::start(&lab);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        "the background traffic flowing",
+        Duration::from_secs(30),
+        || match finished_since(&traffic, start) {
+            n if n >= 10 => Ok(()),
+            n => Err(format!("{n} requests")),
+        },
+    );
 
     // node2's kube-proxy health endpoint dies (its service still works).
     let t0 = Instant::now();

@@ -430,11 +430,16 @@ fn check_graceful_restart(
     let before = (e.status_ips("web2"), e.status_ips("local"));
     let stop = e.lab.dir.join("stop-load");
     let load = format!(
-        "while [ ! -e {stop} ]; do curl -s -m 1 http://{vip}/ || echo FAIL; sleep 0.02; done",
+        "while [ ! -e {stop} ]; do curl -s -m 1 http://{vip}/ || echo FAIL; sleep 0.02; done; echo END",
         stop = stop.display()
     );
     e.lab.spawn("c", "load", &["sh", "-c", &load]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for("the load running", PATIENCE, || {
+        match e.lab.log("load").lines().count() {
+            n if n >= 5 => Ok(()),
+            n => Err(format!("{n} answers")),
+        }
+    });
     e.lab.stop(pier);
     let again = e.start_pier("gw", cfg);
     wait_for(
@@ -462,10 +467,16 @@ fn check_graceful_restart(
     assert_eq!(e.router_hops(vip), ALL);
     assert_eq!(e.router_hops(lvip), ["10.0.0.11", "10.0.0.12"]);
     std::fs::write(&stop, "").expect("stop file");
-    // One more request at most (1 s timeout) after the stop file.
-    std::thread::sleep(Duration::from_millis(1500));
-    let out = e.lab.log("load");
-    let answers: Vec<&str> = out.lines().collect();
+    // The loop ends after at most one more request.
+    let out = wait_for("the load loop ended", PATIENCE, || {
+        let out = e.lab.log("load");
+        if out.lines().any(|l| l == "END") {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    });
+    let answers: Vec<&str> = out.lines().filter(|l| *l != "END").collect();
     assert!(answers.len() > 10, "too few requests: {out}");
     assert!(
         !answers.contains(&"FAIL"),
