@@ -488,12 +488,9 @@ fn check_graceful_restart(
     again
 }
 
-#[test]
-fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
-    if !lab::prerequisites("e2e_l2") {
-        return;
-    }
-    let mut e = E2eLab::new("el", PIER, false, &["gw", "gw2"]);
+/// `gw` leads with an `l2` Service served through it, then `gw2` (started
+/// with `args`) is ready as standby: (leader, standby, VIP).
+fn l2_leader_and_standby(e: &mut E2eLab, args: &[&str]) -> (String, String, String) {
     let lease = (2, 1);
     let cfg1 = e.gateway_config(&Gateway {
         mode: "l2",
@@ -514,13 +511,23 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
         lease,
         ..Gateway::default()
     });
-    let standby = e.start_pier_with("gw2", &cfg2, &["--log-format", "json"]);
+    let standby = e.start_pier_with("gw2", &cfg2, args);
     wait_for("the standby ready", PATIENCE, || {
         match e.http_get("gw2", "/readyz") {
             (200, _) => Ok(()),
             other => Err(format!("{other:?}\n{}", e.lab.log(&standby))),
         }
     });
+    (leader, standby, vip)
+}
+
+#[test]
+fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
+    if !lab::prerequisites("e2e_l2") {
+        return;
+    }
+    let mut e = E2eLab::new("el", PIER, false, &["gw", "gw2"]);
+    let (leader, standby, vip) = l2_leader_and_standby(&mut e, &["--log-format", "json"]);
     // Only the leader answers ARP: a fresh resolution finds gw.
     e.lab.sh("c", "ip neigh flush dev eth0");
     let a = e.requests(&vip, 5);
@@ -624,32 +631,7 @@ fn l2_leader_cut_from_the_api_goes_silent_and_the_standby_takes_over() {
         return;
     }
     let mut e = E2eLab::new("ec", PIER, false, &["gw", "gw2"]);
-    let lease = (2, 1);
-    let cfg1 = e.gateway_config(&Gateway {
-        mode: "l2",
-        lease,
-        ..Gateway::default()
-    });
-    let leader = e.start_pier("gw", &cfg1);
-    e.create_service("lan", false, json!({}));
-    let vip = e.wait_status_ip("lan", &leader);
-    wait_for("the client served through the leader", PATIENCE, || {
-        e.request(&vip, 1000)
-    });
-    let cfg2 = e.gateway_config(&Gateway {
-        host: "gw2",
-        address: "10.0.0.3",
-        mode: "l2",
-        lease,
-        ..Gateway::default()
-    });
-    let standby = e.start_pier("gw2", &cfg2);
-    wait_for("the standby ready", PATIENCE, || {
-        match e.http_get("gw2", "/readyz") {
-            (200, _) => Ok(()),
-            other => Err(format!("{other:?}\n{}", e.lab.log(&standby))),
-        }
-    });
+    let (leader, standby, vip) = l2_leader_and_standby(&mut e, &[]);
     assert_eq!(e.client_neighbour(&vip), Some(e.mac("gw")));
 
     // The leader loses the API server only: its box, links and forwarding
