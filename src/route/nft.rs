@@ -40,6 +40,10 @@
 //! survive an apply (re-adding an existing counter keeps its value);
 //! counters of VIPs that are gone, and source chains no longer used, are
 //! deleted.
+//!
+//! Text, not the `nftables` crate's JSON schema: that schema cannot express
+//! the counter and verdict maps above nor `counter name … map @…`, and reads
+//! counters as `u32` (docs/architecture.md, "The nftables and pnet crates").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
