@@ -3,6 +3,10 @@
 //! "announcement"), and NDP (RFC 4861) neighbour solicitations and
 //! advertisements. No I/O, no clock, no panics on any input.
 //!
+//! Hand-written rather than `pnet_packet`: as fast, and pnet's NDP option
+//! walk overflows on an option length of 32 or more (docs/architecture.md,
+//! "The nftables and pnet crates").
+//!
 //! ```text
 //! Ethernet:  dst(6) src(6) ethertype(2)
 //! ARP:       htype(2)=1 ptype(2)=0x0800 hlen(1)=6 plen(1)=4 op(2)

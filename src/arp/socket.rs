@@ -2,6 +2,8 @@
 //! ICMPv6 neighbour solicitations, each with a classic BPF filter so the
 //! kernel hands pier only the frames it may answer (an `l2` interface also
 //! carries the forwarded data path; pier must not wake up for that).
+//! `pnet_datalink`'s channel opens ETH_P_ALL without a filter and cannot
+//! take one (docs/architecture.md, "The nftables and pnet crates").
 
 use std::ffi::CString;
 use std::io;

@@ -40,6 +40,10 @@
 //! survive an apply (re-adding an existing counter keeps its value);
 //! counters of VIPs that are gone, and source chains no longer used, are
 //! deleted.
+//!
+//! Text, not the `nftables` crate's JSON schema: that schema cannot express
+//! the counter and verdict maps above nor `counter name … map @…`, and reads
+//! counters as `u32` (docs/architecture.md, "The nftables and pnet crates").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -452,8 +456,8 @@ pub struct VipCounters {
     pub dropped: Counter,
 }
 
-/// Counter objects named in `nft -j list counters table inet pier` output
-/// (pure): every counter name with its values.
+/// Counter objects of `inet pier` in `nft -j list counters inet` output
+/// (pure): every counter name with its values; other tables' are skipped.
 pub fn parse_counters_json(json: &str) -> Result<BTreeMap<String, Counter>, RouteError> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| RouteError::Nft {
         action: "parse nft -j output",
@@ -469,7 +473,9 @@ pub fn parse_counters_json(json: &str) -> Result<BTreeMap<String, Counter>, Rout
         let Some(c) = item.get("counter") else {
             continue;
         };
-        if c.get("table").and_then(|t| t.as_str()) != Some(TABLE) {
+        if c.get("table").and_then(|t| t.as_str()) != Some(TABLE)
+            || c.get("family").and_then(|t| t.as_str()) != Some("inet")
+        {
             continue;
         }
         let Some(name) = c.get("name").and_then(|n| n.as_str()) else {
@@ -563,14 +569,15 @@ pub async fn probe() -> Result<(), RouteError> {
 }
 
 /// Counter objects now in pier's table; empty when the table does not exist.
+///
+/// The listing is of every `inet` table's counters, filtered to pier's by
+/// [`parse_counters_json`]: `list counters table inet pier` fails when the
+/// table is absent, and nft says so only in the text of its message (its exit
+/// status is 1 for every error), so an absent table would have to be told
+/// from a real failure by matching that text. Listing the family answers
+/// "no table" with an empty list and leaves every error an error.
 pub async fn read_counters() -> Result<BTreeMap<String, Counter>, RouteError> {
-    match run_nft(&["-j", "list", "counters", "table", "inet", TABLE], None).await {
-        Ok(json) => parse_counters_json(&json),
-        Err(RouteError::Nft { detail, .. }) if detail.contains("No such file or directory") => {
-            Ok(BTreeMap::new())
-        }
-        Err(e) => Err(e),
-    }
+    parse_counters_json(&run_nft(&["-j", "list", "counters", "inet"], None).await?)
 }
 
 /// Per-VIP counter names wanted for `fw`.
@@ -952,9 +959,15 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
           {"counter": {"family": "inet", "name": "dropped_port", "table": "pier", "handle": 4, "packets": 2, "bytes": 120}},
           {"counter": {"family": "inet", "name": "a_0a4d000a", "table": "pier", "handle": 5, "packets": 7, "bytes": 700}},
           {"counter": {"family": "inet", "name": "d_0a4d000a", "table": "pier", "handle": 6, "packets": 1, "bytes": 60}},
-          {"counter": {"family": "inet", "name": "a_0a4d000b", "table": "other", "handle": 6, "packets": 1, "bytes": 60}}]}"#;
+          {"counter": {"family": "inet", "name": "a_0a4d000b", "table": "other", "handle": 6, "packets": 1, "bytes": 60}},
+          {"counter": {"family": "ip", "name": "a_0a4d000c", "table": "pier", "handle": 2, "packets": 1, "bytes": 60}},
+          {"counter": {"family": "inet", "name": "d_0a4d000d", "table": "pier", "handle": 8, "packets": 4000000, "bytes": 6000000000}}]}"#;
         let objs = parse_counters_json(json).unwrap();
-        assert_eq!(objs.len(), 3);
+        assert_eq!(objs.len(), 4, "inet pier's only");
+        assert_eq!(
+            objs["d_0a4d000d"].bytes, 6_000_000_000,
+            "byte counters pass 2^32 in minutes"
+        );
         let per_vip = vip_counters(&objs);
         assert_eq!(
             per_vip[&"10.77.0.10".parse::<IpAddr>().unwrap()],
@@ -969,7 +982,7 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
                 },
             }
         );
-        assert_eq!(per_vip.len(), 1);
+        assert_eq!(per_vip.len(), 2);
         assert!(parse_counters_json("not json").is_err());
         assert!(parse_counters_json("{}").unwrap().is_empty());
     }
