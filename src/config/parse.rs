@@ -437,6 +437,11 @@ const GATEWAY: &[&str] = &[
     "shutdown",
     "sysctl",
     "log_format",
+    "next_hop_groups",
+    "resilient_buckets",
+    "resilient_idle_timer_s",
+    "resilient_unbalanced_timer_s",
+    "host_firewall",
 ];
 const KUBERNETES: &[&str] = &[
     "kubeconfig",
@@ -689,7 +694,40 @@ fn gateway(ctx: &mut Ctx<'_>, t: &DeTable<'_>, span: Span) -> Option<GatewayConf
         shutdown,
         sysctl,
         log_format,
+        forwarding: forwarding(ctx, &s),
     })
+}
+
+/// The forwarding keys of `[gateway]` (`docs/configuration.md`).
+fn forwarding(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> Forwarding {
+    let d = Forwarding::default();
+    Forwarding {
+        next_hop_groups: s
+            .parsed(ctx, "next_hop_groups", |v| match v {
+                "resilient" => Ok(NextHopGroups::Resilient),
+                "multipath" => Ok(NextHopGroups::Multipath),
+                _ => Err(format!("{v:?}: expected \"resilient\" or \"multipath\"")),
+            })
+            .map_or(d.next_hop_groups, |(v, _)| v),
+        // The kernel takes up to 2^16 - 1 buckets; fewer than 8 balance badly.
+        resilient_buckets: s
+            .int(ctx, "resilient_buckets", 8, 65535)
+            .map_or(d.resilient_buckets, |(n, _)| n as u16),
+        // The kernel keeps the timers in 1/100 s in 32 bits.
+        resilient_idle_timer_s: s
+            .int(ctx, "resilient_idle_timer_s", 1, 3600)
+            .map_or(d.resilient_idle_timer_s, |(n, _)| n as u32),
+        resilient_unbalanced_timer_s: s
+            .int(ctx, "resilient_unbalanced_timer_s", 0, 86400)
+            .map_or(d.resilient_unbalanced_timer_s, |(n, _)| n as u32),
+        host_firewall: s
+            .parsed(ctx, "host_firewall", |v| match v {
+                "open" => Ok(HostFirewall::Open),
+                "check" => Ok(HostFirewall::Check),
+                _ => Err(format!("{v:?}: expected \"open\" or \"check\"")),
+            })
+            .map_or(d.host_firewall, |(v, _)| v),
+    }
 }
 
 fn kubernetes(ctx: &mut Ctx<'_>, t: &DeTable<'_>, span: Span) -> Option<KubernetesConfig> {

@@ -37,6 +37,7 @@
 //! [`nft::firewall`], [`nft::render`], [`sysctl::problems`]; the rest is I/O.
 
 pub mod kernel;
+pub mod nexthop;
 pub mod nft;
 pub mod nftgen;
 pub mod sysctl;
@@ -58,7 +59,7 @@ use netlink_sys::SocketAddr;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::task::JoinHandle;
 
-use crate::config::SysctlMode;
+use crate::config::{Forwarding, NextHopGroups, SysctlMode};
 use crate::model::Desired;
 
 pub use kernel::{Conflict, RouteOp, RouteTable};
@@ -88,6 +89,8 @@ pub enum RouteError {
         action: &'static str,
         detail: String,
     },
+    #[error("nexthop objects: {0}")]
+    Nexthop(String),
     #[error("sysctls pier needs are not set: {}{detail}", problems.iter().map(|p| format!("{p}; ")).collect::<String>())]
     Sysctl {
         problems: Vec<sysctl::Problem>,
@@ -99,7 +102,9 @@ impl RouteError {
     /// Short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            RouteError::Netlink { .. } | RouteError::Socket(_) => "netlink",
+            RouteError::Netlink { .. } | RouteError::Socket(_) | RouteError::Nexthop(_) => {
+                "netlink"
+            }
             RouteError::InvalidRoute { .. } => "invalid_route",
             RouteError::NftUnavailable { .. } | RouteError::Nft { .. } => "nft",
             RouteError::Sysctl { .. } => "sysctl",
@@ -119,6 +124,8 @@ pub struct RouteConfig {
     pub proc_sys: PathBuf,
     /// Re-read and repair routes and the nft table this often.
     pub repair_interval: Duration,
+    /// Next-hop groups and host firewall (the `[gateway]` keys).
+    pub forwarding: Forwarding,
 }
 
 impl Default for RouteConfig {
@@ -128,6 +135,7 @@ impl Default for RouteConfig {
             sysctl: SysctlMode::Check,
             proc_sys: PathBuf::from("/proc/sys"),
             repair_interval: Duration::from_secs(30),
+            forwarding: Forwarding::default(),
         }
     }
 }
@@ -185,6 +193,46 @@ pub struct RouteActuator {
     redirects_checked: BTreeSet<String>,
     /// Interface indexes already looked at (no netlink lookup per repair).
     egress_seen: BTreeSet<u32>,
+    /// The socket for nexthop objects (`None`: could not be opened).
+    nexthops: Option<nexthop::NexthopSocket>,
+    /// Resilient groups in use, or multipath routes (and why).
+    groups: GroupMode,
+    /// What `pier status` shows of the data path.
+    status: Arc<std::sync::Mutex<DatapathStatus>>,
+}
+
+/// How VIP routes spread over their next hops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GroupMode {
+    Resilient(nexthop::Resilient),
+    /// Multipath routes; `Some(reason)` when resilient groups were asked
+    /// for and this kernel cannot have them.
+    Multipath(Option<String>),
+}
+
+/// The data path as `pier status` shows it (kept up to date by the
+/// actuator; read it with [`RouteActuator::status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DatapathStatus {
+    /// `resilient` or `multipath`.
+    pub next_hop_groups: String,
+    /// Why resilient groups are not used although configured.
+    pub next_hop_groups_fallback: Option<String>,
+}
+
+impl DatapathStatus {
+    /// One line per finding, for `pier status`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.next_hop_groups_fallback {
+            Some(why) => out.push(format!("next-hop groups: multipath (fallback: {why})")),
+            None if !self.next_hop_groups.is_empty() => {
+                out.push(format!("next-hop groups: {}", self.next_hop_groups))
+            }
+            None => {}
+        }
+        out
+    }
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
@@ -222,7 +270,47 @@ impl RouteActuator {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
         let connection = tokio::spawn(conn);
         let events = Some(open_events()?);
+        let mut nexthops = nexthop::NexthopSocket::open()
+            .map_err(|e| tracing::warn!(error = %e, "route netlink socket for nexthop objects"))
+            .ok();
+        let f = &config.forwarding;
+        let groups = match (f.next_hop_groups, nexthops.as_mut()) {
+            (NextHopGroups::Multipath, _) => GroupMode::Multipath(None),
+            (NextHopGroups::Resilient, None) => {
+                GroupMode::Multipath(Some("no route netlink socket for nexthop objects".into()))
+            }
+            (NextHopGroups::Resilient, Some(sock)) => {
+                let params = nexthop::Resilient {
+                    buckets: f.resilient_buckets,
+                    idle_timer_s: f.resilient_idle_timer_s,
+                    unbalanced_timer_s: f.resilient_unbalanced_timer_s,
+                };
+                match nexthop::probe(sock, &params) {
+                    Ok(()) => GroupMode::Resilient(params),
+                    Err(why) => GroupMode::Multipath(Some(why)),
+                }
+            }
+        };
+        let status = DatapathStatus {
+            next_hop_groups: match &groups {
+                GroupMode::Resilient(p) => format!(
+                    "resilient ({} buckets, idle_timer {} s, unbalanced_timer {} s)",
+                    p.buckets, p.idle_timer_s, p.unbalanced_timer_s
+                ),
+                GroupMode::Multipath(_) => "multipath".into(),
+            },
+            next_hop_groups_fallback: match &groups {
+                GroupMode::Multipath(Some(why)) => {
+                    tracing::warn!("next_hop_groups = \"resilient\" is not possible here: {why}");
+                    Some(why.clone())
+                }
+                _ => None,
+            },
+        };
         Ok(RouteActuator {
+            nexthops,
+            groups,
+            status: Arc::new(std::sync::Mutex::new(status)),
             handle,
             connection,
             events,
@@ -301,13 +389,34 @@ impl RouteActuator {
         Ok(report)
     }
 
+    /// The data path as `pier status` shows it; the actuator updates it.
+    pub fn status(&self) -> Arc<std::sync::Mutex<DatapathStatus>> {
+        self.status.clone()
+    }
+
+    /// Whether VIP routes go through resilient nexthop groups (`false`:
+    /// multipath routes, configured or as a fallback).
+    pub fn resilient_groups(&self) -> bool {
+        matches!(self.groups, GroupMode::Resilient(_))
+    }
+
     /// Kernel routes only (after a route event: the nft table is not
     /// concerned).
     async fn converge_routes(&mut self) -> Result<Report, RouteError> {
+        if let GroupMode::Resilient(params) = self.groups {
+            return self.converge_groups(params).await;
+        }
         let desired = self.last.clone();
         let want = kernel::desired_routes(&desired);
-        let (current, egress) = kernel::dump_with_interfaces(&self.handle).await?;
+        let (mut current, via_groups, egress) = kernel::dump_full(&self.handle).await?;
         self.check_redirects(&egress).await;
+        // A route through a nexthop group (left by resilient mode) is
+        // replaced by a multipath route even when its next hops match.
+        for dst in via_groups.keys() {
+            if let Some(hops) = current.get_mut(dst) {
+                hops.clear();
+            }
+        }
         let ops = kernel::diff(&current, &want);
         let mut report = Report {
             generation: desired.generation,
@@ -336,6 +445,132 @@ impl RouteActuator {
                 RouteOp::Delete { .. } => report.deleted += 1,
             }
         }
+        // Nexthop objects of pier's left from resilient mode.
+        if !via_groups.is_empty() || self.groups == GroupMode::Multipath(None) {
+            if let Some(sock) = self.nexthops.as_mut() {
+                remove_nexthops(sock);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Kernel routes through resilient groups: members for every next hop,
+    /// one group per distinct set (changed in place when a set changes),
+    /// routes pointing at the groups; then what is no longer used goes.
+    async fn converge_groups(&mut self, params: nexthop::Resilient) -> Result<Report, RouteError> {
+        let desired = self.last.clone();
+        let want = kernel::desired_routes(&desired);
+        let (current, via_groups, mut egress) = kernel::dump_full(&self.handle).await?;
+        let mut report = Report {
+            generation: desired.generation,
+            routes: want.len(),
+            ..Report::default()
+        };
+        let Some(sock) = self.nexthops.as_mut() else {
+            return Err(RouteError::Nexthop("no route netlink socket".into()));
+        };
+        let nexthop_err = |e: nexthop::NexthopError| RouteError::Nexthop(e.to_string());
+        let installed = nexthop::Installed::from_dump(sock.dump().map_err(nexthop_err)?);
+        // The interface each next hop is reached by.
+        let mut oifs = BTreeMap::new();
+        let mut why_not: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for gw in want.values().flatten().collect::<BTreeSet<_>>() {
+            match sock.route_to(*gw) {
+                Ok(Some(oif)) => {
+                    oifs.insert(*gw, oif);
+                }
+                Ok(None) => {
+                    why_not.insert(*gw, "no route to it".into());
+                }
+                Err(e) => {
+                    why_not.insert(*gw, e.to_string());
+                }
+            }
+        }
+        let mut taken = installed.taken.clone();
+        let (reqs, mut members) = nexthop::plan_members(&installed, &oifs, &mut taken);
+        for req in &reqs {
+            if let Err(e) = sock.change(req) {
+                if let nexthop::Request::Member { gateway, .. } = req {
+                    members.remove(gateway);
+                    why_not.insert(*gateway, e.to_string());
+                }
+            }
+        }
+        egress.extend(oifs.values().copied());
+        let plan = nexthop::plan_groups(
+            &installed,
+            &want,
+            &via_groups,
+            &members,
+            &params,
+            &mut taken,
+        );
+        let mut broken = BTreeSet::new();
+        for req in &plan.groups {
+            if let Err(e) = sock.change(req) {
+                tracing::warn!(error = %e, "nexthop group change failed");
+                if let nexthop::Request::Group { id, .. } = req {
+                    broken.insert(*id);
+                    for (dst, _) in plan.routes.iter().filter(|(_, g)| *g == id) {
+                        report.failed.push((*dst, e.to_string()));
+                    }
+                }
+            } else if let nexthop::Request::Group {
+                id, replace: true, ..
+            } = req
+            {
+                // A set changed in place: each VIP on the group changed.
+                report.replaced += plan
+                    .routes
+                    .iter()
+                    .filter(|(dst, g)| *g == id && via_groups.get(*dst) == Some(id))
+                    .count();
+            }
+        }
+        for dst in &plan.unreachable {
+            let hops = want.get(dst).into_iter().flatten();
+            let detail = hops
+                .map(|h| format!("{h}: {}", why_not.get(h).map_or("unknown", |w| w.as_str())))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(dst = %dst, "no next hop of this VIP is reachable: {detail}");
+            report
+                .failed
+                .push((*dst, format!("no next hop reachable: {detail}")));
+        }
+        for (dst, id) in &plan.routes {
+            if broken.contains(id) || via_groups.get(dst) == Some(id) {
+                continue;
+            }
+            let exists = current.contains_key(dst);
+            match kernel::route_via_group(&self.handle, *dst, *id, exists).await {
+                Ok(None) if exists => report.replaced += 1,
+                Ok(None) => report.added += 1,
+                Ok(Some(c)) => {
+                    tracing::warn!(dst = %c.dst, "{}", c.detail);
+                    report.conflicts.push(c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "route change failed");
+                    report.failed.push((*dst, e.to_string()));
+                }
+            }
+        }
+        for dst in current.keys().filter(|d| !want.contains_key(d)) {
+            match kernel::execute(&self.handle, &RouteOp::Delete { dst: *dst }).await {
+                Ok(_) => report.deleted += 1,
+                Err(e) => report.failed.push((*dst, e.to_string())),
+            }
+        }
+        for id in plan.stale_groups.iter().chain(&plan.stale_members) {
+            if let Err(e) = sock.change(&nexthop::Request::Delete { id: *id }) {
+                if e.errno() != Some(libc::ENOENT) {
+                    tracing::debug!(error = %e, "delete nexthop");
+                }
+            }
+        }
+        self.check_redirects(&egress).await;
         Ok(report)
     }
 
@@ -463,7 +698,7 @@ impl RouteActuator {
     /// Stop. With `keep = false`, remove every pier route and the nft
     /// table; with `keep = true` leave the data path as it is (traffic keeps
     /// flowing while pier restarts).
-    pub async fn shutdown(self, keep: bool) -> Result<(), RouteError> {
+    pub async fn shutdown(mut self, keep: bool) -> Result<(), RouteError> {
         let result = if keep {
             Ok(())
         } else {
@@ -476,12 +711,34 @@ impl RouteActuator {
         result
     }
 
-    async fn remove_all(&self) -> Result<(), RouteError> {
+    async fn remove_all(&mut self) -> Result<(), RouteError> {
         let current = kernel::dump(&self.handle).await?;
         for op in kernel::diff(&current, &RouteTable::new()) {
             kernel::execute(&self.handle, &op).await?;
         }
+        if let Some(sock) = self.nexthops.as_mut() {
+            remove_nexthops(sock);
+        }
         nft::delete_table().await
+    }
+}
+
+/// Delete every nexthop object of pier's (groups first); errors are
+/// logged (an object already gone is fine).
+fn remove_nexthops(sock: &mut nexthop::NexthopSocket) {
+    let installed = match sock.dump() {
+        Ok(all) => nexthop::Installed::from_dump(all),
+        Err(e) => {
+            tracing::debug!(error = %e, "dump nexthops");
+            return;
+        }
+    };
+    for id in installed.groups.keys().chain(installed.members.keys()) {
+        if let Err(e) = sock.change(&nexthop::Request::Delete { id: *id }) {
+            if e.errno() != Some(libc::ENOENT) {
+                tracing::warn!(error = %e, "removing pier's nexthop object");
+            }
+        }
     }
 }
 
