@@ -10,7 +10,8 @@
 //!     // checks nft and the sysctls, opens netlink; refuses with a RouteError naming what is wrong
 //! route.apply(&desired).await?        // converge routes + nft to a Desired, returns a Report
 //! route.run(desired_rx, stop).await   // loop: apply on every new Desired, repair on a timer
-//!                                     // and after route netlink events, until `stop` resolves
+//!                                     // and after netlink events (pier's routes, links,
+//!                                     // addresses), until `stop` resolves
 //! route.shutdown(keep).await?         // keep = false: remove pier's routes and table
 //! route::counters().await?            // per-VIP nft counters, for `pier routes`
 //! route::installed_routes().await?    // pier's kernel routes, for `pier routes`
@@ -126,6 +127,9 @@ pub struct RouteConfig {
     pub repair_interval: Duration,
     /// Next-hop groups and host firewall (the `[gateway]` keys).
     pub forwarding: Forwarding,
+    /// Where the actuator keeps what `pier status` shows of the data path
+    /// (the caller keeps a clone to read it).
+    pub status: Arc<std::sync::Mutex<DatapathStatus>>,
 }
 
 impl Default for RouteConfig {
@@ -136,6 +140,7 @@ impl Default for RouteConfig {
             proc_sys: PathBuf::from("/proc/sys"),
             repair_interval: Duration::from_secs(30),
             forwarding: Forwarding::default(),
+            status: Arc::default(),
         }
     }
 }
@@ -218,6 +223,9 @@ pub struct DatapathStatus {
     pub next_hop_groups: String,
     /// Why resilient groups are not used although configured.
     pub next_hop_groups_fallback: Option<String>,
+    /// Whether this kernel has flowtables (`CONFIG_NF_FLOW_TABLE`):
+    /// `None` when it has, else why not.
+    pub flowtable_missing: Option<String>,
 }
 
 impl DatapathStatus {
@@ -231,6 +239,11 @@ impl DatapathStatus {
             }
             None => {}
         }
+        if let Some(why) = &self.flowtable_missing {
+            out.push(format!(
+                "flowtable: not available in this kernel ({why}); every packet takes the full forward path"
+            ));
+        }
         out
     }
 }
@@ -239,18 +252,31 @@ fn open_events() -> Result<RouteEvents, RouteError> {
     let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
     ])
     .map_err(RouteError::Socket)?;
     Ok((tokio::spawn(conn), messages))
 }
 
-/// Does a route event concern pier's routes (so a repair is due)?
+/// Does a netlink event concern pier's routes (so a repair is due)? A
+/// change of pier's own routes, and any link or address change: an
+/// interface coming up or getting its address makes next hops reachable
+/// that were not (a route add that failed with "Network is unreachable"
+/// is retried at once, not at the repair timer).
 fn concerns_pier(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
     match &msg.payload {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r))
         | NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
             r.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
         }
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewLink(_)
+            | RouteNetlinkMessage::DelLink(_)
+            | RouteNetlinkMessage::NewAddress(_)
+            | RouteNetlinkMessage::DelAddress(_),
+        ) => true,
         // Overrun and the like: we may have missed something.
         NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => true,
         _ => false,
@@ -291,7 +317,12 @@ impl RouteActuator {
                 }
             }
         };
+        let flowtable_missing = nft::probe_flowtable().await.err();
+        if let Some(why) = &flowtable_missing {
+            tracing::info!("no flowtable offload in this kernel (CONFIG_NF_FLOW_TABLE): {why}");
+        }
         let status = DatapathStatus {
+            flowtable_missing,
             next_hop_groups: match &groups {
                 GroupMode::Resilient(p) => format!(
                     "resilient ({} buckets, idle_timer {} s, unbalanced_timer {} s)",
@@ -310,7 +341,12 @@ impl RouteActuator {
         Ok(RouteActuator {
             nexthops,
             groups,
-            status: Arc::new(std::sync::Mutex::new(status)),
+            status: {
+                if let Ok(mut s) = config.status.lock() {
+                    *s = status;
+                }
+                config.status.clone()
+            },
             handle,
             connection,
             events,
@@ -610,7 +646,7 @@ impl RouteActuator {
 
     /// Apply every new Desired from `desired`, repair every
     /// `repair_interval` and soon after a netlink event about pier's
-    /// routes, until `stop` resolves or the sender is dropped. Errors are
+    /// routes or any link or address (see `concerns_pier`), until `stop` resolves or the sender is dropped. Errors are
     /// logged and retried at the next trigger.
     pub async fn run(
         &mut self,
