@@ -37,6 +37,7 @@
 //! Pure parts: [`kernel::desired_routes`], [`kernel::diff`],
 //! [`nft::firewall`], [`nft::render`], [`sysctl::problems`]; the rest is I/O.
 
+pub mod hostfw;
 pub mod kernel;
 pub mod nexthop;
 pub mod nft;
@@ -60,7 +61,7 @@ use netlink_sys::SocketAddr;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::task::JoinHandle;
 
-use crate::config::{Forwarding, NextHopGroups, SysctlMode};
+use crate::config::{Forwarding, HostFirewall, NextHopGroups, SysctlMode};
 use crate::model::Desired;
 
 pub use kernel::{Conflict, RouteOp, RouteTable};
@@ -226,9 +227,23 @@ pub struct DatapathStatus {
     /// Whether this kernel has flowtables (`CONFIG_NF_FLOW_TABLE`):
     /// `None` when it has, else why not.
     pub flowtable_missing: Option<String>,
+    /// Other firewalls' forward chains that drop VIP traffic (opened by
+    /// pier, or not).
+    pub host_firewall: Vec<hostfw::Finding>,
 }
 
 impl DatapathStatus {
+    /// (table, chain) of every host firewall chain that drops VIP traffic
+    /// pier could not open: `/readyz` is not ready while there is one, and
+    /// `pier_forward_blocked{table,chain}` is 1 for each.
+    pub fn blocked(&self) -> Vec<(String, String)> {
+        self.host_firewall
+            .iter()
+            .filter(|f| !f.opened)
+            .map(|f| (f.table.clone(), f.chain.clone()))
+            .collect()
+    }
+
     /// One line per finding, for `pier status`.
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -238,6 +253,30 @@ impl DatapathStatus {
                 out.push(format!("next-hop groups: {}", self.next_hop_groups))
             }
             None => {}
+        }
+        for f in &self.host_firewall {
+            if f.opened {
+                out.push(format!(
+                    "host firewall: {} chain {} drops forwarded traffic; pier's accepts are in it (jump to {})",
+                    f.table,
+                    f.chain,
+                    hostfw::CHAIN
+                ));
+            } else {
+                out.push(format!(
+                    "host firewall: {} chain {} DROPS traffic to {} VIP(s) ({}); fix: {}",
+                    f.table,
+                    f.chain,
+                    f.blocked_vips.len(),
+                    f.blocked_vips
+                        .iter()
+                        .take(5)
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    f.fix
+                ));
+            }
         }
         if let Some(why) = &self.flowtable_missing {
             out.push(format!(
@@ -323,6 +362,7 @@ impl RouteActuator {
         }
         let status = DatapathStatus {
             flowtable_missing,
+            host_firewall: Vec::new(),
             next_hop_groups: match &groups {
                 GroupMode::Resilient(p) => format!(
                     "resilient ({} buckets, idle_timer {} s, unbalanced_timer {} s)",
@@ -396,6 +436,38 @@ impl RouteActuator {
     }
 
     async fn converge(&mut self, repair: bool) -> Result<Report, RouteError> {
+        let report = self.converge_table(repair).await?;
+        // At start (the first pass is a repair), on every repair and
+        // whenever pier's table was written (new VIPs or ports, or the
+        // ruleset generation moved).
+        if repair || report.table_written {
+            self.check_host_firewall().await;
+        }
+        Ok(report)
+    }
+
+    /// Look at the other firewalls on the forward hook; open the iptables
+    /// ones with `host_firewall = "open"`; report the rest.
+    async fn check_host_firewall(&mut self) {
+        let fw = nft::firewall(&self.last);
+        let open = self.config.forwarding.host_firewall == HostFirewall::Open;
+        let findings = hostfw::check(&fw, open).await;
+        let Ok(mut status) = self.status.lock() else {
+            return;
+        };
+        if status.host_firewall != findings {
+            for f in &findings {
+                if f.opened {
+                    tracing::info!(table = %f.table, chain = %f.chain, "host firewall drops forwarded traffic; pier's accepts are in it (jump to {})", hostfw::CHAIN);
+                } else {
+                    tracing::warn!(table = %f.table, chain = %f.chain, vips = f.blocked_vips.len(), fix = %f.fix, "host firewall drops VIP traffic pier accepts");
+                }
+            }
+        }
+        status.host_firewall = findings;
+    }
+
+    async fn converge_table(&mut self, repair: bool) -> Result<Report, RouteError> {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
         report.firewalled_vips = fw.len();
@@ -754,6 +826,10 @@ impl RouteActuator {
         }
         if let Some(sock) = self.nexthops.as_mut() {
             remove_nexthops(sock);
+        }
+        hostfw::remove().await;
+        if let Ok(mut s) = self.status.lock() {
+            s.host_firewall.clear();
         }
         nft::delete_table().await
     }
