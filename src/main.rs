@@ -278,6 +278,7 @@ async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
             let b = board.clone();
             Arc::new(move || b.all_attempted()) as Arc<dyn Fn() -> bool + Send + Sync>
         }),
+        datapath: Some(datapath.status.clone()),
     };
     let socket = api::bind_socket(
         &cfg.gateway.api_socket,
@@ -468,6 +469,8 @@ struct Datapath {
     routes: Option<tokio::task::JoinHandle<()>>,
     /// Installed routes and firewall counters for `pier routes`.
     routes_view: Arc<std::sync::Mutex<serde_json::Value>>,
+    /// The route actuator's data path status (`pier status`, `/readyz`).
+    status: Arc<std::sync::Mutex<pier::route::DatapathStatus>>,
 }
 
 /// Kernel routes and nftables (when some pool forwards through pier) and
@@ -505,8 +508,10 @@ async fn start_datapath(
     let rc = pier::route::RouteConfig {
         lan_interfaces: l2_interfaces,
         sysctl: cfg.gateway.sysctl,
+        forwarding: cfg.gateway.forwarding,
         ..Default::default()
     };
+    let status = rc.status.clone();
     // When the file's pools forward, a wrong sysctl or an unusable nftables
     // refuses the start. Otherwise the actuator starts on the first plan
     // that needs it (pools from Eip objects, or a peer without ADD-PATH
@@ -553,26 +558,9 @@ async fn start_datapath(
             };
             let refresher = tokio::spawn(async move {
                 loop {
-                    let routes = pier::route::installed_routes().await.ok();
-                    let counters = pier::route::counters().await.ok();
-                    let rows: Vec<serde_json::Value> = routes
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(prefix, hops)| {
-                            let c = counters
-                                .as_ref()
-                                .and_then(|c| c.get(&prefix.addr()).copied())
-                                .unwrap_or_default();
-                            serde_json::json!({
-                                "vip": prefix.to_string(),
-                                "next_hops": hops.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-                                "accepted_packets": c.accepted.packets,
-                                "dropped_packets": c.dropped.packets,
-                            })
-                        })
-                        .collect();
+                    let rows = pier::route::routes_view().await;
                     if let Ok(mut v) = view.lock() {
-                        *v = serde_json::Value::Array(rows);
+                        *v = rows;
                     }
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 }
@@ -591,6 +579,7 @@ async fn start_datapath(
     Ok(Datapath {
         routes,
         routes_view: view,
+        status,
     })
 }
 

@@ -877,6 +877,68 @@ pub async fn installed_routes() -> Result<RouteTable, RouteError> {
     r
 }
 
+/// The resilient group each of pier's routes uses, with its buckets per
+/// next hop (`ip nexthop bucket`): VIP → (group id, next hop → buckets).
+/// Empty where there are no nexthop objects.
+pub async fn installed_groups() -> Result<BTreeMap<IpNet, (u32, BTreeMap<IpAddr, u32>)>, RouteError>
+{
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+    let task = tokio::spawn(conn);
+    let dumped = kernel::dump_full(&handle).await;
+    task.abort();
+    let (_, groups, _) = dumped?;
+    if groups.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let err = |e: nexthop::NexthopError| RouteError::Nexthop(e.to_string());
+    let mut sock = nexthop::NexthopSocket::open().map_err(err)?;
+    let installed = nexthop::Installed::from_dump(sock.dump().map_err(err)?);
+    let mut per_group: BTreeMap<u32, BTreeMap<IpAddr, u32>> = BTreeMap::new();
+    for id in groups.values().collect::<BTreeSet<_>>() {
+        let buckets = sock.buckets(*id).map_err(err)?;
+        let by_hop = buckets
+            .into_iter()
+            .filter_map(|(member, n)| {
+                let gw = installed.members.get(&member)?.gateway?;
+                Some((gw, n))
+            })
+            .collect();
+        per_group.insert(*id, by_hop);
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(dst, id)| (dst, (id, per_group.get(&id).cloned().unwrap_or_default())))
+        .collect())
+}
+
+/// What `pier routes` shows: one row per route of pier's with its next
+/// hops, its nexthop group and buckets per next hop (resilient groups),
+/// and the VIP's nft counters.
+pub async fn routes_view() -> serde_json::Value {
+    let routes = installed_routes().await.unwrap_or_default();
+    let counters = counters().await.ok();
+    let groups = installed_groups().await.unwrap_or_default();
+    let rows: Vec<serde_json::Value> = routes
+        .into_iter()
+        .map(|(prefix, hops)| {
+            let c = counters
+                .as_ref()
+                .and_then(|c| c.get(&prefix.addr()).copied())
+                .unwrap_or_default();
+            let group = groups.get(&prefix);
+            serde_json::json!({
+                "vip": prefix.to_string(),
+                "next_hops": hops.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                "group": group.map(|(id, _)| *id),
+                "buckets": group.map(|(_, b)| b.iter().map(|(h, n)| (h.to_string(), *n)).collect::<BTreeMap<_, _>>()),
+                "accepted_packets": c.accepted.packets,
+                "dropped_packets": c.dropped.packets,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
 /// Does traffic of some VIP of `desired` come to pier, so that pier must
 /// route and filter it? VIPs of `next_hop = "self"` and `l2` pools always;
 /// `next_hop = "nodes"` VIPs once a peer without ADD-PATH receive was sent
