@@ -582,15 +582,51 @@ fn has_legacy_tables(v6: bool) -> bool {
         && std::fs::read_to_string(names).is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
 }
 
-/// Every base chain on the forward hook, both backends.
+/// The tables (family, name) with a base chain on the forward hook, from
+/// `nft -j list chains` output, pier's own left out (pure).
+pub fn tables_with_forward_chains(json: &str) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_str(json).unwrap_or_default();
+    let mut out: Vec<(String, String)> = v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("chain"))
+        .filter(|c| c["hook"] == "forward")
+        .filter_map(|c| {
+            Some((
+                c["family"].as_str()?.to_string(),
+                c["table"].as_str()?.to_string(),
+            ))
+        })
+        .filter(|(f, t)| !(f == "inet" && t == nft::TABLE))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every base chain on the forward hook, both backends. Lists the chains
+/// first and then only the tables that have one (never pier's own, whose
+/// sets hold every VIP).
 pub async fn forward_chains() -> Vec<ForwardChain> {
-    let mut out = match nft::run_nft(&["-j", "list", "ruleset"], None).await {
-        Ok(json) => chains_from_nft_json(&json),
+    let tables = match nft::run_nft(&["-j", "list", "chains"], None).await {
+        Ok(json) => tables_with_forward_chains(&json),
         Err(e) => {
-            tracing::debug!(error = %e, "nft list ruleset");
+            tracing::debug!(error = %e, "nft list chains");
             Vec::new()
         }
     };
+    let mut items: Vec<Value> = Vec::new();
+    for (family, table) in &tables {
+        match nft::run_nft(&["-j", "list", "table", family, table], None).await {
+            Ok(json) => {
+                let v: Value = serde_json::from_str(&json).unwrap_or_default();
+                items.extend(v["nftables"].as_array().cloned().unwrap_or_default());
+            }
+            Err(e) => tracing::debug!(error = %e, "nft list table {family} {table}"),
+        }
+    }
+    let mut out = chains_from_nft_json(&serde_json::json!({ "nftables": items }).to_string());
     for v6 in [false, true] {
         if !has_legacy_tables(v6) {
             continue;
@@ -767,6 +803,13 @@ mod tests {
 
     #[test]
     fn forward_chains_of_iptables_nft_and_nftables_are_read() {
+        assert_eq!(
+            tables_with_forward_chains(DOCKERISH),
+            vec![
+                ("inet".to_string(), "filter".to_string()),
+                ("ip".to_string(), "filter".to_string())
+            ]
+        );
         let chains = chains_from_nft_json(DOCKERISH);
         assert_eq!(chains.len(), 2, "{chains:?}");
         let ipt = &chains[0];
