@@ -541,11 +541,11 @@ pub struct GroupPlan {
 /// each of pier's routes now points at; `members` is gateway → member id
 /// (gateways without one are left out of the sets).
 ///
-/// A set of next hops that an existing group already has keeps that group.
-/// A set that no group has takes over the group most of its VIPs use now,
-/// replaced in place: a node leaving or joining changes the members of the
-/// group, and the kernel moves only the buckets it must. Only a set that
-/// is new to every VIP gets a new group.
+/// Each group in use goes to the set most of its VIPs want now, replaced
+/// in place when that set differs: a node leaving or joining changes the
+/// members of the group, and the kernel moves only the buckets it must.
+/// A set no group in use went to takes an unused group of pier's with
+/// exactly that set, else a new group.
 pub fn plan_groups(
     installed: &Installed,
     want: &BTreeMap<IpNet, BTreeSet<IpAddr>>,
@@ -571,62 +571,90 @@ pub fn plan_groups(
             .push(*dst);
     }
     let usable = |g: &Nexthop| g.is_resilient_as(params);
-    let mut claimed: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    let mut assigned: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
-    // 1. A group with exactly the set.
-    for set in sets.keys() {
-        let exact = installed.groups.values().find(|g| {
-            usable(g) && !claimed.contains_key(&g.id) && {
-                let mut m = g.group.clone();
-                m.sort_unstable();
-                m == *set
-            }
-        });
-        if let Some(g) = exact {
-            claimed.insert(g.id, set.clone());
-            assigned.insert(set.clone(), g.id);
-            if g.idle_timer_s != Some(params.idle_timer_s)
-                || g.unbalanced_timer_s != Some(params.unbalanced_timer_s)
-            {
-                plan.groups.push(Request::Group {
-                    id: g.id,
-                    members: set.clone(),
-                    resilient: Some(*params),
-                    replace: true,
-                });
-            }
+    let sorted = |g: &Nexthop| {
+        let mut m = g.group.clone();
+        m.sort_unstable();
+        m
+    };
+    let claimed: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let assigned: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
+    type Claims = (BTreeMap<u32, Vec<u32>>, BTreeMap<Vec<u32>, u32>);
+    fn claim(plan: &mut GroupPlan, c: &mut Claims, g: &Nexthop, set: &[u32], params: &Resilient) {
+        c.0.insert(g.id, set.to_vec());
+        c.1.insert(set.to_vec(), g.id);
+        let mut members = g.group.clone();
+        members.sort_unstable();
+        let timers_differ = g.idle_timer_s != Some(params.idle_timer_s)
+            || g.unbalanced_timer_s != Some(params.unbalanced_timer_s);
+        if members != set || timers_differ {
+            plan.groups.push(Request::Group {
+                id: g.id,
+                members: set.to_vec(),
+                resilient: Some(*params),
+                replace: true,
+            });
         }
     }
-    // 2. The group most of the set's VIPs use now, changed in place.
-    for (set, vips) in &sets {
-        if assigned.contains_key(set) {
+    let mut c: Claims = (claimed, assigned);
+    // 1. Each group in use goes to the set most of its VIPs want now
+    //    (changed in place when that set differs): when a group's VIPs
+    //    split (a node leaves some of them), the fewest VIPs move to a new
+    //    group, whose flows are all hashed afresh.
+    let set_of: BTreeMap<IpNet, &Vec<u32>> = sets
+        .iter()
+        .flat_map(|(set, vips)| vips.iter().map(move |v| (*v, set)))
+        .collect();
+    let mut votes: BTreeMap<(u32, &Vec<u32>), usize> = BTreeMap::new();
+    for (dst, g) in using {
+        if let (Some(set), true) = (set_of.get(dst), installed.groups.get(g).is_some_and(usable)) {
+            *votes.entry((*g, set)).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(usize, bool, u32, &Vec<u32>)> = votes
+        .into_iter()
+        .map(|((g, set), n)| {
+            let exact = installed.groups.get(&g).is_some_and(|x| sorted(x) == *set);
+            (n, exact, g, set)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    for (_, _, g, set) in ranked {
+        if c.0.contains_key(&g) || c.1.contains_key(set) {
             continue;
         }
-        let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
-        for v in vips {
-            if let Some(g) = using.get(v) {
-                if installed.groups.get(g).is_some_and(usable) && !claimed.contains_key(g) {
-                    *votes.entry(*g).or_default() += 1;
-                }
-            }
+        if let Some(group) = installed.groups.get(&g) {
+            claim(&mut plan, &mut c, group, set, params);
         }
-        let best = votes
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(g, _)| *g);
-        let (id, replace) = match best {
-            Some(g) => (g, true),
-            None => (allocate(taken), false),
-        };
-        claimed.insert(id, set.clone());
-        assigned.insert(set.clone(), id);
+    }
+    // 2. A set no group in use went to: a group of pier's that has it.
+    for set in sets.keys() {
+        if c.1.contains_key(set) {
+            continue;
+        }
+        let exact = installed
+            .groups
+            .values()
+            .find(|g| usable(g) && !c.0.contains_key(&g.id) && sorted(g) == *set);
+        if let Some(g) = exact {
+            claim(&mut plan, &mut c, g, set, params);
+        }
+    }
+    // 3. A new group.
+    for set in sets.keys() {
+        if c.1.contains_key(set) {
+            continue;
+        }
+        let id = allocate(taken);
+        c.0.insert(id, set.clone());
+        c.1.insert(set.clone(), id);
         plan.groups.push(Request::Group {
             id,
             members: set.clone(),
             resilient: Some(*params),
-            replace,
+            replace: false,
         });
     }
+    let (claimed, assigned) = c;
     for (set, vips) in &sets {
         if let Some(id) = assigned.get(set) {
             for v in vips {
@@ -1129,6 +1157,53 @@ mod tests {
         let p = plan_groups(&inst, &want, &BTreeMap::new(), &members, &other, &mut taken);
         assert!(!p.routes.values().any(|g| *g == ID_BASE + 10));
         assert!(p.stale_groups.contains(&(ID_BASE + 10)));
+    }
+
+    #[test]
+    fn when_a_groups_vips_split_the_group_follows_most_of_them() {
+        let g = ID_BASE + 10;
+        let inst = Installed::from_dump(vec![
+            member(1, "10.0.0.1", 2),
+            member(2, "10.0.0.2", 2),
+            member(3, "10.0.0.3", 2),
+            group(g, &[1, 2, 3]),
+        ]);
+        let mut taken = inst.taken.clone();
+        let members = BTreeMap::from([
+            (ip("10.0.0.1"), 1),
+            (ip("10.0.0.2"), 2),
+            (ip("10.0.0.3"), 3),
+        ]);
+        let two = BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2")]);
+        let three = BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")]);
+        // Node 3 leaves two VIPs (health-checked) but not the third.
+        let want = BTreeMap::from([
+            (net("10.77.0.1/32"), two.clone()),
+            (net("10.77.0.2/32"), two),
+            (net("10.77.0.3/32"), three),
+        ]);
+        let using: BTreeMap<IpNet, u32> = want.keys().map(|d| (*d, g)).collect();
+        let p = plan_groups(
+            &inst,
+            &want,
+            &using,
+            &members,
+            &Resilient::default(),
+            &mut taken,
+        );
+        assert_eq!(p.routes[&net("10.77.0.1/32")], g, "the two keep the group");
+        assert_eq!(p.routes[&net("10.77.0.2/32")], g);
+        assert_ne!(
+            p.routes[&net("10.77.0.3/32")],
+            g,
+            "the one gets a new group"
+        );
+        assert!(p.groups.contains(&Request::Group {
+            id: g,
+            members: vec![1, 2],
+            resilient: Some(Resilient::default()),
+            replace: true
+        }));
     }
 
     proptest! {
