@@ -115,12 +115,15 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
             metrics.clone(),
         );
     }
+    let route_config = route::RouteConfig {
+        lan_interfaces: l2_interfaces,
+        sysctl: cfg.gateway.sysctl,
+        forwarding: cfg.gateway.forwarding,
+        ..Default::default()
+    };
+    let datapath = route_config.status.clone();
     let routes = route::task::spawn(route::task::RouteSpawn {
-        config: route::RouteConfig {
-            lan_interfaces: l2_interfaces,
-            sysctl: cfg.gateway.sysctl,
-            ..Default::default()
-        },
+        config: route_config,
         eager: cfg
             .pools
             .iter()
@@ -140,6 +143,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
         started: Instant::now(),
         peers: board.clone(),
         routes: routes.view.clone(),
+        datapath: Some(datapath),
     };
     let socket = api::bind_socket(&cfg.gateway.api_socket, &socket_options(&cfg)?)?;
     let metrics_listener = api::bind_metrics(cfg.gateway.metrics_listen).await?;

@@ -47,6 +47,11 @@ pub struct Metrics {
     pub arp_replies_sent: Family<Labels, Counter>,
     pub garp_sent: Family<Labels, Counter>,
     pub reconcile_seconds: Histogram,
+    /// 1 per host firewall chain that drops VIP traffic pier accepts.
+    pub forward_blocked: Family<Labels, Gauge>,
+    /// 1 when resilient next-hop groups are configured but this kernel
+    /// cannot have them (multipath routes instead).
+    pub next_hop_groups_fallback: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,7 +76,19 @@ impl Metrics {
             garp_sent: Family::default(),
             // 50 µs .. ~13 s
             reconcile_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 19)),
+            forward_blocked: Family::default(),
+            next_hop_groups_fallback: Gauge::default(),
         };
+        r.register(
+            "pier_forward_blocked",
+            "1 when a host firewall chain (table, chain) drops VIP traffic pier accepts",
+            m.forward_blocked.clone(),
+        );
+        r.register(
+            "pier_next_hop_groups_fallback",
+            "1 when resilient next-hop groups are configured but the kernel cannot have them",
+            m.next_hop_groups_fallback.clone(),
+        );
         r.register(
             "pier_pool_addresses_total",
             "Addresses in a pool, per family (a float: an IPv6 /64 does not fit an integer gauge)",
@@ -171,6 +188,18 @@ impl Metrics {
         labels(&[("interface", interface)])
     }
 
+    /// The data path's findings: blocking chains as (table, chain), and
+    /// whether resilient groups fell back to multipath routes.
+    pub fn set_datapath(&self, blocked: &[(String, String)], fallback: bool) {
+        self.forward_blocked.clear();
+        for (table, chain) in blocked {
+            self.forward_blocked
+                .get_or_create(&labels(&[("table", table), ("chain", chain)]))
+                .set(1);
+        }
+        self.next_hop_groups_fallback.set(i64::from(fallback));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -198,6 +227,7 @@ mod tests {
         m.arp_replies_sent.get_or_create(&m.interface("eth0")).inc();
         m.garp_sent.get_or_create(&m.interface("eth0")).inc();
         m.reconcile_seconds.observe(0.001);
+        m.set_datapath(&[("ip filter".into(), "FORWARD".into())], true);
         let text = m.render();
         for name in [
             "pier_pool_addresses_total{pool=\"public\",family=\"ipv6\"} 18446744073709553000.0",
@@ -210,6 +240,8 @@ mod tests {
             "pier_arp_replies_sent_total{interface=\"eth0\"} 1",
             "pier_garp_sent_total{interface=\"eth0\"} 1",
             "pier_reconcile_seconds_count 1",
+            "pier_forward_blocked{table=\"ip filter\",chain=\"FORWARD\"} 1",
+            "pier_next_hop_groups_fallback 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

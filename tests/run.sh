@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 for pair in bird:bird2 vtysh:frr gobgpd:gobgpd nft:nftables ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping \
-    python3:python3 curl:curl rpm:rpm mmdebstrap:mmdebstrap systemd-analyze:systemd vagrant:vagrant ruby:ruby; do
+    python3:python3 curl:curl iptables-legacy:iptables rpm:rpm mmdebstrap:mmdebstrap systemd-analyze:systemd vagrant:vagrant ruby:ruby; do
     bin=${pair%%:*}; pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/lib/frr/$bin" ] || need_pkgs+=("$pkg")
 done

@@ -61,6 +61,30 @@ pub struct ApiContext {
     pub peers: StatusBoard,
     /// The routes the route actuator read back.
     pub routes: RoutesView,
+    /// The route actuator's view of the data path (next-hop groups,
+    /// flowtable, host firewalls); `None` before pier forwards.
+    pub datapath: Option<std::sync::Arc<std::sync::Mutex<crate::route::DatapathStatus>>>,
+}
+
+impl ApiContext {
+    fn datapath(&self) -> Option<crate::route::DatapathStatus> {
+        self.datapath
+            .as_ref()
+            .and_then(|d| d.lock().ok().map(|s| s.clone()))
+    }
+
+    /// Why forwarding is blocked: one entry per host firewall chain that
+    /// drops VIP traffic.
+    fn forwarding_blocked(&self) -> Vec<String> {
+        self.datapath()
+            .map(|d| {
+                d.blocked()
+                    .into_iter()
+                    .map(|(t, c)| format!("host firewall {t} chain {c} drops VIP traffic"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Socket file permissions and ownership.
@@ -179,7 +203,7 @@ async fn ask<T>(ctx: &ApiContext, q: impl FnOnce(oneshot::Sender<T>) -> Query) -
 
 async fn ready(ctx: &ApiContext) -> bool {
     let synced = ask(ctx, Query::Status).await.is_some_and(|s| s.synced);
-    synced && ctx.peers.all_attempted()
+    synced && ctx.peers.all_attempted() && ctx.forwarding_blocked().is_empty()
 }
 
 async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<Bytes>> {
@@ -205,6 +229,10 @@ async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<By
                 "uptime_seconds": ctx.started.elapsed().as_secs(),
                 "ready": ready(ctx).await,
                 "engine": engine,
+                "datapath": ctx.datapath().map(|d| json!({
+                    "lines": d.lines(),
+                    "blocked": d.blocked(),
+                })),
             })
         }
         "/v1/services" => match ask(ctx, Query::Services).await {
@@ -233,11 +261,17 @@ async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<By
 
 async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ctx.metrics.render(),
-        ),
+        "/metrics" => {
+            if let Some(d) = ctx.datapath() {
+                ctx.metrics
+                    .set_datapath(&d.blocked(), d.next_hop_groups_fallback.is_some());
+            }
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ctx.metrics.render(),
+            )
+        }
         "/healthz" => {
             // Alive: the engine answers.
             if ask(ctx, Query::Status).await.is_some() {
@@ -254,10 +288,16 @@ async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full
             if ready(ctx).await {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else {
+                let blocked = ctx.forwarding_blocked();
+                let why = if blocked.is_empty() {
+                    "initial sync or first peer attempts pending".to_string()
+                } else {
+                    format!("{} (see pier status)", blocked.join("; "))
+                };
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "not ready: initial sync or first peer attempts pending\n",
+                    format!("not ready: {why}\n"),
                 )
             }
         }
@@ -308,6 +348,7 @@ mod tests {
             started: Instant::now(),
             peers: board,
             routes: tokio::sync::watch::channel(Arc::new(Vec::new())).1,
+            datapath: None,
         }
     }
 
@@ -324,6 +365,26 @@ mod tests {
             ..context(true, true)
         };
         assert!(!ready(&ctx).await);
+        // A host firewall that drops VIP traffic: not ready, and why.
+        let status = crate::route::DatapathStatus {
+            host_firewall: vec![crate::route::hostfw::Finding {
+                table: "ip filter".into(),
+                chain: "FORWARD".into(),
+                opened: false,
+                blocked_vips: vec!["10.77.0.10".parse().unwrap()],
+                fix: "set host_firewall = \"open\"".into(),
+            }],
+            ..Default::default()
+        };
+        let ctx = ApiContext {
+            datapath: Some(Arc::new(std::sync::Mutex::new(status))),
+            ..context(true, true)
+        };
+        assert!(!ready(&ctx).await);
+        assert_eq!(
+            ctx.forwarding_blocked(),
+            vec!["host firewall ip filter chain FORWARD drops VIP traffic"]
+        );
     }
 
     #[tokio::test]

@@ -82,6 +82,12 @@ pub fn status(v: &Value) -> String {
         vec!["pools".into(), s(&e["pools"])],
         vec!["plan generation".into(), s(&e["generation"])],
     ];
+    let mut rows = rows;
+    // The route actuator's findings (next-hop groups, flowtable, host
+    // firewalls that drop VIP traffic), one row each.
+    for line in v["datapath"]["lines"].as_array().into_iter().flatten() {
+        rows.push(vec!["data path".into(), s(line)]);
+    }
     table(&["", ""], &rows)
         .lines()
         .skip(1)
@@ -265,25 +271,46 @@ pub fn peers(v: &Value) -> String {
 
 /// Kernel routes pier installed, with the nftables counters of each VIP.
 pub fn routes(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    vec![
-                        s(&x["vip"]),
-                        s(&x["next_hops"]),
-                        s(&x["accepted_packets"]),
-                        s(&x["dropped_packets"]),
-                    ]
-                })
-                .collect()
+    let items = v.as_array().cloned().unwrap_or_default();
+    // Resilient next-hop groups: the group and its buckets per next hop.
+    let grouped = items.iter().any(|x| x["group"].is_u64());
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|x| {
+            let mut row = vec![s(&x["vip"]), s(&x["next_hops"])];
+            if grouped {
+                row.push(match x["group"].as_u64() {
+                    Some(id) => {
+                        let buckets = x["buckets"]
+                            .as_object()
+                            .map(|b| {
+                                b.iter()
+                                    .map(|(h, n)| format!("{h}={n}"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default();
+                        format!("{id} ({buckets})")
+                    }
+                    None => "-".into(),
+                });
+            }
+            row.push(s(&x["accepted_packets"]));
+            row.push(s(&x["dropped_packets"]));
+            row
         })
-        .unwrap_or_default();
+        .collect();
     if rows.is_empty() {
         return "no routes installed (no VIP is forwarded through this gateway)\n".into();
     }
-    table(&["VIP", "NEXT HOPS", "ACCEPTED", "DROPPED"], &rows)
+    if grouped {
+        table(
+            &["VIP", "NEXT HOPS", "GROUP (BUCKETS)", "ACCEPTED", "DROPPED"],
+            &rows,
+        )
+    } else {
+        table(&["VIP", "NEXT HOPS", "ACCEPTED", "DROPPED"], &rows)
+    }
 }
 
 /// A table of an array of flat objects, columns in the order of the first.
@@ -379,6 +406,33 @@ mod tests {
             "fd66:77::10/128  -                      0         7"
         );
         assert!(routes(&json!([])).starts_with("no routes installed"));
+    }
+
+    #[test]
+    fn routes_table_shows_the_group_and_its_buckets_per_next_hop() {
+        let v = json!([
+            {"vip": "10.77.1.10/32", "next_hops": ["10.66.2.11", "10.66.2.12"], "group": 201000002,
+             "buckets": {"10.66.2.11": 128, "10.66.2.12": 128}, "accepted_packets": 1, "dropped_packets": 0},
+        ]);
+        let t = routes(&v);
+        assert!(t.lines().next().unwrap().contains("GROUP (BUCKETS)"), "{t}");
+        assert!(
+            t.contains("201000002 (10.66.2.11=128,10.66.2.12=128)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_data_path_lines() {
+        let v = json!({"version": "0", "engine": {}, "datapath": {"lines": [
+            "host firewall: ip filter chain FORWARD DROPS traffic to 1 VIP(s) (10.77.0.10); fix: x"
+        ]}});
+        let t = status(&v);
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("data path") && l.contains("ip filter chain FORWARD DROPS")),
+            "{t}"
+        );
     }
 
     #[test]

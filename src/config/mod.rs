@@ -51,6 +51,55 @@ pub struct GatewayConfig {
     /// Set the sysctls pier depends on, or only check them.
     pub sysctl: SysctlMode,
     pub log_format: LogFormat,
+    /// How forwarded VIPs reach their nodes, and what pier does about a
+    /// host firewall (keys of `[gateway]`).
+    #[serde(flatten)]
+    pub forwarding: Forwarding,
+}
+
+/// The `[gateway]` keys of the forwarding path (`docs/configuration.md`,
+/// `docs/datapath.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Forwarding {
+    /// `next_hop_groups`: resilient nexthop groups, or multipath routes.
+    pub next_hop_groups: NextHopGroups,
+    /// `resilient_buckets`: hash buckets per group.
+    pub resilient_buckets: u16,
+    /// `resilient_idle_timer_s`: a bucket idle this long may move to a
+    /// next hop that has too few.
+    pub resilient_idle_timer_s: u32,
+    /// `resilient_unbalanced_timer_s`: after this long unbalanced, busy
+    /// buckets move too (0: never).
+    pub resilient_unbalanced_timer_s: u32,
+    /// `host_firewall`: open a host firewall's forward chain for pier's
+    /// VIPs, or only check and report.
+    pub host_firewall: HostFirewall,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding {
+            next_hop_groups: NextHopGroups::Resilient,
+            resilient_buckets: 256,
+            resilient_idle_timer_s: 120,
+            resilient_unbalanced_timer_s: 600,
+            host_firewall: HostFirewall::Open,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NextHopGroups {
+    Resilient,
+    Multipath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostFirewall {
+    Open,
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

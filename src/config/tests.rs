@@ -343,3 +343,44 @@ fn no_input_panics() {
         let _ = parse(&text);
     }
 }
+
+#[test]
+fn forwarding_keys_default_parse_and_are_checked() {
+    let c = parse(GATEWAY).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.gateway.forwarding, Forwarding::default());
+    assert_eq!(
+        c.gateway.forwarding.next_hop_groups,
+        NextHopGroups::Resilient
+    );
+    assert_eq!(c.gateway.forwarding.host_firewall, HostFirewall::Open);
+    let text = format!(
+        "{GATEWAY}next_hop_groups = \"multipath\"\nresilient_buckets = 64\n\
+         resilient_idle_timer_s = 30\nresilient_unbalanced_timer_s = 0\nhost_firewall = \"check\"\n"
+    );
+    let f = parse(&text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .gateway
+        .forwarding;
+    assert_eq!(
+        f,
+        Forwarding {
+            next_hop_groups: NextHopGroups::Multipath,
+            resilient_buckets: 64,
+            resilient_idle_timer_s: 30,
+            resilient_unbalanced_timer_s: 0,
+            host_firewall: HostFirewall::Check,
+        }
+    );
+    let errs = errors(&format!(
+        "{GATEWAY}next_hop_groups = \"ecmp\"\nresilient_buckets = 70000\nhost_firewall = \"drop\"\n"
+    ));
+    has(
+        &errs,
+        "gateway.next_hop_groups: \"ecmp\": expected \"resilient\" or \"multipath\"",
+    );
+    has(&errs, "gateway.resilient_buckets: 70000 is out of range");
+    has(
+        &errs,
+        "gateway.host_firewall: \"drop\": expected \"open\" or \"check\"",
+    );
+}

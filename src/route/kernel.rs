@@ -249,7 +249,29 @@ pub async fn dump(handle: &Handle) -> Result<RouteTable, RouteError> {
 pub async fn dump_with_interfaces(
     handle: &Handle,
 ) -> Result<(RouteTable, BTreeSet<u32>), RouteError> {
+    let (table, _, interfaces) = dump_full(handle).await?;
+    Ok((table, interfaces))
+}
+
+/// pier's routes → the nexthop object each goes through (`RTA_NH_ID`), for
+/// the routes that use one.
+pub type RouteGroups = BTreeMap<IpNet, u32>;
+
+/// The nexthop object a route uses (pure).
+pub fn nexthop_id(msg: &RouteMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::NhId(id) => Some(*id),
+        _ => None,
+    })
+}
+
+/// Dump pier's routes, the nexthop object of those that use one, and the
+/// interfaces they leave by.
+pub async fn dump_full(
+    handle: &Handle,
+) -> Result<(RouteTable, RouteGroups, BTreeSet<u32>), RouteError> {
     let mut table = RouteTable::new();
+    let mut groups = RouteGroups::new();
     let mut interfaces = BTreeSet::new();
     for req in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -269,10 +291,13 @@ pub async fn dump_with_interfaces(
                 // IPv6 may report the siblings of one multipath route apart.
                 table.entry(dst).or_default().extend(hops);
                 interfaces.extend(egress_interfaces(&msg));
+                if let Some(id) = nexthop_id(&msg) {
+                    groups.insert(dst, id);
+                }
             }
         }
     }
-    Ok((table, interfaces))
+    Ok((table, groups, interfaces))
 }
 
 /// The name of interface `index`, `None` when there is none.
@@ -346,6 +371,39 @@ pub async fn execute(handle: &Handle, op: &RouteOp) -> Result<Option<Conflict>, 
                 r => r.map(|()| None).map_err(fail("delete route")),
             }
         }
+    }
+}
+
+/// Point pier's route for `dst` at nexthop object `id` (`exists`: pier
+/// has a route for `dst`, replace it). `Ok(Some(conflict))` when a foreign
+/// route for the same destination blocks an add.
+pub async fn route_via_group(
+    handle: &Handle,
+    dst: IpNet,
+    id: u32,
+    exists: bool,
+) -> Result<Option<Conflict>, RouteError> {
+    let mut msg = message(dst, &BTreeSet::new())?;
+    msg.attributes.push(RouteAttribute::NhId(id));
+    let req = handle.route().add(msg);
+    let result = if exists {
+        req.replace().execute().await
+    } else {
+        req.execute().await
+    };
+    match result {
+        Ok(()) => Ok(None),
+        Err(e) if !exists && errno(&e) == Some(libc::EEXIST) => Ok(Some(Conflict {
+            dst,
+            detail: "a route for this destination exists with another protocol; \
+                     pier does not replace routes it does not own"
+                .into(),
+        })),
+        Err(source) => Err(RouteError::Netlink {
+            op: if exists { "replace route" } else { "add route" },
+            dst: Some(dst),
+            source,
+        }),
     }
 }
 

@@ -10,7 +10,8 @@
 //!     // checks nft and the sysctls, opens netlink; refuses with a RouteError naming what is wrong
 //! route.apply(&desired).await?        // converge routes + nft to a Desired, returns a Report
 //! route.run(desired_rx, stop).await   // loop: apply on every new Desired, repair on a timer
-//!                                     // and after route netlink events, until `stop` resolves
+//!                                     // and after netlink events (pier's routes, links,
+//!                                     // addresses), until `stop` resolves
 //! route.shutdown(keep).await?         // keep = false: remove pier's routes and table
 //! route::counters().await?            // per-VIP nft counters, for `pier routes`
 //! route::installed_routes().await?    // pier's kernel routes, for `pier routes`
@@ -36,7 +37,9 @@
 //! Pure parts: [`kernel::desired_routes`], [`kernel::diff`],
 //! [`nft::firewall`], [`nft::render`], [`sysctl::problems`]; the rest is I/O.
 
+pub mod hostfw;
 pub mod kernel;
+pub mod nexthop;
 pub mod nft;
 pub mod nftgen;
 pub mod sysctl;
@@ -59,7 +62,7 @@ use netlink_sys::SocketAddr;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::task::JoinHandle;
 
-use crate::config::SysctlMode;
+use crate::config::{Forwarding, HostFirewall, NextHopGroups, SysctlMode};
 use crate::model::Desired;
 
 pub use kernel::{Conflict, RouteOp, RouteTable};
@@ -89,6 +92,8 @@ pub enum RouteError {
         action: &'static str,
         detail: String,
     },
+    #[error("nexthop objects: {0}")]
+    Nexthop(String),
     #[error("sysctls pier needs are not set: {}{detail}", problems.iter().map(|p| format!("{p}; ")).collect::<String>())]
     Sysctl {
         problems: Vec<sysctl::Problem>,
@@ -100,7 +105,9 @@ impl RouteError {
     /// Short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            RouteError::Netlink { .. } | RouteError::Socket(_) => "netlink",
+            RouteError::Netlink { .. } | RouteError::Socket(_) | RouteError::Nexthop(_) => {
+                "netlink"
+            }
             RouteError::InvalidRoute { .. } => "invalid_route",
             RouteError::NftUnavailable { .. } | RouteError::Nft { .. } => "nft",
             RouteError::Sysctl { .. } => "sysctl",
@@ -125,6 +132,11 @@ pub struct RouteConfig {
     pub proc_sys: PathBuf,
     /// Re-read and repair routes and the nft table this often.
     pub repair_interval: Duration,
+    /// Next-hop groups and host firewall (the `[gateway]` keys).
+    pub forwarding: Forwarding,
+    /// Where the actuator keeps what `pier status` shows of the data path
+    /// (the caller keeps a clone to read it).
+    pub status: Arc<std::sync::Mutex<DatapathStatus>>,
 }
 
 impl Default for RouteConfig {
@@ -134,6 +146,8 @@ impl Default for RouteConfig {
             sysctl: SysctlMode::Check,
             proc_sys: PathBuf::from("/proc/sys"),
             repair_interval: Duration::from_secs(30),
+            forwarding: Forwarding::default(),
+            status: Arc::default(),
         }
     }
 }
@@ -191,24 +205,123 @@ pub struct RouteActuator {
     redirects_checked: BTreeSet<String>,
     /// Interface indexes already looked at (no netlink lookup per repair).
     egress_seen: BTreeSet<u32>,
+    /// The socket for nexthop objects (`None`: could not be opened).
+    nexthops: Option<nexthop::NexthopSocket>,
+    /// Resilient groups in use, or multipath routes (and why).
+    groups: GroupMode,
+    /// What `pier status` shows of the data path.
+    status: Arc<std::sync::Mutex<DatapathStatus>>,
+}
+
+/// How VIP routes spread over their next hops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GroupMode {
+    Resilient(nexthop::Resilient),
+    /// Multipath routes; `Some(reason)` when resilient groups were asked
+    /// for and this kernel cannot have them.
+    Multipath(Option<String>),
+}
+
+/// The data path as `pier status` shows it (kept up to date by the
+/// actuator; read it with [`RouteActuator::status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DatapathStatus {
+    /// `resilient` or `multipath`.
+    pub next_hop_groups: String,
+    /// Why resilient groups are not used although configured.
+    pub next_hop_groups_fallback: Option<String>,
+    /// Whether this kernel has flowtables (`CONFIG_NF_FLOW_TABLE`):
+    /// `None` when it has, else why not.
+    pub flowtable_missing: Option<String>,
+    /// Other firewalls' forward chains that drop VIP traffic (opened by
+    /// pier, or not).
+    pub host_firewall: Vec<hostfw::Finding>,
+}
+
+impl DatapathStatus {
+    /// (table, chain) of every host firewall chain that drops VIP traffic
+    /// pier could not open: `/readyz` is not ready while there is one, and
+    /// `pier_forward_blocked{table,chain}` is 1 for each.
+    pub fn blocked(&self) -> Vec<(String, String)> {
+        self.host_firewall
+            .iter()
+            .filter(|f| !f.opened)
+            .map(|f| (f.table.clone(), f.chain.clone()))
+            .collect()
+    }
+
+    /// One line per finding, for `pier status`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.next_hop_groups_fallback {
+            Some(why) => out.push(format!("next-hop groups: multipath (fallback: {why})")),
+            None if !self.next_hop_groups.is_empty() => {
+                out.push(format!("next-hop groups: {}", self.next_hop_groups))
+            }
+            None => {}
+        }
+        for f in &self.host_firewall {
+            if f.opened {
+                out.push(format!(
+                    "host firewall: {} chain {} drops forwarded traffic; pier's accepts are in it (jump to {})",
+                    f.table,
+                    f.chain,
+                    hostfw::CHAIN
+                ));
+            } else {
+                out.push(format!(
+                    "host firewall: {} chain {} DROPS traffic to {} VIP(s) ({}); fix: {}",
+                    f.table,
+                    f.chain,
+                    f.blocked_vips.len(),
+                    f.blocked_vips
+                        .iter()
+                        .take(5)
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    f.fix
+                ));
+            }
+        }
+        if let Some(why) = &self.flowtable_missing {
+            out.push(format!(
+                "flowtable: not available in this kernel ({why}); every packet takes the full forward path"
+            ));
+        }
+        out
+    }
 }
 
 fn open_events() -> Result<RouteEvents, RouteError> {
     let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
     ])
     .map_err(RouteError::Socket)?;
     Ok((tokio::spawn(conn), messages))
 }
 
-/// Does a route event concern pier's routes (so a repair is due)?
+/// Does a netlink event concern pier's routes (so a repair is due)? A
+/// change of pier's own routes, and any link or address change: an
+/// interface coming up or getting its address makes next hops reachable
+/// that were not (a route add that failed with "Network is unreachable"
+/// is retried at once, not at the repair timer).
 fn concerns_pier(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
     match &msg.payload {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r))
         | NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
             r.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
         }
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewLink(_)
+            | RouteNetlinkMessage::DelLink(_)
+            | RouteNetlinkMessage::NewAddress(_)
+            | RouteNetlinkMessage::DelAddress(_),
+        ) => true,
         // Overrun and the like: we may have missed something.
         NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => true,
         _ => false,
@@ -228,7 +341,58 @@ impl RouteActuator {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
         let connection = tokio::spawn(conn);
         let events = Some(open_events()?);
+        let mut nexthops = nexthop::NexthopSocket::open()
+            .map_err(|e| tracing::warn!(error = %e, "route netlink socket for nexthop objects"))
+            .ok();
+        let f = &config.forwarding;
+        let groups = match (f.next_hop_groups, nexthops.as_mut()) {
+            (NextHopGroups::Multipath, _) => GroupMode::Multipath(None),
+            (NextHopGroups::Resilient, None) => {
+                GroupMode::Multipath(Some("no route netlink socket for nexthop objects".into()))
+            }
+            (NextHopGroups::Resilient, Some(sock)) => {
+                let params = nexthop::Resilient {
+                    buckets: f.resilient_buckets,
+                    idle_timer_s: f.resilient_idle_timer_s,
+                    unbalanced_timer_s: f.resilient_unbalanced_timer_s,
+                };
+                match nexthop::probe(sock, &params) {
+                    Ok(()) => GroupMode::Resilient(params),
+                    Err(why) => GroupMode::Multipath(Some(why)),
+                }
+            }
+        };
+        let flowtable_missing = nft::probe_flowtable().await.err();
+        if let Some(why) = &flowtable_missing {
+            tracing::info!("no flowtable offload in this kernel (CONFIG_NF_FLOW_TABLE): {why}");
+        }
+        let status = DatapathStatus {
+            flowtable_missing,
+            host_firewall: Vec::new(),
+            next_hop_groups: match &groups {
+                GroupMode::Resilient(p) => format!(
+                    "resilient ({} buckets, idle_timer {} s, unbalanced_timer {} s)",
+                    p.buckets, p.idle_timer_s, p.unbalanced_timer_s
+                ),
+                GroupMode::Multipath(_) => "multipath".into(),
+            },
+            next_hop_groups_fallback: match &groups {
+                GroupMode::Multipath(Some(why)) => {
+                    tracing::warn!("next_hop_groups = \"resilient\" is not possible here: {why}");
+                    Some(why.clone())
+                }
+                _ => None,
+            },
+        };
         Ok(RouteActuator {
+            nexthops,
+            groups,
+            status: {
+                if let Ok(mut s) = config.status.lock() {
+                    *s = status;
+                }
+                config.status.clone()
+            },
             handle,
             connection,
             events,
@@ -278,6 +442,38 @@ impl RouteActuator {
     }
 
     async fn converge(&mut self, repair: bool) -> Result<Report, RouteError> {
+        let report = self.converge_table(repair).await?;
+        // At start (the first pass is a repair), on every repair and
+        // whenever pier's table was written (new VIPs or ports, or the
+        // ruleset generation moved).
+        if repair || report.table_written {
+            self.check_host_firewall().await;
+        }
+        Ok(report)
+    }
+
+    /// Look at the other firewalls on the forward hook; open the iptables
+    /// ones with `host_firewall = "open"`; report the rest.
+    async fn check_host_firewall(&mut self) {
+        let fw = nft::firewall(&self.last);
+        let open = self.config.forwarding.host_firewall == HostFirewall::Open;
+        let findings = hostfw::check(&fw, open).await;
+        let Ok(mut status) = self.status.lock() else {
+            return;
+        };
+        if status.host_firewall != findings {
+            for f in &findings {
+                if f.opened {
+                    tracing::info!(table = %f.table, chain = %f.chain, "host firewall drops forwarded traffic; pier's accepts are in it (jump to {})", hostfw::CHAIN);
+                } else {
+                    tracing::warn!(table = %f.table, chain = %f.chain, vips = f.blocked_vips.len(), fix = %f.fix, "host firewall drops VIP traffic pier accepts");
+                }
+            }
+        }
+        status.host_firewall = findings;
+    }
+
+    async fn converge_table(&mut self, repair: bool) -> Result<Report, RouteError> {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
         report.firewalled_vips = fw.len();
@@ -307,13 +503,34 @@ impl RouteActuator {
         Ok(report)
     }
 
+    /// The data path as `pier status` shows it; the actuator updates it.
+    pub fn status(&self) -> Arc<std::sync::Mutex<DatapathStatus>> {
+        self.status.clone()
+    }
+
+    /// Whether VIP routes go through resilient nexthop groups (`false`:
+    /// multipath routes, configured or as a fallback).
+    pub fn resilient_groups(&self) -> bool {
+        matches!(self.groups, GroupMode::Resilient(_))
+    }
+
     /// Kernel routes only (after a route event: the nft table is not
     /// concerned).
     async fn converge_routes(&mut self) -> Result<Report, RouteError> {
+        if let GroupMode::Resilient(params) = self.groups {
+            return self.converge_groups(params).await;
+        }
         let desired = self.last.clone();
         let want = kernel::desired_routes(&desired);
-        let (current, egress) = kernel::dump_with_interfaces(&self.handle).await?;
+        let (mut current, via_groups, egress) = kernel::dump_full(&self.handle).await?;
         self.check_redirects(&egress).await;
+        // A route through a nexthop group (left by resilient mode) is
+        // replaced by a multipath route even when its next hops match.
+        for dst in via_groups.keys() {
+            if let Some(hops) = current.get_mut(dst) {
+                hops.clear();
+            }
+        }
         let ops = kernel::diff(&current, &want);
         let mut report = Report {
             generation: desired.generation,
@@ -343,6 +560,132 @@ impl RouteActuator {
                 RouteOp::Delete { .. } => report.deleted += 1,
             }
         }
+        // Nexthop objects of pier's left from resilient mode.
+        if !via_groups.is_empty() || self.groups == GroupMode::Multipath(None) {
+            if let Some(sock) = self.nexthops.as_mut() {
+                remove_nexthops(sock);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Kernel routes through resilient groups: members for every next hop,
+    /// one group per distinct set (changed in place when a set changes),
+    /// routes pointing at the groups; then what is no longer used goes.
+    async fn converge_groups(&mut self, params: nexthop::Resilient) -> Result<Report, RouteError> {
+        let desired = self.last.clone();
+        let want = kernel::desired_routes(&desired);
+        let (current, via_groups, mut egress) = kernel::dump_full(&self.handle).await?;
+        let mut report = Report {
+            generation: desired.generation,
+            routes: want.len(),
+            ..Report::default()
+        };
+        let Some(sock) = self.nexthops.as_mut() else {
+            return Err(RouteError::Nexthop("no route netlink socket".into()));
+        };
+        let nexthop_err = |e: nexthop::NexthopError| RouteError::Nexthop(e.to_string());
+        let installed = nexthop::Installed::from_dump(sock.dump().map_err(nexthop_err)?);
+        // The interface each next hop is reached by.
+        let mut oifs = BTreeMap::new();
+        let mut why_not: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for gw in want.values().flatten().collect::<BTreeSet<_>>() {
+            match sock.route_to(*gw) {
+                Ok(Some(oif)) => {
+                    oifs.insert(*gw, oif);
+                }
+                Ok(None) => {
+                    why_not.insert(*gw, "no route to it".into());
+                }
+                Err(e) => {
+                    why_not.insert(*gw, e.to_string());
+                }
+            }
+        }
+        let mut taken = installed.taken.clone();
+        let (reqs, mut members) = nexthop::plan_members(&installed, &oifs, &mut taken);
+        for req in &reqs {
+            if let Err(e) = sock.change(req) {
+                if let nexthop::Request::Member { gateway, .. } = req {
+                    members.remove(gateway);
+                    why_not.insert(*gateway, e.to_string());
+                }
+            }
+        }
+        egress.extend(oifs.values().copied());
+        let plan = nexthop::plan_groups(
+            &installed,
+            &want,
+            &via_groups,
+            &members,
+            &params,
+            &mut taken,
+        );
+        let mut broken = BTreeSet::new();
+        for req in &plan.groups {
+            if let Err(e) = sock.change(req) {
+                tracing::warn!(error = %e, "nexthop group change failed");
+                if let nexthop::Request::Group { id, .. } = req {
+                    broken.insert(*id);
+                    for (dst, _) in plan.routes.iter().filter(|(_, g)| *g == id) {
+                        report.failed.push((*dst, e.to_string()));
+                    }
+                }
+            } else if let nexthop::Request::Group {
+                id, replace: true, ..
+            } = req
+            {
+                // A set changed in place: each VIP on the group changed.
+                report.replaced += plan
+                    .routes
+                    .iter()
+                    .filter(|(dst, g)| *g == id && via_groups.get(*dst) == Some(id))
+                    .count();
+            }
+        }
+        for dst in &plan.unreachable {
+            let hops = want.get(dst).into_iter().flatten();
+            let detail = hops
+                .map(|h| format!("{h}: {}", why_not.get(h).map_or("unknown", |w| w.as_str())))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(dst = %dst, "no next hop of this VIP is reachable: {detail}");
+            report
+                .failed
+                .push((*dst, format!("no next hop reachable: {detail}")));
+        }
+        for (dst, id) in &plan.routes {
+            if broken.contains(id) || via_groups.get(dst) == Some(id) {
+                continue;
+            }
+            let exists = current.contains_key(dst);
+            match kernel::route_via_group(&self.handle, *dst, *id, exists).await {
+                Ok(None) if exists => report.replaced += 1,
+                Ok(None) => report.added += 1,
+                Ok(Some(c)) => {
+                    tracing::warn!(dst = %c.dst, "{}", c.detail);
+                    report.conflicts.push(c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "route change failed");
+                    report.failed.push((*dst, e.to_string()));
+                }
+            }
+        }
+        for dst in current.keys().filter(|d| !want.contains_key(d)) {
+            match kernel::execute(&self.handle, &RouteOp::Delete { dst: *dst }).await {
+                Ok(_) => report.deleted += 1,
+                Err(e) => report.failed.push((*dst, e.to_string())),
+            }
+        }
+        for id in plan.stale_groups.iter().chain(&plan.stale_members) {
+            if let Err(e) = sock.change(&nexthop::Request::Delete { id: *id }) {
+                if e.errno() != Some(libc::ENOENT) {
+                    tracing::debug!(error = %e, "delete nexthop");
+                }
+            }
+        }
+        self.check_redirects(&egress).await;
         Ok(report)
     }
 
@@ -385,7 +728,7 @@ impl RouteActuator {
 
     /// Apply every new Desired from `desired`, repair every
     /// `repair_interval` and soon after a netlink event about pier's
-    /// routes, until `stop` resolves or the sender is dropped. Errors are
+    /// routes or any link or address (see `concerns_pier`), until `stop` resolves or the sender is dropped. Errors are
     /// logged and retried at the next trigger.
     pub async fn run(
         &mut self,
@@ -479,7 +822,7 @@ impl RouteActuator {
     /// Stop. With `keep = false`, remove every pier route and the nft
     /// table; with `keep = true` leave the data path as it is (traffic keeps
     /// flowing while pier restarts).
-    pub async fn shutdown(self, keep: bool) -> Result<(), RouteError> {
+    pub async fn shutdown(mut self, keep: bool) -> Result<(), RouteError> {
         let result = if keep {
             Ok(())
         } else {
@@ -492,12 +835,38 @@ impl RouteActuator {
         result
     }
 
-    async fn remove_all(&self) -> Result<(), RouteError> {
+    async fn remove_all(&mut self) -> Result<(), RouteError> {
         let current = kernel::dump(&self.handle).await?;
         for op in kernel::diff(&current, &RouteTable::new()) {
             kernel::execute(&self.handle, &op).await?;
         }
+        if let Some(sock) = self.nexthops.as_mut() {
+            remove_nexthops(sock);
+        }
+        hostfw::remove().await;
+        if let Ok(mut s) = self.status.lock() {
+            s.host_firewall.clear();
+        }
         nft::delete_table().await
+    }
+}
+
+/// Delete every nexthop object of pier's (groups first); errors are
+/// logged (an object already gone is fine).
+fn remove_nexthops(sock: &mut nexthop::NexthopSocket) {
+    let installed = match sock.dump() {
+        Ok(all) => nexthop::Installed::from_dump(all),
+        Err(e) => {
+            tracing::debug!(error = %e, "dump nexthops");
+            return;
+        }
+    };
+    for id in installed.groups.keys().chain(installed.members.keys()) {
+        if let Err(e) = sock.change(&nexthop::Request::Delete { id: *id }) {
+            if e.errno() != Some(libc::ENOENT) {
+                tracing::warn!(error = %e, "removing pier's nexthop object");
+            }
+        }
     }
 }
 
@@ -522,6 +891,79 @@ pub async fn installed_routes() -> Result<RouteTable, RouteError> {
     let r = kernel::dump(&handle).await;
     task.abort();
     r
+}
+
+/// The resilient group each of pier's routes uses, with its buckets per
+/// next hop (`ip nexthop bucket`): VIP → (group id, next hop → buckets).
+/// Empty where there are no nexthop objects.
+pub async fn installed_groups() -> Result<BTreeMap<IpNet, (u32, BTreeMap<IpAddr, u32>)>, RouteError>
+{
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+    let task = tokio::spawn(conn);
+    let dumped = kernel::dump_full(&handle).await;
+    task.abort();
+    let (_, groups, _) = dumped?;
+    if groups.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let err = |e: nexthop::NexthopError| RouteError::Nexthop(e.to_string());
+    let mut sock = nexthop::NexthopSocket::open().map_err(err)?;
+    let installed = nexthop::Installed::from_dump(sock.dump().map_err(err)?);
+    let mut per_group: BTreeMap<u32, BTreeMap<IpAddr, u32>> = BTreeMap::new();
+    for id in groups.values().collect::<BTreeSet<_>>() {
+        let buckets = sock.buckets(*id).map_err(err)?;
+        let by_hop = buckets
+            .into_iter()
+            .filter_map(|(member, n)| {
+                let gw = installed.members.get(&member)?.gateway?;
+                Some((gw, n))
+            })
+            .collect();
+        per_group.insert(*id, by_hop);
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(dst, id)| (dst, (id, per_group.get(&id).cloned().unwrap_or_default())))
+        .collect())
+}
+
+/// One row of `pier routes`: a VIP's kernel route, its nexthop group with
+/// the buckets each next hop holds (resilient groups), and its forwarding
+/// counters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstalledRoute {
+    pub vip: IpNet,
+    pub next_hops: Vec<IpAddr>,
+    pub group: Option<u32>,
+    pub buckets: Option<BTreeMap<IpAddr, u32>>,
+    pub accepted_packets: u64,
+    pub dropped_packets: u64,
+}
+
+/// What `pier routes` shows: pier's routes as the kernel has them, with
+/// their groups and the VIPs' nft counters.
+pub async fn routes_view() -> Vec<InstalledRoute> {
+    let routes = installed_routes().await.unwrap_or_default();
+    let counters = counters().await.ok();
+    let groups = installed_groups().await.unwrap_or_default();
+    routes
+        .into_iter()
+        .map(|(prefix, hops)| {
+            let c = counters
+                .as_ref()
+                .and_then(|c| c.get(&prefix.addr()).copied())
+                .unwrap_or_default();
+            let group = groups.get(&prefix);
+            InstalledRoute {
+                vip: prefix,
+                next_hops: hops.into_iter().collect(),
+                group: group.map(|(id, _)| *id),
+                buckets: group.map(|(_, b)| b.clone()),
+                accepted_packets: c.accepted.packets,
+                dropped_packets: c.dropped.packets,
+            }
+        })
+        .collect()
 }
 
 /// Does traffic of some VIP of `desired` come to pier, so that pier must

@@ -568,6 +568,21 @@ pub async fn probe() -> Result<(), RouteError> {
         })
 }
 
+/// Can this kernel offload flows to a flowtable (`CONFIG_NF_FLOW_TABLE`)?
+/// Declares one in a scratch table and deletes the table in the same
+/// transaction, so nothing is left either way. `Err`: why not (nft's
+/// message).
+pub async fn probe_flowtable() -> Result<(), String> {
+    let text = "table inet pier_flowtable_probe {\n\tflowtable ft {\n\t\thook ingress priority 0\n\t\tdevices = { lo }\n\t}\n}\ndelete table inet pier_flowtable_probe\n";
+    match run_nft(&["-f", "-"], Some(text)).await {
+        Ok(_) => Ok(()),
+        Err(RouteError::Nft { detail, .. }) | Err(RouteError::NftUnavailable { detail }) => {
+            Err(detail.lines().next().unwrap_or_default().to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Counter objects now in pier's table; empty when the table does not exist.
 ///
 /// The listing is of every `inet` table's counters, filtered to pier's by

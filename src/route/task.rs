@@ -20,24 +20,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::{counters, installed_routes, needed, RouteActuator, RouteConfig, RouteError};
+use super::{needed, routes_view, InstalledRoute, RouteActuator, RouteConfig, RouteError};
 use crate::model::Desired;
-
-/// One row of `pier routes`: a VIP's kernel route and its forwarding
-/// counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstalledRoute {
-    pub vip: IpNet,
-    pub next_hops: Vec<IpAddr>,
-    pub accepted_packets: u64,
-    pub dropped_packets: u64,
-}
 
 /// What the API reads: the routes as last read back from the kernel.
 pub type RoutesView = watch::Receiver<Arc<Vec<InstalledRoute>>>;
@@ -142,25 +130,7 @@ async fn run(
 /// Read pier's routes and counters back every 5 s for `pier routes`.
 async fn refresh_view(view: watch::Sender<Arc<Vec<InstalledRoute>>>) {
     loop {
-        let routes = installed_routes().await.ok();
-        let counters = counters().await.ok();
-        let rows: Vec<InstalledRoute> = routes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(prefix, hops)| {
-                let c = counters
-                    .as_ref()
-                    .and_then(|c| c.get(&prefix.addr()).copied())
-                    .unwrap_or_default();
-                InstalledRoute {
-                    vip: prefix,
-                    next_hops: hops.into_iter().collect(),
-                    accepted_packets: c.accepted.packets,
-                    dropped_packets: c.dropped.packets,
-                }
-            })
-            .collect();
-        view.send_replace(Arc::new(rows));
+        view.send_replace(Arc::new(routes_view().await));
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

@@ -655,3 +655,55 @@ pub fn route_gateways(lab: &Lab, host: &str, family: &str, prefix: &str) -> Vec<
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A keep-alive line server in a host on `addr`: every line a client sends
+/// is answered with `name` and a newline, on the same connection, until the
+/// client closes it (a node's service for tests that keep connections open
+/// across a next-hop change). Runs until the test process ends.
+pub fn line_server(lab: &Lab, host: &str, addr: SocketAddr, name: &str) {
+    let listener = lab
+        .in_host(host, || TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("{host}: bind {addr}: {e}"));
+    let name = format!("{name}\n");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
+                            for _ in 0..lines {
+                                if conn.write_all(name.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// One request on a kept connection of [`line_server`]: the name of the
+/// host that answered.
+pub fn line_request(conn: &mut TcpStream, timeout: Duration) -> Result<String, String> {
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"?\n").map_err(|e| format!("send: {e}"))?;
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while out.len() < 64 {
+        match conn.read(&mut b) {
+            Ok(0) => return Err("closed".into()),
+            Ok(_) if b[0] == b'\n' => return String::from_utf8(out).map_err(|e| e.to_string()),
+            Ok(_) => out.push(b[0]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    Err("answer too long".into())
+}

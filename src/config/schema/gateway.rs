@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use toml::de::DeTable;
 
 use crate::config::toml_reader::{Diagnostics, Section, Span};
-use crate::config::{GatewayConfig, LogFormat, Shutdown, SysctlMode};
+use crate::config::{
+    Forwarding, GatewayConfig, HostFirewall, LogFormat, NextHopGroups, Shutdown, SysctlMode,
+};
 
 const GATEWAY: &[&str] = &[
     "router_id",
@@ -19,6 +21,11 @@ const GATEWAY: &[&str] = &[
     "shutdown",
     "sysctl",
     "log_format",
+    "next_hop_groups",
+    "resilient_buckets",
+    "resilient_idle_timer_s",
+    "resilient_unbalanced_timer_s",
+    "host_firewall",
 ];
 
 pub(super) fn read(
@@ -95,5 +102,38 @@ pub(super) fn read(
         shutdown,
         sysctl,
         log_format,
+        forwarding: forwarding(diag, &s),
     })
+}
+
+/// The forwarding keys of `[gateway]` (`docs/configuration.md`).
+fn forwarding(diag: &mut Diagnostics<'_>, s: &Section<'_, '_>) -> Forwarding {
+    let d = Forwarding::default();
+    Forwarding {
+        next_hop_groups: s
+            .parsed(diag, "next_hop_groups", |v| match v {
+                "resilient" => Ok(NextHopGroups::Resilient),
+                "multipath" => Ok(NextHopGroups::Multipath),
+                _ => Err(format!("{v:?}: expected \"resilient\" or \"multipath\"")),
+            })
+            .map_or(d.next_hop_groups, |(v, _)| v),
+        // The kernel takes up to 2^16 - 1 buckets; fewer than 8 balance badly.
+        resilient_buckets: s
+            .int(diag, "resilient_buckets", 8, 65535)
+            .map_or(d.resilient_buckets, |(n, _)| n as u16),
+        // The kernel keeps the timers in 1/100 s in 32 bits.
+        resilient_idle_timer_s: s
+            .int(diag, "resilient_idle_timer_s", 1, 3600)
+            .map_or(d.resilient_idle_timer_s, |(n, _)| n as u32),
+        resilient_unbalanced_timer_s: s
+            .int(diag, "resilient_unbalanced_timer_s", 0, 86400)
+            .map_or(d.resilient_unbalanced_timer_s, |(n, _)| n as u32),
+        host_firewall: s
+            .parsed(diag, "host_firewall", |v| match v {
+                "open" => Ok(HostFirewall::Open),
+                "check" => Ok(HostFirewall::Check),
+                _ => Err(format!("{v:?}: expected \"open\" or \"check\"")),
+            })
+            .map_or(d.host_firewall, |(v, _)| v),
+    }
 }
