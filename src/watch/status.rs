@@ -4,12 +4,18 @@
 //! changed: read it again and retry). Writes are coalesced per Service, so
 //! a burst of changes ends in one write of the last state.
 //!
-//! No quorum read on the way: the Service is read with `resourceVersion=0`,
-//! which kube-apiserver answers from its watch cache (the cache the
-//! engine's own watch is fed from, so never older than what asked for the
-//! write), and read through etcd only after a 409, when the cache has been
-//! shown stale. A plain GET before each PATCH would be one more etcd round
-//! per Service (docs/kubernetes.md, "What pier costs the API server").
+//! No read at all on the way for a [`StatusWrite::Set`], and no quorum
+//! read for a [`StatusWrite::Clear`]. A Set is asked for by the engine when
+//! the status its watch delivered differs, and its list does not depend on
+//! what the Service holds: it is one merge PATCH naming only
+//! `status.loadBalancer.ingress` (a resourceVersion precondition would
+//! only turn another writer's change into a 409 and the same write again).
+//! A Clear keeps the other entries, so it reads the Service first with
+//! `resourceVersion=0`, which kube-apiserver answers from its watch cache
+//! (the cache the engine's own watch is fed from), writes with that
+//! resourceVersion as a precondition, and reads through etcd only after a
+//! 409. A plain GET before each PATCH would be one more etcd round per
+//! Service (docs/kubernetes.md, "What pier costs the API server").
 //!
 //! Events are `events.k8s.io/v1`, deduplicated by
 //! [`super::events::EventBook`] and paced by [`super::events::EventOutbox`]:
@@ -157,26 +163,39 @@ pub struct StatusOutcome {
     pub uid: Option<String>,
 }
 
-/// Write one Service's status, only when it differs from what the API
-/// server holds. The first read is served from the watch cache
-/// (`resourceVersion=0`); only a 409 (that copy was stale, or another
-/// writer came between) makes the next read a quorum read.
+/// The Service is gone: nothing written, no uid.
+const GONE: StatusOutcome = StatusOutcome {
+    written: false,
+    uid: None,
+};
+
+/// Write one Service's status: a Set in one merge PATCH, a Clear after a
+/// read from the watch cache (see the module's documentation).
 pub async fn write_status(
     client: &Client,
     key: &ServiceKey,
     work: &StatusWrite,
 ) -> Result<StatusOutcome, kube::Error> {
     let api: Api<KService> = Api::namespaced(client.clone(), &key.namespace);
+    if let StatusWrite::Set(_) = work {
+        let patch = json!({"status": {"loadBalancer": {"ingress": work.apply(&[])}}});
+        return match api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(svc) => Ok(StatusOutcome {
+                written: true,
+                uid: svc.metadata.uid,
+            }),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(GONE),
+            Err(e) => Err(e),
+        };
+    }
     let mut read = GetParams::any();
     for _ in 0..5 {
         let svc = match api.get_with(&key.name, &read).await {
             Ok(svc) => svc,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Ok(StatusOutcome {
-                    written: false,
-                    uid: None,
-                })
-            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(GONE),
             Err(e) => return Err(e),
         };
         let uid = svc.metadata.uid.clone();
@@ -193,9 +212,9 @@ pub async fn write_status(
                 uid,
             });
         }
-        // The merge patch names only the ingress list: the rest of the
-        // status (conditions, other writers' fields) is left as it is,
-        // and the resourceVersion makes the list itself safe.
+        // Only the ingress list is named: the rest of the status
+        // (conditions, other writers' fields) is left as it is, and the
+        // resourceVersion keeps the entries another writer added meanwhile.
         let patch = json!({
             "metadata": {"resourceVersion": svc.metadata.resource_version},
             "status": {"loadBalancer": {"ingress": next}},
@@ -210,12 +229,7 @@ pub async fn write_status(
                 read = GetParams::default();
                 continue;
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Ok(StatusOutcome {
-                    written: false,
-                    uid: None,
-                })
-            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(GONE),
             Err(e) => return Err(e),
         }
     }
