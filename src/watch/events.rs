@@ -379,10 +379,8 @@ impl EventOutbox {
             }
             EventWrite::Series { .. } => true,
         };
-        if self.len() >= OUTBOX_LIMIT {
-            if !warning || self.normals.pop_front().is_none() {
-                return Offered::Dropped;
-            }
+        if self.len() >= OUTBOX_LIMIT && (!warning || self.normals.pop_front().is_none()) {
+            return Offered::Dropped;
         }
         let out = OutgoingEvent { write, uid };
         if warning {

@@ -22,10 +22,19 @@ async fn start() -> (TestApiServer, Client) {
     (api, client)
 }
 
+/// verb, resourceVersion, resourceVersionMatch, continued, the kind.
+type Case = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    bool,
+    Option<ReadKind>,
+);
+
 #[test]
 fn read_kind_follows_resource_version_and_match() {
     use ReadKind::*;
-    let cases: &[(&str, Option<&str>, Option<&str>, bool, Option<ReadKind>)] = &[
+    let cases: &[Case] = &[
         ("get", None, None, false, Some(Quorum)),
         ("get", Some(""), None, false, Some(Quorum)),
         ("get", Some("0"), None, false, Some(Any)),
