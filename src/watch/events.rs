@@ -10,11 +10,21 @@
 //!   Service goes, and when this gateway stops leading, so the book holds
 //!   only recent Events of existing Services.
 //!
+//! Then the [`EventOutbox`] decides when: the writes wait until the status
+//! writes of their round have gone, leave at a bounded rate (one token
+//! bucket for the whole writer, Warnings before Normals), and each
+//! (Service, reason) gets a burst and then a slow refill, like client-go's
+//! spam filter (`EventSourceObjectSpamFilter`: 25, then one per 5 minutes).
+//! A bulk sync of 10,000 allocations thus adds its 10,000 Events after the
+//! statuses and spread over tens of seconds, not in the same seconds as the
+//! status writes they would compete with in etcd.
+//!
 //! kube-runtime's `Recorder` keys on the reason alone (a second, different
 //! refusal became a repeat of the first, with the first's note) and scans
 //! its whole cache on every publish; this book is indexed by Service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -241,6 +251,198 @@ impl EventBook {
     }
 }
 
+/// Event writes the whole writer may start at once (the bucket's size).
+pub const EVENT_BURST: u32 = 200;
+/// Event writes per second once the burst is spent: a fifth of what a
+/// small etcd commits (~1,000 writes/s on local disk, see
+/// docs/benchmarks.md), so Events never take the status writes' share.
+pub const EVENT_RATE: u32 = 200;
+/// Events one (Service, reason) may write at once (client-go's spam filter burst).
+pub const OBJECT_BURST: u32 = 25;
+/// Then one more per this long (client-go's spam filter: 1/300 per second).
+pub const OBJECT_REFILL: Duration = Duration::from_secs(300);
+/// Event writes waiting at most; beyond, a Normal Event is dropped (a
+/// Warning takes the place of the oldest Normal), as client-go's
+/// broadcaster drops when its queue is full.
+pub const OUTBOX_LIMIT: usize = 16_384;
+
+/// A token bucket with time as an input.
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl TokenBucket {
+    fn full(burst: u32, now: Timestamp) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(burst),
+            at: now,
+        }
+    }
+
+    /// Tokens at `now` (refilled at `per_second`, at most `burst`).
+    fn refill(&mut self, now: Timestamp, burst: u32, per_second: f64) {
+        let gained = elapsed(self.at, now).as_secs_f64() * per_second;
+        self.tokens = (self.tokens + gained).min(f64::from(burst));
+        if now > self.at {
+            self.at = now;
+        }
+    }
+
+    fn take(&mut self, now: Timestamp, burst: u32, per_second: f64) -> bool {
+        self.refill(now, burst, per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until a token is there (zero: now).
+    fn wait(&self, now: Timestamp, burst: u32, per_second: f64) -> Duration {
+        let mut b = *self;
+        b.refill(now, burst, per_second);
+        if b.tokens >= 1.0 || per_second <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - b.tokens) / per_second)
+        }
+    }
+}
+
+/// One Event write waiting, with the uid of its Service if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingEvent {
+    pub write: EventWrite,
+    /// `regarding.uid` (`None`: read when the write goes out).
+    pub uid: Option<String>,
+}
+
+/// What [`EventOutbox::offer`] did with a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    Queued,
+    /// Its (Service, reason) spent its burst: dropped, as client-go's spam filter does.
+    Limited,
+    /// The outbox was full of Warnings (or this was a Normal Event and it was full).
+    Dropped,
+}
+
+/// The Event writes waiting for their turn, and the rates that give it.
+#[derive(Debug, Default)]
+pub struct EventOutbox {
+    warnings: VecDeque<OutgoingEvent>,
+    normals: VecDeque<OutgoingEvent>,
+    bucket: Option<TokenBucket>,
+    /// Per (Service, reason), by hash (a collision only shares a budget);
+    /// an entry goes once its bucket is full again.
+    objects: BTreeMap<u64, TokenBucket>,
+}
+
+fn object_key(service: &ServiceKey, reason: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (&service.namespace, &service.name, reason).hash(&mut h);
+    h.finish()
+}
+
+fn object_rate() -> f64 {
+    1.0 / OBJECT_REFILL.as_secs_f64()
+}
+
+impl EventOutbox {
+    /// Writes waiting.
+    pub fn len(&self) -> usize {
+        self.warnings.len() + self.normals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queue a write from the book. A new Event counts against its
+    /// (Service, reason) budget; a series update (a count the book
+    /// already aggregated) does not, and goes with the Warnings.
+    pub fn offer(&mut self, write: EventWrite, uid: Option<String>, now: Timestamp) -> Offered {
+        let warning = match &write {
+            EventWrite::Create { occurrence, .. } => {
+                let key = object_key(&occurrence.service, occurrence.reason);
+                let bucket = self
+                    .objects
+                    .entry(key)
+                    .or_insert_with(|| TokenBucket::full(OBJECT_BURST, now));
+                if !bucket.take(now, OBJECT_BURST, object_rate()) {
+                    return Offered::Limited;
+                }
+                occurrence.kind == EventKind::Warning
+            }
+            EventWrite::Series { .. } => true,
+        };
+        if self.len() >= OUTBOX_LIMIT && (!warning || self.normals.pop_front().is_none()) {
+            return Offered::Dropped;
+        }
+        let out = OutgoingEvent { write, uid };
+        if warning {
+            self.warnings.push_back(out);
+        } else {
+            self.normals.push_back(out);
+        }
+        Offered::Queued
+    }
+
+    /// The writes that may go out at `now`: as many as the writer's bucket
+    /// allows, Warnings first.
+    pub fn take(&mut self, now: Timestamp) -> Vec<OutgoingEvent> {
+        let bucket = self
+            .bucket
+            .get_or_insert_with(|| TokenBucket::full(EVENT_BURST, now));
+        let mut out = Vec::new();
+        while !(self.warnings.is_empty() && self.normals.is_empty())
+            && bucket.take(now, EVENT_BURST, f64::from(EVENT_RATE))
+        {
+            if let Some(w) = self
+                .warnings
+                .pop_front()
+                .or_else(|| self.normals.pop_front())
+            {
+                out.push(w);
+            }
+        }
+        out
+    }
+
+    /// How long until [`take`](Self::take) gives something (`None`: nothing waits).
+    pub fn due(&self, now: Timestamp) -> Option<Duration> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(self.bucket.map_or(Duration::ZERO, |b| {
+            b.wait(now, EVENT_BURST, f64::from(EVENT_RATE))
+        }))
+    }
+
+    /// Forget the per-(Service, reason) budgets that are full again.
+    pub fn prune(&mut self, now: Timestamp) {
+        self.objects.retain(|_, b| {
+            b.refill(now, OBJECT_BURST, object_rate());
+            b.tokens < f64::from(OBJECT_BURST)
+        });
+    }
+
+    /// Per-(Service, reason) budgets remembered (for tests and metrics).
+    pub fn budgets(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// This gateway stopped leading: nothing more is written.
+    pub fn clear(&mut self) {
+        self.warnings.clear();
+        self.normals.clear();
+        self.objects.clear();
+    }
+}
+
 /// `now` plus `d` (for tests).
 pub fn later(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO))
@@ -404,6 +606,188 @@ mod tests {
             b.record(occ("web", "R", "n"), now),
             Some(EventWrite::Create { .. })
         ));
+    }
+
+    fn create(svc: &str, reason: &'static str, kind: EventKind, now: Timestamp) -> EventWrite {
+        let mut o = occ(svc, reason, "n");
+        o.kind = kind;
+        EventWrite::Create {
+            name: format!("{svc}.1"),
+            occurrence: o,
+            event_time: now,
+        }
+    }
+
+    fn services(out: &[OutgoingEvent]) -> Vec<String> {
+        out.iter()
+            .map(|o| match &o.write {
+                EventWrite::Create { occurrence, .. } => occurrence.service.name.clone(),
+                EventWrite::Series { service, .. } => service.name.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bulk_sync_goes_out_in_a_burst_then_at_the_rate() {
+        let mut o = EventOutbox::default();
+        let now = t0();
+        let n = 10_000;
+        for i in 0..n {
+            let w = create(&format!("s{i}"), "IPAllocated", EventKind::Normal, now);
+            assert_eq!(o.offer(w, None, now), Offered::Queued);
+        }
+        assert_eq!(o.due(now), Some(Duration::ZERO));
+        assert_eq!(o.take(now).len(), EVENT_BURST as usize);
+        assert!(o.take(now).is_empty(), "the burst is spent");
+        let wait = o.due(now).expect("more wait");
+        assert!(wait > Duration::ZERO && wait <= S / EVENT_RATE, "{wait:?}");
+        // One second later: one second's worth.
+        assert_eq!(o.take(later(now, S)).len(), EVENT_RATE as usize);
+        // The whole sync drains in (n - burst) / rate seconds.
+        let mut sent = EVENT_BURST + EVENT_RATE;
+        let mut t = later(now, S);
+        while !o.is_empty() {
+            t = later(t, S);
+            let k = o.take(t).len() as u32;
+            assert!(k <= EVENT_RATE);
+            sent += k;
+        }
+        assert_eq!(sent, n);
+        let secs = elapsed(now, t).as_secs();
+        assert_eq!(secs, u64::from((n - EVENT_BURST).div_ceil(EVENT_RATE)));
+        assert_eq!(o.due(t), None);
+    }
+
+    #[test]
+    fn warnings_go_before_normals() {
+        let mut o = EventOutbox::default();
+        let now = t0();
+        for i in 0..EVENT_BURST {
+            o.offer(
+                create(&format!("n{i}"), "IPAllocated", EventKind::Normal, now),
+                None,
+                now,
+            );
+        }
+        o.offer(
+            create("refused", "AllocationFailed", EventKind::Warning, now),
+            None,
+            now,
+        );
+        o.offer(
+            EventWrite::Series {
+                service: ServiceKey::new("shop", "pending"),
+                name: "pending.1".into(),
+                count: 2,
+                last_observed: now,
+            },
+            None,
+            now,
+        );
+        let out = o.take(now);
+        assert_eq!(&services(&out)[..3], ["refused", "pending", "n0"]);
+        assert_eq!(o.len(), 2, "two Normals wait for the next token");
+    }
+
+    #[test]
+    fn each_service_and_reason_gets_a_burst_then_one_per_refill() {
+        let mut o = EventOutbox::default();
+        let now = t0();
+        let flap = |o: &mut EventOutbox, t| {
+            o.offer(create("web", "IPAllocated", EventKind::Normal, t), None, t)
+        };
+        for _ in 0..OBJECT_BURST {
+            assert_eq!(flap(&mut o, now), Offered::Queued);
+        }
+        assert_eq!(flap(&mut o, now), Offered::Limited);
+        // Another reason of the same Service, and another Service, have their own.
+        assert_eq!(
+            o.offer(
+                create("web", "IPReleased", EventKind::Normal, now),
+                None,
+                now
+            ),
+            Offered::Queued
+        );
+        assert_eq!(
+            o.offer(
+                create("api", "IPAllocated", EventKind::Normal, now),
+                None,
+                now
+            ),
+            Offered::Queued
+        );
+        assert_eq!(
+            flap(&mut o, later(now, OBJECT_REFILL - S)),
+            Offered::Limited
+        );
+        assert_eq!(flap(&mut o, later(now, OBJECT_REFILL)), Offered::Queued);
+        assert_eq!(flap(&mut o, later(now, OBJECT_REFILL)), Offered::Limited);
+        // Budgets are forgotten once full again.
+        assert_eq!(o.budgets(), 3);
+        o.prune(later(now, OBJECT_REFILL * (OBJECT_BURST + 1)));
+        assert_eq!(o.budgets(), 0);
+        // Series updates are already aggregated: never limited.
+        for k in 0..100 {
+            let w = EventWrite::Series {
+                service: ServiceKey::new("shop", "web"),
+                name: "web.1".into(),
+                count: k,
+                last_observed: now,
+            };
+            assert_eq!(o.offer(w, None, now), Offered::Queued);
+        }
+    }
+
+    #[test]
+    fn a_full_outbox_drops_normals_and_keeps_warnings() {
+        let mut o = EventOutbox::default();
+        let now = t0();
+        for i in 0..OUTBOX_LIMIT {
+            o.offer(
+                create(&format!("n{i}"), "IPAllocated", EventKind::Normal, now),
+                None,
+                now,
+            );
+        }
+        assert_eq!(
+            o.offer(
+                create("late", "IPAllocated", EventKind::Normal, now),
+                None,
+                now
+            ),
+            Offered::Dropped
+        );
+        assert_eq!(
+            o.offer(
+                create("refused", "AllocationFailed", EventKind::Warning, now),
+                None,
+                now
+            ),
+            Offered::Queued
+        );
+        assert_eq!(o.len(), OUTBOX_LIMIT);
+        let out = o.take(now);
+        assert_eq!(services(&out)[..2], ["refused", "n1"], "n0 made room");
+        o.clear();
+        assert!(o.is_empty() && o.budgets() == 0);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_neither_panics_nor_mints_tokens() {
+        let mut o = EventOutbox::default();
+        let now = t0();
+        for i in 0..(EVENT_BURST + 10) {
+            o.offer(
+                create(&format!("s{i}"), "IPAllocated", EventKind::Normal, now),
+                None,
+                now,
+            );
+        }
+        assert_eq!(o.take(now).len(), EVENT_BURST as usize);
+        let back = Timestamp::from_second(1_000_000_000).unwrap();
+        assert!(o.take(back).is_empty());
+        assert!(o.due(back).is_some());
     }
 
     #[test]

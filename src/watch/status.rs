@@ -1,9 +1,25 @@
 //! The status and Event writer. Only the lease holder writes. Status goes
 //! through the status subresource, only when it differs, with the
-//! Service's resourceVersion (a 409 means the Service changed: read it
-//! again and retry). Writes are coalesced per Service, so a burst of
-//! changes ends in one write of the last state. Events are
-//! `events.k8s.io/v1`, deduplicated by [`super::events::EventBook`].
+//! Service's resourceVersion as a precondition (a 409 means the Service
+//! changed: read it again and retry). Writes are coalesced per Service, so
+//! a burst of changes ends in one write of the last state.
+//!
+//! No read at all on the way for a [`StatusWrite::Set`], and no quorum
+//! read for a [`StatusWrite::Clear`]. A Set is asked for by the engine when
+//! the status its watch delivered differs, and its list does not depend on
+//! what the Service holds: it is one merge PATCH naming only
+//! `status.loadBalancer.ingress` (a resourceVersion precondition would
+//! only turn another writer's change into a 409 and the same write again).
+//! A Clear keeps the other entries, so it reads the Service first with
+//! `resourceVersion=0`, which kube-apiserver answers from its watch cache
+//! (the cache the engine's own watch is fed from), writes with that
+//! resourceVersion as a precondition, and reads through etcd only after a
+//! 409. A plain GET before each PATCH would be one more etcd round per
+//! Service (docs/kubernetes.md, "What pier costs the API server").
+//!
+//! Events are `events.k8s.io/v1`, deduplicated by
+//! [`super::events::EventBook`] and paced by [`super::events::EventOutbox`]:
+//! they go after the status writes of their round, at a bounded rate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,14 +30,16 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, ObjectReference, Service a
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{GetParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::events::{EventBook, EventKind, EventWrite, Occurrence};
+use super::events::{
+    EventBook, EventKind, EventOutbox, EventWrite, Occurrence, Offered, OutgoingEvent,
+};
 use crate::engine::ServiceEvent;
 use crate::ipam::Refusal;
 use crate::model::ServiceKey;
@@ -29,9 +47,10 @@ use crate::model::ServiceKey;
 /// `ipMode` pier writes: traffic arrives with the VIP as destination.
 pub const IP_MODE: &str = "VIP";
 
-/// What a Service's status should become.
+/// A status write waiting to be made: what one Service's
+/// `status.loadBalancer.ingress` should become.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Work {
+pub enum StatusWrite {
     /// Exactly these IPs (pier's Service).
     Set(Vec<IpAddr>),
     /// Remove these IPs, keep every other entry (a Service that stopped
@@ -39,19 +58,19 @@ pub enum Work {
     Clear(BTreeSet<IpAddr>),
 }
 
-impl Work {
+impl StatusWrite {
     /// Fold a newer request into this one.
-    fn merge(&mut self, newer: Work) {
+    fn merge(&mut self, newer: StatusWrite) {
         match (&mut *self, newer) {
-            (Work::Clear(a), Work::Clear(b)) => a.extend(b),
+            (StatusWrite::Clear(a), StatusWrite::Clear(b)) => a.extend(b),
             (_, newer) => *self = newer,
         }
     }
 
-    /// The ingress list this work makes of `current`.
+    /// The ingress list this write makes of `current`.
     pub fn apply(&self, current: &[LoadBalancerIngress]) -> Vec<LoadBalancerIngress> {
         match self {
-            Work::Set(ips) => ips
+            StatusWrite::Set(ips) => ips
                 .iter()
                 .map(|ip| LoadBalancerIngress {
                     ip: Some(ip.to_string()),
@@ -59,7 +78,7 @@ impl Work {
                     ..Default::default()
                 })
                 .collect(),
-            Work::Clear(ips) => current
+            StatusWrite::Clear(ips) => current
                 .iter()
                 .filter(|i| {
                     !i.ip
@@ -144,20 +163,40 @@ pub struct StatusOutcome {
     pub uid: Option<String>,
 }
 
-/// Write one Service's status, only when it differs from what the API
-/// server holds.
+/// The Service is gone: nothing written, no uid.
+const GONE: StatusOutcome = StatusOutcome {
+    written: false,
+    uid: None,
+};
+
+/// Write one Service's status: a Set in one merge PATCH, a Clear after a
+/// read from the watch cache (see the module's documentation).
 pub async fn write_status(
     client: &Client,
     key: &ServiceKey,
-    work: &Work,
+    work: &StatusWrite,
 ) -> Result<StatusOutcome, kube::Error> {
     let api: Api<KService> = Api::namespaced(client.clone(), &key.namespace);
+    if let StatusWrite::Set(_) = work {
+        let patch = json!({"status": {"loadBalancer": {"ingress": work.apply(&[])}}});
+        return match api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(svc) => Ok(StatusOutcome {
+                written: true,
+                uid: svc.metadata.uid,
+            }),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(GONE),
+            Err(e) => Err(e),
+        };
+    }
+    let mut read = GetParams::any();
     for _ in 0..5 {
-        let Some(svc) = api.get_opt(&key.name).await? else {
-            return Ok(StatusOutcome {
-                written: false,
-                uid: None,
-            });
+        let svc = match api.get_with(&key.name, &read).await {
+            Ok(svc) => svc,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(GONE),
+            Err(e) => return Err(e),
         };
         let uid = svc.metadata.uid.clone();
         let current: Vec<LoadBalancerIngress> = svc
@@ -173,6 +212,9 @@ pub async fn write_status(
                 uid,
             });
         }
+        // Only the ingress list is named: the rest of the status
+        // (conditions, other writers' fields) is left as it is, and the
+        // resourceVersion keeps the entries another writer added meanwhile.
         let patch = json!({
             "metadata": {"resourceVersion": svc.metadata.resource_version},
             "status": {"loadBalancer": {"ingress": next}},
@@ -184,8 +226,10 @@ pub async fn write_status(
             Ok(_) => return Ok(StatusOutcome { written: true, uid }),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 debug!(service = %key, "status conflict; reading the Service again");
+                read = GetParams::default();
                 continue;
             }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(GONE),
             Err(e) => return Err(e),
         }
     }
@@ -290,6 +334,11 @@ const EVENT_TICK: Duration = Duration::from_secs(30);
 
 /// Start the writer. `leader` says whether this box may write; when it
 /// turns false, pending writes are dropped at once.
+///
+/// Each round: the engine's events that arrived, then the status writes
+/// they ask for (64 at a time), then the Event writes the outbox lets go
+/// (the writer's bucket allows a burst, then a steady rate; the rest
+/// wait for a timer and go in later rounds, after those rounds' statuses).
 pub fn spawn(
     client: Client,
     mut events: mpsc::UnboundedReceiver<ServiceEvent>,
@@ -298,14 +347,16 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut book = EventBook::default();
-        let mut pending: BTreeMap<ServiceKey, Work> = BTreeMap::new();
+        let mut outbox = EventOutbox::default();
+        let mut pending: BTreeMap<ServiceKey, StatusWrite> = BTreeMap::new();
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut events_at: Option<tokio::time::Instant> = None;
         let mut burst = false;
         let mut tick = tokio::time::interval(EVENT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let sleep = async {
-                match retry_at {
+            let until = |t: Option<tokio::time::Instant>| async move {
+                match t {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
@@ -321,32 +372,36 @@ pub fn spawn(
                     }
                 }
                 _ = leader.changed() => {}
-                _ = sleep => { retry_at = None; }
+                _ = until(retry_at) => { retry_at = None; }
+                _ = until(events_at) => {}
                 _ = tick.tick() => { ticked = true; }
             }
             let is_leader = *leader.borrow_and_update();
             if !is_leader {
-                if !pending.is_empty() {
+                if !pending.is_empty() || !outbox.is_empty() {
                     info!(
                         services = pending.len(),
-                        "lease lost: pending status writes dropped"
+                        events = outbox.len(),
+                        "lease lost: pending status and Event writes dropped"
                     );
                 }
                 pending.clear();
                 book.clear();
+                outbox.clear();
                 retry_at = None;
+                events_at = None;
                 continue;
             }
             for ev in &notes {
                 match ev {
                     ServiceEvent::StatusWanted { service, ips } => {
-                        queue(&mut pending, service, Work::Set(ips.clone()));
+                        queue(&mut pending, service, StatusWrite::Set(ips.clone()));
                     }
                     ServiceEvent::Released { service, ips } => {
                         queue(
                             &mut pending,
                             service,
-                            Work::Clear(ips.iter().copied().collect()),
+                            StatusWrite::Clear(ips.iter().copied().collect()),
                         );
                     }
                     _ => {}
@@ -357,7 +412,7 @@ pub fn spawn(
             let mut uids: BTreeMap<ServiceKey, Option<String>> = BTreeMap::new();
             burst |= notes.len() >= LARGE_ROUND;
             if retry_at.is_none() && !pending.is_empty() {
-                let work: Vec<(ServiceKey, Work)> =
+                let work: Vec<(ServiceKey, StatusWrite)> =
                     std::mem::take(&mut pending).into_iter().collect();
                 let leader_now = &leader;
                 let client = &client;
@@ -393,9 +448,8 @@ pub fn spawn(
                     }
                 }
             }
-            // Events: the book decides (one Event per Service, reason and
-            // note; repeats counted in its series), then the writes go out
-            // several at a time.
+            // Events: the book decides what (one Event per Service, reason
+            // and note; repeats counted in its series), the outbox when.
             let now = Timestamp::now();
             let mut writes: Vec<EventWrite> = notes
                 .iter()
@@ -404,15 +458,41 @@ pub fn spawn(
                 .collect();
             if ticked {
                 writes.extend(book.tick(now));
+                outbox.prune(now);
             }
+            let (mut limited, mut dropped) = (0usize, 0usize);
+            for w in writes {
+                let uid = match &w {
+                    EventWrite::Create { occurrence, .. } => {
+                        uids.get(&occurrence.service).cloned().flatten()
+                    }
+                    EventWrite::Series { .. } => None,
+                };
+                match outbox.offer(w, uid, now) {
+                    Offered::Queued => {}
+                    Offered::Limited => limited += 1,
+                    Offered::Dropped => dropped += 1,
+                }
+            }
+            if limited + dropped > 0 {
+                info!(
+                    limited,
+                    dropped, "Events not written: too many for one Service, or the queue is full"
+                );
+            }
+            drop(uids);
             for ev in &notes {
                 if let ServiceEvent::Gone { service } = ev {
                     book.forget(service);
                 }
             }
-            if !writes.is_empty() {
-                send_events(&client, &instance, &uids, &leader, writes, &mut book).await;
+            let due = outbox.take(now);
+            if !due.is_empty() {
+                send_events(&client, &instance, &leader, due, &mut book).await;
             }
+            events_at = outbox
+                .due(Timestamp::now())
+                .map(|d| tokio::time::Instant::now() + d.max(EVENT_ROUND));
             // After a burst of full rounds (an initial sync), give the
             // memory its writes used back to the system.
             if burst && events.is_empty() {
@@ -423,30 +503,33 @@ pub fn spawn(
     })
 }
 
-/// Send the book's writes, several at a time; forget the Events that
+/// The shortest wait between two rounds of Event writes: tokens gathered
+/// meanwhile go out together rather than one round each.
+const EVENT_ROUND: Duration = Duration::from_millis(50);
+
+/// Send the outbox's writes, several at a time; forget the Events that
 /// could not be written.
 async fn send_events(
     client: &Client,
     instance: &str,
-    uids: &BTreeMap<ServiceKey, Option<String>>,
     leader: &watch::Receiver<bool>,
-    writes: Vec<EventWrite>,
+    writes: Vec<OutgoingEvent>,
     book: &mut EventBook,
 ) {
     let leader_now = leader;
     let failed: Vec<(ServiceKey, String)> = futures::stream::iter(writes)
-        .map(|w| async move {
+        .map(|OutgoingEvent { write, uid }| async move {
             if !*leader_now.borrow() {
                 return Ok(());
             }
-            let uid = match &w {
-                EventWrite::Create { occurrence, .. } => match uids.get(&occurrence.service) {
-                    Some(uid) => uid.clone(),
-                    None => service_uid(client, &occurrence.service).await,
-                },
-                EventWrite::Series { .. } => None,
+            let uid = match (&write, uid) {
+                (_, Some(uid)) => Some(uid),
+                (EventWrite::Create { occurrence, .. }, None) => {
+                    service_uid(client, &occurrence.service).await
+                }
+                (EventWrite::Series { .. }, None) => None,
             };
-            send_event(client, w, instance, uid).await
+            send_event(client, write, instance, uid).await
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
         .filter_map(|r| async move { r.err() })
@@ -461,20 +544,29 @@ async fn send_events(
 /// given back to the system once the writer has caught up (an initial sync).
 const LARGE_ROUND: usize = 1_000;
 
-/// The uid of a Service, if it can be read.
+/// The uid of a Service, if it can be read (from the watch cache: a uid
+/// never changes, so any copy will do).
 async fn service_uid(client: &Client, key: &ServiceKey) -> Option<String> {
     let api: Api<KService> = Api::namespaced(client.clone(), &key.namespace);
-    api.get_opt(&key.name).await.ok().flatten()?.metadata.uid
+    api.get_with(&key.name, &GetParams::any())
+        .await
+        .ok()?
+        .metadata
+        .uid
 }
 
-/// One status write: the Service, its work, and the result (`None`: not
+/// One status write: the Service, its write, and the result (`None`: not
 /// tried, this box no longer leads).
-type WriteOutcome = (ServiceKey, Work, Option<Result<StatusOutcome, kube::Error>>);
+type WriteOutcome = (
+    ServiceKey,
+    StatusWrite,
+    Option<Result<StatusOutcome, kube::Error>>,
+);
 
 /// Status writes and Events sent at once.
 const WRITES_IN_FLIGHT: usize = 64;
 
-fn queue(pending: &mut BTreeMap<ServiceKey, Work>, key: &ServiceKey, w: Work) {
+fn queue(pending: &mut BTreeMap<ServiceKey, StatusWrite>, key: &ServiceKey, w: StatusWrite) {
     match pending.get_mut(key) {
         Some(old) => old.merge(w),
         None => {
@@ -498,21 +590,21 @@ mod tests {
     #[test]
     fn set_replaces_clear_keeps_others() {
         let cur = vec![ing("10.0.0.1", None), ing("192.0.2.9", Some("Proxy"))];
-        let set = Work::Set(vec!["10.0.0.1".parse().unwrap()]);
+        let set = StatusWrite::Set(vec!["10.0.0.1".parse().unwrap()]);
         assert_eq!(set.apply(&cur), vec![ing("10.0.0.1", Some("VIP"))]);
-        let clear = Work::Clear(["10.0.0.1".parse().unwrap()].into());
+        let clear = StatusWrite::Clear(["10.0.0.1".parse().unwrap()].into());
         assert_eq!(clear.apply(&cur), vec![ing("192.0.2.9", Some("Proxy"))]);
     }
 
     #[test]
     fn merge_keeps_the_last_set_and_unions_clears() {
-        let mut w = Work::Clear(["10.0.0.1".parse().unwrap()].into());
-        w.merge(Work::Clear(["10.0.0.2".parse().unwrap()].into()));
+        let mut w = StatusWrite::Clear(["10.0.0.1".parse().unwrap()].into());
+        w.merge(StatusWrite::Clear(["10.0.0.2".parse().unwrap()].into()));
         assert_eq!(
             w,
-            Work::Clear(["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()].into())
+            StatusWrite::Clear(["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()].into())
         );
-        w.merge(Work::Set(vec!["10.0.0.3".parse().unwrap()]));
-        assert_eq!(w, Work::Set(vec!["10.0.0.3".parse().unwrap()]));
+        w.merge(StatusWrite::Set(vec!["10.0.0.3".parse().unwrap()]));
+        assert_eq!(w, StatusWrite::Set(vec!["10.0.0.3".parse().unwrap()]));
     }
 }

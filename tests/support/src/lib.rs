@@ -81,7 +81,11 @@
 //! [`deny`](TestApiServer::deny) (403 with RBAC wording),
 //! [`fail_next`](TestApiServer::fail_next) (429/500/503/504 for the next n requests),
 //! [`set_latency`](TestApiServer::set_latency).
-//! Request log: [`requests`](TestApiServer::requests), [`count_requests`](TestApiServer::count_requests).
+//! Costs: [`set_costs`](TestApiServer::set_costs) charges reads through etcd and writes a
+//! [`CostModel`] (one serial pipe, as etcd commits one entry after another).
+//! Request log: [`requests`](TestApiServer::requests), [`count_requests`](TestApiServer::count_requests);
+//! each record's [`ReadKind`] says whether kube-apiserver would have served the read from
+//! etcd (quorum, exact) or from its watch cache (`resourceVersion=0`, not older than N).
 //!
 //! TLS and authentication: [`ServerOptions`] `tls` (generated CA, server certificate with
 //! IP SAN 127.0.0.1), `bearer_token`, `client_cert_auth`; [`TestApiServer::kubeconfig`]
@@ -98,5 +102,5 @@ mod text;
 
 pub use error::ApiError;
 pub use resource::{CustomResource, ResourceDef};
-pub use server::{RequestRecord, ServerError, ServerOptions, TestApiServer};
+pub use server::{CostModel, ReadKind, RequestRecord, ServerError, ServerOptions, TestApiServer};
 pub use store::EventType;

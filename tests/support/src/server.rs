@@ -102,6 +102,70 @@ pub struct RequestRecord {
     pub verb: String,
     /// HTTP status of the response (200 for a watch that started).
     pub status: u16,
+    /// For `get`, `list` and `watch`: how kube-apiserver would serve the read
+    /// (see [`ReadKind::of`]); `None` for every other request.
+    pub read: Option<ReadKind>,
+}
+
+/// How kube-apiserver serves a read, decided from `resourceVersion` and
+/// `resourceVersionMatch` as its storage layer does
+/// (<https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions>):
+/// only [`Quorum`](ReadKind::Quorum) and [`Exact`](ReadKind::Exact) go to etcd; the
+/// others are answered from the watch cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadKind {
+    /// No `resourceVersion` (or `""`): the most recent state, a quorum read through etcd.
+    Quorum,
+    /// `resourceVersion=0`: any state the cache holds.
+    Any,
+    /// `resourceVersion=N`, `resourceVersionMatch` unset or `NotOlderThan`: the cache,
+    /// once it has caught up with N.
+    NotOlderThan,
+    /// `resourceVersionMatch=Exact`, or a list continued from a `continue` token:
+    /// the state at exactly that version, read from etcd.
+    Exact,
+}
+
+impl ReadKind {
+    /// The kind of a `get`, `list` or `watch`; `None` for any other verb.
+    pub fn of(
+        verb: &str,
+        resource_version: Option<&str>,
+        resource_version_match: Option<&str>,
+        continued: bool,
+    ) -> Option<ReadKind> {
+        if !matches!(verb, "get" | "list" | "watch") {
+            return None;
+        }
+        if verb == "list" && continued {
+            return Some(ReadKind::Exact);
+        }
+        Some(match resource_version.unwrap_or("") {
+            "" => ReadKind::Quorum,
+            "0" => ReadKind::Any,
+            _ if verb == "list" && resource_version_match == Some("Exact") => ReadKind::Exact,
+            _ => ReadKind::NotOlderThan,
+        })
+    }
+
+    /// Whether the read goes through etcd (and pays [`CostModel::quorum_read`]).
+    pub fn reaches_etcd(self) -> bool {
+        matches!(self, ReadKind::Quorum | ReadKind::Exact)
+    }
+}
+
+/// What reads through etcd and writes cost, charged by one serial pipe: each such
+/// request takes the next free slot of its cost, so N of them take at least N × cost
+/// however many run at once (etcd commits one raft entry after another; the order
+/// of one round on local disk is a fraction of a millisecond). Cache reads and
+/// discovery cost nothing. Zero (the default) charges nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CostModel {
+    /// A read that reaches etcd ([`ReadKind::reaches_etcd`]).
+    pub quorum_read: Duration,
+    /// A create, update, patch, delete or deletecollection (accepted or not: a
+    /// refused precondition is found inside etcd's transaction).
+    pub write: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +184,7 @@ struct Fault {
 
 struct Runtime {
     latency: Duration,
+    costs: CostModel,
     denials: Vec<Denial>,
     faults: Vec<Fault>,
     bookmark_interval: Duration,
@@ -137,6 +202,8 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     runtime: Mutex<Runtime>,
     log: Mutex<Vec<RequestRecord>>,
+    /// When the etcd pipe of [`CostModel`] is next free.
+    etcd_free: Mutex<Option<tokio::time::Instant>>,
     conn_gen: watch::Sender<u64>,
     watch_gen: watch::Sender<u64>,
     token: Mutex<Option<String>>,
@@ -192,12 +259,14 @@ impl TestApiServer {
             store: Store::new(opts.history_window),
             runtime: Mutex::new(Runtime {
                 latency: Duration::ZERO,
+                costs: CostModel::default(),
                 denials: vec![],
                 faults: vec![],
                 bookmark_interval: opts.bookmark_interval,
                 available: true,
             }),
             log: Mutex::new(vec![]),
+            etcd_free: Mutex::new(None),
             conn_gen,
             watch_gen,
             token: Mutex::new(opts.bearer_token.clone()),
@@ -469,6 +538,19 @@ impl TestApiServer {
     /// Delays every response (and the start of every watch) by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.shared.runtime).latency = latency;
+    }
+
+    /// Charges reads through etcd and writes their cost from now on (see [`CostModel`]).
+    pub fn set_costs(&self, costs: CostModel) {
+        lock(&self.shared.runtime).costs = costs;
+    }
+
+    /// Counts the reads of `kind` so far among the requests satisfying `pred`.
+    pub fn count_reads(&self, pred: impl Fn(&RequestRecord) -> bool, kind: ReadKind) -> usize {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.read == Some(kind) && pred(r))
+            .count()
     }
 
     /// Changes the bookmark interval for watches started from now on.
@@ -794,6 +876,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let (resp, verb) = handle_inner(&shared, req, client_cert).await;
+    let q = Query(text::parse_query(&query));
+    let read = ReadKind::of(
+        &verb,
+        q.get("resourceVersion"),
+        q.get("resourceVersionMatch").filter(|m| !m.is_empty()),
+        q.get("continue").is_some_and(|c| !c.is_empty()),
+    );
     lock(&shared.log).push(RequestRecord {
         method: method.to_string(),
         path,
@@ -801,6 +890,7 @@ async fn handle(
         content_type,
         verb,
         status: resp.status().as_u16(),
+        read,
     });
     resp
 }
@@ -1062,11 +1152,39 @@ async fn handle_inner(
         }
         return (r, verb.into());
     }
+    charge(shared, verb, &q).await;
     let resp = match serve_verb(shared, req, &q, t, verb, bookmark_interval).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
     (resp, verb.into())
+}
+
+/// Waits for this request's slot in the etcd pipe, if [`CostModel`] charges it.
+async fn charge(shared: &Shared, verb: &str, q: &Query) {
+    let costs = lock(&shared.runtime).costs;
+    let cost = match ReadKind::of(
+        verb,
+        q.get("resourceVersion"),
+        q.get("resourceVersionMatch").filter(|m| !m.is_empty()),
+        q.get("continue").is_some_and(|c| !c.is_empty()),
+    ) {
+        Some(kind) if kind.reaches_etcd() => costs.quorum_read,
+        Some(_) => Duration::ZERO,
+        None => costs.write,
+    };
+    if cost.is_zero() {
+        return;
+    }
+    let done = {
+        let mut free = lock(&shared.etcd_free);
+        let now = tokio::time::Instant::now();
+        let start = free.map_or(now, |f| f.max(now));
+        let done = start + cost;
+        *free = Some(done);
+        done
+    };
+    tokio::time::sleep_until(done).await;
 }
 
 fn version_doc() -> Value {
