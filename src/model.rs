@@ -159,6 +159,15 @@ pub enum PoolMode {
     L2,
 }
 
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Bgp => "bgp",
+            PoolMode::L2 => "l2",
+        })
+    }
+}
+
 /// Next hop advertised for a `bgp` pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

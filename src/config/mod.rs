@@ -81,6 +81,9 @@ pub struct KubernetesConfig {
     pub context: Option<String>,
     pub load_balancer_class: String,
     pub claim_unclassed: bool,
+    /// Claim Services without a class that carry OpenELB's / PorterLB's
+    /// `lb.kubesphere.io/v1alpha1: openelb|porter` (default true).
+    pub claim_openelb_annotation: bool,
     pub lease_namespace: String,
     pub lease_name: String,
     pub lease_duration_s: u32,

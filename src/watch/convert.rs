@@ -18,12 +18,17 @@ use crate::model::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRule {
     pub load_balancer_class: String,
+    /// Every Service without a class.
     pub claim_unclassed: bool,
+    /// Services without a class that carry OpenELB's / PorterLB's claim
+    /// (`lb.kubesphere.io/v1alpha1: openelb|porter`).
+    pub claim_openelb_annotation: bool,
 }
 
 impl ClaimRule {
     /// `spec.type` is `LoadBalancer`, and the class is pier's, or there is
-    /// no class and unclassed Services are claimed.
+    /// no class and either unclassed Services are claimed or the Service
+    /// carries OpenELB's claim annotation (and that is honoured).
     pub fn claims(&self, svc: &KService) -> bool {
         let Some(spec) = &svc.spec else {
             return false;
@@ -33,9 +38,19 @@ impl ClaimRule {
         }
         match spec.load_balancer_class.as_deref() {
             Some(class) => class == self.load_balancer_class,
-            None => self.claim_unclassed,
+            None => self.claim_unclassed || (self.claim_openelb_annotation && openelb_claim(svc)),
         }
     }
+}
+
+/// Whether `svc` carries `lb.kubesphere.io/v1alpha1: openelb` (or
+/// PorterLB's `porter`), the claim the OpenELB and PorterLB manuals write.
+fn openelb_claim(svc: &KService) -> bool {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::OPENELB_CLAIM))
+        .is_some_and(|v| annotations::OPENELB_CLAIM_VALUES.contains(&v.trim()))
 }
 
 pub fn service_key(svc: &KService) -> Option<ServiceKey> {
@@ -214,7 +229,52 @@ mod tests {
         ClaimRule {
             load_balancer_class: "pier.io/gateway".into(),
             claim_unclassed: unclassed,
+            claim_openelb_annotation: true,
         }
+    }
+
+    #[test]
+    fn openelb_and_porter_claims() {
+        let with = |value: &str, class: Option<&str>| {
+            let mut spec = json!({"type":"LoadBalancer"});
+            if let Some(c) = class {
+                spec["loadBalancerClass"] = json!(c);
+            }
+            svc(json!({"metadata":{"name":"a","namespace":"n",
+                "annotations":{"lb.kubesphere.io/v1alpha1":value}},"spec":spec}))
+        };
+        for value in ["openelb", "porter"] {
+            assert!(rule(false).claims(&with(value, None)), "{value}");
+            // Another controller's class wins over the annotation.
+            assert!(
+                !rule(false).claims(&with(value, Some("metallb"))),
+                "{value}"
+            );
+            // Turned off (OpenELB still runs side by side).
+            let off = ClaimRule {
+                claim_openelb_annotation: false,
+                ..rule(false)
+            };
+            assert!(!off.claims(&with(value, None)), "{value}");
+            assert!(ClaimRule {
+                claim_unclassed: true,
+                ..off
+            }
+            .claims(&with(value, None)));
+        }
+        assert!(!rule(false).claims(&with("metallb", None)));
+        let cluster_ip = svc(json!({"metadata":{"name":"a","namespace":"n",
+            "annotations":{"lb.kubesphere.io/v1alpha1":"openelb"}},"spec":{"type":"ClusterIP"}}));
+        assert!(!rule(true).claims(&cluster_ip));
+        // The annotations of the manuals' Services reach the model.
+        let s = service(&svc(
+            json!({"metadata":{"name":"a","namespace":"n","annotations":{
+            "lb.kubesphere.io/v1alpha1":"porter",
+            "protocol.porter.kubesphere.io/v1alpha1":"layer2",
+            "eip.porter.kubesphere.io/v1alpha2":"eip-pool"}},"spec":{"type":"LoadBalancer"}}),
+        ))
+        .unwrap();
+        assert_eq!(s.annotations.len(), 3);
     }
 
     #[test]
