@@ -5,6 +5,8 @@
 //! requests into [`Allocation`]s, and the planner turns all of it into one
 //! immutable [`Desired`] value that the actuators (bgp, route, arp) apply.
 
+pub mod subset;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;

@@ -129,7 +129,16 @@ pub struct PeerConfig {
     pub families: Vec<Family>,
     /// Offer ADD-PATH send (needed for node next hops).
     pub add_path: bool,
+    /// At most this many paths per VIP to this peer (`next_hop = "nodes"`),
+    /// chosen per VIP by rendezvous hashing (`src/model/subset.rs`).
+    pub max_paths: u16,
 }
+
+/// Default `max_paths`: BIRD merges at most 16 paths into a kernel route
+/// (`merge paths on limit 16`, its default), FRR's `maximum-paths` is 64
+/// by default and many hardware routers stop at 16, 32 or 64 ECMP members.
+/// 16 fits all of them; more paths would be held by the router but unused.
+pub const DEFAULT_MAX_PATHS: u16 = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthConfig {
