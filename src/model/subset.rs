@@ -70,9 +70,8 @@ pub fn choose<'a, T>(
         })
         .collect();
     // Highest weight first; among equal weights the lower address.
-    let order = |x: &(u64, IpAddr, usize), y: &(u64, IpAddr, usize)| {
-        y.0.cmp(&x.0).then(x.1.cmp(&y.1))
-    };
+    let order =
+        |x: &(u64, IpAddr, usize), y: &(u64, IpAddr, usize)| y.0.cmp(&x.0).then(x.1.cmp(&y.1));
     if k > 0 {
         ranked.select_nth_unstable_by(k - 1, order);
     }
@@ -104,7 +103,12 @@ mod tests {
         let vip: IpAddr = "10.77.0.10".parse().unwrap();
         let node: IpAddr = "10.66.2.11".parse().unwrap();
         assert_eq!(weight(&vip, &node), weight(&vip, &node));
-        assert_eq!(weight(&vip, &node), 0x74c2_365f_78e1_07ef, "{:#x}", weight(&vip, &node));
+        assert_eq!(
+            weight(&vip, &node),
+            0x74c2_365f_78e1_07ef,
+            "{:#x}",
+            weight(&vip, &node)
+        );
         let v6: IpAddr = "fd00::10".parse().unwrap();
         assert_ne!(weight(&v6, &node), weight(&vip, &node));
     }
