@@ -73,6 +73,8 @@ pub enum Refusal {
     },
     #[error("{key}=vip is OpenELB's in-cluster keepalived mode, which pier does not run: use an l2 pool (pier answers ARP/NDP for the VIP from the gateway; protocol layer2) or a bgp pool")]
     UnsupportedProtocol { key: String },
+    #[error("{ip} in status.loadBalancer.ingress (written by another controller, e.g. OpenELB) lies outside every pool: pier leaves it in the status but cannot announce it; add it to a pool (an Eip or [[pools]]) to keep it, or remove it from the status for a new IP")]
+    StatusOutsidePools { ip: IpAddr },
     #[error("{service} already holds {held}, another {family} address")]
     FamilyTaken {
         service: ServiceKey,
@@ -98,6 +100,7 @@ impl Refusal {
             Refusal::FamilyTaken { .. } => "FamilyTaken",
             Refusal::ProtocolMismatch { .. } => "ProtocolMismatch",
             Refusal::UnsupportedProtocol { .. } => "UnsupportedProtocol",
+            Refusal::StatusOutsidePools { .. } => "StatusOutsidePools",
         }
     }
 }
@@ -432,6 +435,21 @@ impl Ipam {
             ports: req.ports.clone(),
         };
         let requested = |f: Family| req.ips.iter().copied().find(|ip| Family::of(ip) == f);
+
+        // A Service switched from another controller (OpenELB) keeps the IP
+        // in its status: IPs inside a pool were adopted before anything was
+        // allocated (docs/architecture.md, rule 3), so holding nothing with
+        // an IP in the status that no pool contains means that IP is not
+        // pier's to announce. Renumbering would break its users: refuse.
+        if held.is_empty() && req.ips.is_empty() {
+            if let Some(ip) = req
+                .status_ips
+                .iter()
+                .find(|ip| !self.pools.values().any(|p| p.contains(ip)))
+            {
+                return Err(Refusal::StatusOutsidePools { ip: *ip });
+            }
+        }
 
         // Keep what still fits: right family, the requested IP if any, the
         // requested pool if any. Its pool may have been edited or disabled

@@ -87,6 +87,9 @@ pub struct Request {
     pub ports: Vec<PortSpec>,
     /// Only pools of this mode (OpenELB's protocol annotation).
     pub mode: Option<PoolMode>,
+    /// IPs in the Service's `status.loadBalancer.ingress` (written by pier,
+    /// or by the controller it replaces, e.g. OpenELB).
+    pub status_ips: Vec<IpAddr>,
 }
 
 /// One value from several possible keys: pier's wins; others must agree.
@@ -289,6 +292,7 @@ pub fn request_for(
         sharing_key,
         ports: svc.ports.clone(),
         mode,
+        status_ips: svc.status_ips.clone(),
     })
 }
 

@@ -602,3 +602,33 @@ fn protocol_annotation_restricts_the_pool_mode() {
     let e = assign(&mut ipam, &s).unwrap_err();
     assert!(e.to_string().contains("mode l2"), "{e}");
 }
+
+/// A Service switched from OpenELB: an IP in its status that lies in no
+/// pool is kept (nothing allocated, a refusal that says why); one inside a
+/// pool is adopted by the engine before assign, and assign keeps it.
+#[test]
+fn status_ip_outside_every_pool_is_not_renumbered() {
+    let mut ipam = Ipam::new(vec![pool("public", &["10.0.0.0/30"])]);
+    let mut s = svc("default", "old");
+    s.status_ips = vec![ip("203.0.113.7")];
+    let e = assign(&mut ipam, &s).unwrap_err();
+    assert_eq!(e.reason(), "StatusOutsidePools");
+    assert!(e.to_string().contains("203.0.113.7"), "{e}");
+    assert!(ipam.allocations_of(&s.key).is_empty());
+    // Adopted from the status (in a pool): kept exactly.
+    let mut s = svc("default", "kept");
+    s.status_ips = vec![ip("10.0.0.2")];
+    ipam.restore(Allocation {
+        service: s.key.clone(),
+        ip: ip("10.0.0.2"),
+        pool: "public".into(),
+        sharing_key: None,
+        ports: s.ports.clone(),
+    })
+    .unwrap();
+    assert_eq!(assign(&mut ipam, &s).unwrap(), vec![ip("10.0.0.2")]);
+    // A requested IP wins over a foreign status.
+    let mut s = with(svc("default", "asks"), "pier.io/ip", "10.0.0.1");
+    s.status_ips = vec![ip("203.0.113.8")];
+    assert_eq!(assign(&mut ipam, &s).unwrap(), vec![ip("10.0.0.1")]);
+}
