@@ -77,8 +77,10 @@ fn unbounded(node: &Value, at: &str, out: &mut Vec<String>) {
 }
 
 /// Problems of every rule in the schema `node` (at path `at`; `root` tells
-/// whether `node` is the object's root, whose `metadata.name` and
-/// `metadata.generateName` the API server bounds itself).
+/// whether `node` is the object's root: its `metadata.name` and
+/// `metadata.generateName` are the API server's own fields, names of at most
+/// 253 characters, and kube-apiserver v1.36 accepts the BgpConf rule that
+/// compares `metadata.name` with a constant).
 fn check_rules(node: &Value, at: &str, root: bool, out: &mut Vec<String>) {
     for rule in node
         .get("x-kubernetes-validations")
