@@ -193,3 +193,41 @@ fn hundred_vips_over_fifty_nodes_get_eight_balanced_paths_each() {
     assert_eq!(changed, used);
     lab.stop("pier");
 }
+
+/// Pier as next hop: a kernel multipath route keeps at most
+/// `MULTIPATH_LIMIT` next hops, the same rendezvous subset (no root needed:
+/// the pure route planner).
+#[test]
+fn kernel_routes_keep_the_rendezvous_subset_above_the_multipath_limit() {
+    use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop};
+    use pier::route::kernel::{desired_routes, MULTIPATH_LIMIT};
+    use std::sync::Arc;
+    let hops: Vec<NextHop> = (0..300u32)
+        .map(|i| NextHop {
+            node: format!("n{i}"),
+            address: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0100 + i)),
+        })
+        .collect();
+    let vip: IpAddr = "192.0.2.7".parse().unwrap();
+    let desired = Desired {
+        generation: 1,
+        announcements: vec![Arc::new(Announcement {
+            vip,
+            pool: "p".into(),
+            mode: AnnounceMode::BgpSelf,
+            next_hops: hops.clone().into(),
+            bgp: BgpAttributes::default(),
+            services: vec![],
+            ports: vec![],
+        })],
+    };
+    let routes = desired_routes(&desired);
+    let got = routes.values().next().expect("one route");
+    assert_eq!(got.len(), MULTIPATH_LIMIT);
+    let want: BTreeSet<IpAddr> =
+        pier::model::subset::choose(&vip, &hops, MULTIPATH_LIMIT, |h| h.address)
+            .into_iter()
+            .map(|h| h.address)
+            .collect();
+    assert_eq!(*got, want);
+}
