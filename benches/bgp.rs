@@ -19,6 +19,7 @@ fn view() -> PeerView {
         ebgp: true,
         families: vec![AfiSafi::IPV4_UNICAST],
         add_path: vec![AfiSafi::IPV4_UNICAST],
+        max_paths: 16,
         self_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
         self_v6: None,
     }

@@ -350,6 +350,7 @@ impl Kubernetes {
             kubewatch::ClaimRule {
                 load_balancer_class: k.load_balancer_class.clone(),
                 claim_unclassed: k.claim_unclassed,
+                claim_openelb_annotation: k.claim_openelb_annotation,
             },
             ch.input,
             gate,

@@ -5,6 +5,8 @@
 //! requests into [`Allocation`]s, and the planner turns all of it into one
 //! immutable [`Desired`] value that the actuators (bgp, route, arp) apply.
 
+pub mod subset;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -157,6 +159,15 @@ impl FromStr for PortSpec {
 pub enum PoolMode {
     Bgp,
     L2,
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Bgp => "bgp",
+            PoolMode::L2 => "l2",
+        })
+    }
 }
 
 /// Next hop advertised for a `bgp` pool.

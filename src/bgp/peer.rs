@@ -46,6 +46,8 @@ pub struct PeerSettings {
     pub passive: bool,
     pub families: Vec<AfiSafi>,
     pub add_path: bool,
+    /// Paths per VIP at most (`max_paths`).
+    pub max_paths: u16,
     pub graceful_restart: Option<u16>,
     /// pier restarted within the restart time after a graceful stop (R bit).
     pub restarting: bool,
@@ -89,6 +91,7 @@ impl PeerSettings {
             passive: p.passive,
             families,
             add_path: p.add_path,
+            max_paths: p.max_paths,
             graceful_restart: bgp.graceful_restart.then_some(bgp.restart_time_s),
             restarting,
             socket: SocketOptions {
@@ -625,6 +628,7 @@ impl PeerTask {
                 ebgp: self.s.local_asn != self.s.peer_asn,
                 families,
                 add_path: send_ap,
+                max_paths: self.s.max_paths.into(),
                 self_v4: match (self.s.socket.source, local) {
                     (Some(IpAddr::V4(a)), _) | (_, Some(IpAddr::V4(a))) => Some(a),
                     _ => None,

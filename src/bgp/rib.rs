@@ -14,7 +14,7 @@
 use super::codec::{
     pack_announce, pack_withdraw, AfiSafi, AsPath, Attribute, Context, EncodeError, Nlri, Origin,
 };
-use crate::model::{AnnounceMode, Announcement, Desired};
+use crate::model::{subset, AnnounceMode, Announcement, Desired, NextHop};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -31,6 +31,9 @@ pub struct PeerView {
     pub families: Vec<AfiSafi>,
     /// Families where the peer receives several paths (ADD-PATH).
     pub add_path: Vec<AfiSafi>,
+    /// At most this many paths per VIP (`max_paths`); which ones is the
+    /// rendezvous rule of `src/model/subset.rs`.
+    pub max_paths: usize,
     /// pier's own next hop per family (the session's local address, or the
     /// configured source address).
     pub self_v4: Option<Ipv4Addr>,
@@ -183,12 +186,14 @@ impl AdjRibOut {
         };
         let add_path = self.view.add_path.contains(&family);
         if a.mode == AnnounceMode::BgpNodes && add_path {
-            let mut out: Vec<Path> = Vec::with_capacity(a.next_hops.len());
-            for nh in a
+            let family: Vec<&NextHop> = a
                 .next_hops
                 .iter()
                 .filter(|n| n.address.is_ipv4() == a.vip.is_ipv4())
-            {
+                .collect();
+            let chosen = subset::choose(&a.vip, &family, self.view.max_paths, |n| n.address);
+            let mut out: Vec<Path> = Vec::with_capacity(chosen.len());
+            for nh in chosen {
                 let mut id = path_id_for(&nh.address);
                 while out.iter().any(|p| p.id == id) {
                     id = id.wrapping_add(1).max(1);
@@ -390,6 +395,7 @@ mod tests {
             } else {
                 vec![]
             },
+            max_paths: 16,
             self_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
             self_v6: None,
         }
@@ -424,6 +430,53 @@ mod tests {
             generation: gen,
             announcements: anns,
         }
+    }
+
+    /// At most `max_paths` paths per VIP, the rendezvous subset; a node
+    /// leaving withdraws only the paths of the VIPs that used it.
+    #[test]
+    fn max_paths_bounds_each_vip_to_its_rendezvous_subset() {
+        let mut v = view(true);
+        v.max_paths = 3;
+        let mut rib = AdjRibOut::new(v);
+        let nodes: Vec<String> = (1..=10).map(|i| format!("10.0.0.{i}")).collect();
+        let hops: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let vips: Vec<String> = (1..=40).map(|i| format!("192.0.2.{i}")).collect();
+        let plan = |hops: &[&str]| {
+            let anns = vips
+                .iter()
+                .map(|v| ann(v, AnnounceMode::BgpNodes, hops))
+                .collect();
+            desired(1, anns)
+        };
+        let c = rib.update(&plan(&hops));
+        assert_eq!(c.announce.len(), 40 * 3);
+        assert_eq!(rib.len(), 40 * 3);
+        let mut used_10 = 0;
+        for v in &vips {
+            let vip: IpAddr = v.parse().unwrap();
+            let want: Vec<IpAddr> = subset::choose(&vip, &hops, 3, |h| h.parse().unwrap())
+                .into_iter()
+                .map(|h| h.parse().unwrap())
+                .collect();
+            let got: Vec<IpAddr> = c
+                .announce
+                .iter()
+                .filter(|(n, _)| n.prefix.addr() == vip)
+                .map(|(_, a)| a.next_hop)
+                .collect();
+            let mut got_sorted = got.clone();
+            got_sorted.sort();
+            assert_eq!(got_sorted, want, "{v}");
+            used_10 += usize::from(want.contains(&"10.0.0.10".parse().unwrap()));
+        }
+        assert!(used_10 > 0);
+        // 10.0.0.10 leaves: one withdrawal and one announcement per VIP
+        // that used it, nothing for the others.
+        let c = rib.update(&plan(&hops[..9]));
+        assert_eq!(c.withdraw.len(), used_10);
+        assert_eq!(c.announce.len(), used_10);
+        assert_eq!(rib.len(), 40 * 3);
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct KubernetesConfig {
     pub context: Option<String>,
     pub load_balancer_class: String,
     pub claim_unclassed: bool,
+    /// Claim Services without a class that carry OpenELB's / PorterLB's
+    /// `lb.kubesphere.io/v1alpha1: openelb|porter` (default true).
+    pub claim_openelb_annotation: bool,
     pub lease_namespace: String,
     pub lease_name: String,
     pub lease_duration_s: u32,
@@ -175,7 +178,16 @@ pub struct PeerConfig {
     pub families: Vec<Family>,
     /// Offer ADD-PATH send (needed for node next hops).
     pub add_path: bool,
+    /// At most this many paths per VIP to this peer (`next_hop = "nodes"`),
+    /// chosen per VIP by rendezvous hashing (`src/model/subset.rs`).
+    pub max_paths: u16,
 }
+
+/// Default `max_paths`: BIRD merges at most 16 paths into a kernel route
+/// (`merge paths on limit 16`, its default), FRR's `maximum-paths` is 64
+/// by default and many hardware routers stop at 16, 32 or 64 ECMP members.
+/// 16 fits all of them; more paths would be held by the router but unused.
+pub const DEFAULT_MAX_PATHS: u16 = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthConfig {

@@ -93,6 +93,16 @@ fn defaults() {
     assert_eq!((p.hold_time, p.port, p.connect_retry_s), (90, 179, 5));
     assert_eq!(p.families, vec![Family::V4, Family::V6]);
     assert!(p.add_path && !p.passive);
+    assert_eq!(p.max_paths, crate::config::DEFAULT_MAX_PATHS);
+    let c = parse(&format!(
+        "{GATEWAY}[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"fd00::1\"\nasn = 2\nmax_paths = 8\n"
+    ))
+    .unwrap();
+    assert_eq!(c.bgp.unwrap().peers[0].max_paths, 8);
+    assert!(parse(&format!(
+        "{GATEWAY}[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"fd00::1\"\nasn = 2\nmax_paths = 0\n"
+    ))
+    .is_err());
 }
 
 #[test]

@@ -136,16 +136,20 @@ fn status_ips_are_adopted_before_allocating() {
     let mut a = svc("a");
     a.status_ips = vec![ip("10.77.0.5")];
     let mut b = svc("b");
-    b.status_ips = vec![ip("192.0.2.1")]; // not in a pool: not ours
-    e.step(vec![
+    // Not in a pool (another controller's, e.g. OpenELB's): kept in the
+    // status, not renumbered, reported (issue 16).
+    b.status_ips = vec![ip("192.0.2.1")];
+    let step = e.step(vec![
         Input::Service(svc("new")),
         Input::Service(a),
         Input::Service(b),
         Input::Synced(Origin::Kubernetes),
     ]);
     assert_eq!(ips_of(&e, "a"), [ip("10.77.0.5")]);
-    assert_eq!(ips_of(&e, "b"), [ip("10.77.0.0")]);
-    assert_eq!(ips_of(&e, "new"), [ip("10.77.0.1")]);
+    assert!(ips_of(&e, "b").is_empty());
+    assert!(step.events.iter().any(|ev| matches!(ev,
+        ServiceEvent::Refused { service, reason: Refusal::StatusOutsidePools { .. } } if service.name == "b")));
+    assert_eq!(ips_of(&e, "new"), [ip("10.77.0.0")]);
 }
 
 #[test]

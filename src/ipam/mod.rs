@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
-use crate::model::{ip_to_u128, u128_to_ip, Allocation, Family, Pool, ServiceKey};
+use crate::model::{ip_to_u128, u128_to_ip, Allocation, Family, Pool, PoolMode, ServiceKey};
 
 pub mod intervals;
 mod request;
@@ -65,6 +65,16 @@ pub enum Refusal {
         value: String,
         why: String,
     },
+    #[error("pool {pool:?} is of mode {pool_mode} but the Service's protocol annotation asks for a {asked} pool")]
+    ProtocolMismatch {
+        pool: String,
+        pool_mode: PoolMode,
+        asked: PoolMode,
+    },
+    #[error("{key}=vip is OpenELB's in-cluster keepalived mode, which pier does not run: use an l2 pool (pier answers ARP/NDP for the VIP from the gateway; protocol layer2) or a bgp pool")]
+    UnsupportedProtocol { key: String },
+    #[error("{ip} in status.loadBalancer.ingress (written by another controller, e.g. OpenELB) lies outside every pool: pier leaves it in the status but cannot announce it; add it to a pool (an Eip or [[pools]]) to keep it, or remove it from the status for a new IP")]
+    StatusOutsidePools { ip: IpAddr },
     #[error("{service} already holds {held}, another {family} address")]
     FamilyTaken {
         service: ServiceKey,
@@ -88,6 +98,9 @@ impl Refusal {
             Refusal::PoolMismatch { .. } => "PoolMismatch",
             Refusal::InvalidAnnotation { .. } => "InvalidAnnotation",
             Refusal::FamilyTaken { .. } => "FamilyTaken",
+            Refusal::ProtocolMismatch { .. } => "ProtocolMismatch",
+            Refusal::UnsupportedProtocol { .. } => "UnsupportedProtocol",
+            Refusal::StatusOutsidePools { .. } => "StatusOutsidePools",
         }
     }
 }
@@ -166,6 +179,19 @@ impl Held {
                 matches!(self, Held::Many(v) if v.is_empty())
             }
         }
+    }
+}
+
+/// A pool of another mode than the Service's protocol annotation asks for
+/// is refused, as OpenELB refuses an Eip of the wrong protocol.
+fn check_mode(req: &Request, pool: &Pool) -> Result<(), Refusal> {
+    match req.mode {
+        Some(asked) if asked != pool.mode => Err(Refusal::ProtocolMismatch {
+            pool: pool.name.clone(),
+            pool_mode: pool.mode,
+            asked,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -410,6 +436,21 @@ impl Ipam {
         };
         let requested = |f: Family| req.ips.iter().copied().find(|ip| Family::of(ip) == f);
 
+        // A Service switched from another controller (OpenELB) keeps the IP
+        // in its status: IPs inside a pool were adopted before anything was
+        // allocated (docs/architecture.md, rule 3), so holding nothing with
+        // an IP in the status that no pool contains means that IP is not
+        // pier's to announce. Renumbering would break its users: refuse.
+        if held.is_empty() && req.ips.is_empty() {
+            if let Some(ip) = req
+                .status_ips
+                .iter()
+                .find(|ip| !self.pools.values().any(|p| p.contains(ip)))
+            {
+                return Err(Refusal::StatusOutsidePools { ip: *ip });
+            }
+        }
+
         // Keep what still fits: right family, the requested IP if any, the
         // requested pool if any. Its pool may have been edited or disabled
         // since: stability wins.
@@ -426,6 +467,9 @@ impl Ipam {
                 wanted.contains(&f)
                     && requested(f).is_none_or(|ip| ip == h.ip)
                     && req.pool.as_ref().is_none_or(|p| *p == h.pool)
+                    && req
+                        .mode
+                        .is_none_or(|m| self.pools.get(&h.pool).is_none_or(|p| p.mode == m))
             })
             .collect();
         // A kept IP fixes the pool for the Service's other families.
@@ -453,6 +497,7 @@ impl Ipam {
                         namespace: req.service.namespace.clone(),
                     });
                 }
+                check_mode(req, p)?;
                 if let Some(ip) = req.ips.iter().find(|ip| !p.contains(ip)) {
                     return Err(Refusal::PoolMismatch {
                         ip: *ip,
@@ -483,6 +528,7 @@ impl Ipam {
                         namespace: req.service.namespace.clone(),
                     });
                 }
+                check_mode(req, p)?;
                 vec![p]
             }
             (None, None, None) => self.auto_pools(req)?,
@@ -546,7 +592,10 @@ impl Ipam {
     fn auto_pools(&self, req: &Request) -> Result<Vec<&Pool>, Refusal> {
         let ns = &req.service.namespace;
         let restricted = |p: &Pool| !p.namespaces.is_empty() || !p.namespace_selector.is_empty();
-        let offers = |p: &Pool| req.families.iter().all(|f| p.families().contains(f));
+        let offers = |p: &Pool| {
+            req.families.iter().all(|f| p.families().contains(f))
+                && req.mode.is_none_or(|m| p.mode == m)
+        };
         let mut selecting: Vec<&Pool> = self
             .pools
             .values()
@@ -563,10 +612,14 @@ impl Ipam {
         selecting.extend(open);
         if selecting.is_empty() {
             let fams: Vec<String> = req.families.iter().map(|f| f.to_string()).collect();
+            let mode = req
+                .mode
+                .map(|m| format!(" in a pool of mode {m} (protocol annotation)"))
+                .unwrap_or_default();
             return Err(Refusal::NoPool {
                 service: req.service.clone(),
                 why: format!(
-                    "no enabled pool with auto_assign offers {} to namespace {ns:?}; name a pool (pier.io/pool) or an IP (pier.io/ip)",
+                    "no enabled pool with auto_assign offers {}{mode} to namespace {ns:?}; name a pool (pier.io/pool) or an IP (pier.io/ip)",
                     fams.join(" and ")
                 ),
             });

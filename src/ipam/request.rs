@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::Refusal;
-use crate::model::{Family, IpFamilyPolicy, PortSpec, Service, ServiceKey};
+use crate::model::{Family, IpFamilyPolicy, PoolMode, PortSpec, Service, ServiceKey};
 
 /// Annotation keys pier reads.
 pub mod annotations {
@@ -29,8 +29,9 @@ pub mod annotations {
         "metallb.universe.tf/address-pool",
     ];
     /// Requested IPs (comma-separated for dual-stack).
-    pub const IP_COMPAT: [&str; 3] = [
+    pub const IP_COMPAT: [&str; 4] = [
         "eip.openelb.kubesphere.io/v1alpha1",
+        "eip.porter.kubesphere.io/v1alpha1",
         "metallb.io/loadBalancerIPs",
         "metallb.universe.tf/loadBalancerIPs",
     ];
@@ -39,11 +40,26 @@ pub mod annotations {
         "metallb.universe.tf/allow-shared-ip",
     ];
 
+    /// OpenELB's and PorterLB's protocol of a Service: `bgp`, `layer2`
+    /// (pools of mode `bgp` / `l2`) or `vip` (not available in pier).
+    pub const PROTOCOL_COMPAT: [&str; 2] = [
+        "protocol.openelb.kubesphere.io/v1alpha1",
+        "protocol.porter.kubesphere.io/v1alpha1",
+    ];
+    /// OpenELB's and PorterLB's claim: `openelb` or `porter` as its value
+    /// claims a Service without `spec.loadBalancerClass`
+    /// (`kubernetes.claim_openelb_annotation`).
+    pub const OPENELB_CLAIM: &str = "lb.kubesphere.io/v1alpha1";
+    pub const OPENELB_CLAIM_VALUES: [&str; 2] = ["openelb", "porter"];
+
     /// Prefixes of every key above: a watcher may drop other annotations.
-    pub const PREFIXES: [&str; 5] = [
+    pub const PREFIXES: [&str; 8] = [
         "pier.io/",
         "eip.openelb.kubesphere.io/",
         "eip.porter.kubesphere.io/",
+        "protocol.openelb.kubesphere.io/",
+        "protocol.porter.kubesphere.io/",
+        "lb.kubesphere.io/",
         "metallb.io/",
         "metallb.universe.tf/",
     ];
@@ -69,6 +85,11 @@ pub struct Request {
     pub optional_family: Option<Family>,
     pub sharing_key: Option<String>,
     pub ports: Vec<PortSpec>,
+    /// Only pools of this mode (OpenELB's protocol annotation).
+    pub mode: Option<PoolMode>,
+    /// IPs in the Service's `status.loadBalancer.ingress` (written by pier,
+    /// or by the controller it replaces, e.g. OpenELB).
+    pub status_ips: Vec<IpAddr>,
 }
 
 /// One value from several possible keys: pier's wins; others must agree.
@@ -111,11 +132,47 @@ fn normalise(v: &str) -> Vec<&str> {
     parts
 }
 
-/// The pool, IPs and sharing key a Service asks for, before families.
+/// The pool, IPs, sharing key and mode a Service asks for, before families.
 struct Asked {
     pool: Option<String>,
     ips: Vec<IpAddr>,
     sharing_key: Option<String>,
+    mode: Option<PoolMode>,
+}
+
+/// The pool mode OpenELB's / PorterLB's protocol annotation asks for. Both
+/// keys may be set; they must agree.
+fn protocol(svc: &Service) -> Result<Option<PoolMode>, Refusal> {
+    let mut found: Option<(&str, &str)> = None;
+    for key in annotations::PROTOCOL_COMPAT {
+        let Some(v) = svc.annotations.get(key) else {
+            continue;
+        };
+        let v = v.trim();
+        match found {
+            Some((k0, v0)) if v0 != v => {
+                return Err(Refusal::InvalidAnnotation {
+                    key: key.to_string(),
+                    value: v.to_string(),
+                    why: format!("disagrees with {k0}={v0:?}"),
+                })
+            }
+            _ => found = Some((key, v)),
+        }
+    }
+    match found {
+        None => Ok(None),
+        Some((_, "bgp")) => Ok(Some(PoolMode::Bgp)),
+        Some((_, "layer2")) => Ok(Some(PoolMode::L2)),
+        Some((key, "vip")) => Err(Refusal::UnsupportedProtocol {
+            key: key.to_string(),
+        }),
+        Some((key, v)) => Err(Refusal::InvalidAnnotation {
+            key: key.to_string(),
+            value: v.to_string(),
+            why: "the protocol is bgp or layer2".into(),
+        }),
+    }
 }
 
 /// What a Kubernetes Service asks for, read from its annotations and
@@ -158,6 +215,7 @@ fn from_annotations(svc: &Service) -> Result<Asked, Refusal> {
         pool,
         ips,
         sharing_key,
+        mode: protocol(svc)?,
     })
 }
 
@@ -172,11 +230,13 @@ pub fn request_for(
         pool,
         ips,
         sharing_key,
+        mode,
     } = match &svc.static_request {
         Some(r) => Asked {
             pool: Some(r.pool.clone()),
             ips: r.ips.clone(),
             sharing_key: r.sharing_key.clone(),
+            mode: None,
         },
         None => from_annotations(svc)?,
     };
@@ -231,6 +291,8 @@ pub fn request_for(
         optional_family,
         sharing_key,
         ports: svc.ports.clone(),
+        mode,
+        status_ips: svc.status_ips.clone(),
     })
 }
 
@@ -292,6 +354,68 @@ mod tests {
         let mut s = svc(&[]);
         s.load_balancer_ip = Some("10.0.0.2".into());
         assert_eq!(req(&s).unwrap().ips[0].to_string(), "10.0.0.2");
+    }
+
+    /// Every key of OpenELB and PorterLB, both versions, that names an Eip
+    /// or an IP (their manuals: v1alpha2 names the Eip, v1alpha1 the IP).
+    #[test]
+    fn every_openelb_and_porter_eip_key_is_read() {
+        for (key, value, pool, ip) in [
+            (
+                "eip.openelb.kubesphere.io/v1alpha2",
+                "eip-pool",
+                Some("eip-pool"),
+                None,
+            ),
+            (
+                "eip.porter.kubesphere.io/v1alpha2",
+                "eip-pool",
+                Some("eip-pool"),
+                None,
+            ),
+            (
+                "eip.openelb.kubesphere.io/v1alpha1",
+                "10.0.0.7",
+                None,
+                Some("10.0.0.7"),
+            ),
+            (
+                "eip.porter.kubesphere.io/v1alpha1",
+                "10.0.0.7",
+                None,
+                Some("10.0.0.7"),
+            ),
+        ] {
+            assert!(annotations::is_read_by_pier(key), "{key}");
+            let r = req(&svc(&[(key, value)])).unwrap();
+            assert_eq!(r.pool.as_deref(), pool, "{key}");
+            let want: Vec<IpAddr> = ip.into_iter().map(|i| i.parse().unwrap()).collect();
+            assert_eq!(r.ips, want, "{key}");
+        }
+    }
+
+    #[test]
+    fn protocol_annotations_choose_the_mode() {
+        for key in annotations::PROTOCOL_COMPAT {
+            assert!(annotations::is_read_by_pier(key), "{key}");
+            for (v, mode) in [("bgp", PoolMode::Bgp), ("layer2", PoolMode::L2)] {
+                assert_eq!(req(&svc(&[(key, v)])).unwrap().mode, Some(mode), "{key}");
+            }
+            let e = req(&svc(&[(key, "vip")])).unwrap_err();
+            assert_eq!(e.reason(), "UnsupportedProtocol");
+            assert!(e.to_string().contains("l2 pool"), "{e}");
+            let e = req(&svc(&[(key, "ospf")])).unwrap_err();
+            assert_eq!(e.reason(), "InvalidAnnotation");
+        }
+        assert_eq!(req(&svc(&[])).unwrap().mode, None);
+        let both = [
+            (annotations::PROTOCOL_COMPAT[0], "bgp"),
+            (annotations::PROTOCOL_COMPAT[1], "layer2"),
+        ];
+        assert!(req(&svc(&both))
+            .unwrap_err()
+            .to_string()
+            .contains("disagrees"));
     }
 
     #[test]

@@ -542,3 +542,93 @@ proptest! {
         prop_assert_eq!(run(&ops), run(&ops));
     }
 }
+
+/// OpenELB's protocol annotation: `bgp` / `layer2` restrict the pool
+/// choice to pools of that mode; an Eip of the other mode named by the
+/// `eip.*` annotation or holding the requested IP is refused.
+#[test]
+fn protocol_annotation_restricts_the_pool_mode() {
+    let mut lan = pool("lan", &["10.1.0.0/30"]);
+    lan.mode = PoolMode::L2;
+    lan.priority = 10; // the bgp pool is preferred without the annotation
+    let mut ipam = Ipam::new(vec![pool("public", &["10.0.0.0/30"]), lan]);
+    for (key, eip_key) in [
+        (
+            "protocol.openelb.kubesphere.io/v1alpha1",
+            "eip.openelb.kubesphere.io/v1alpha2",
+        ),
+        (
+            "protocol.porter.kubesphere.io/v1alpha1",
+            "eip.porter.kubesphere.io/v1alpha2",
+        ),
+    ] {
+        let name = format!("l2-{}", key.len());
+        let s = with(svc("default", &name), key, "layer2");
+        assert_eq!(assign(&mut ipam, &s).unwrap()[0].to_string()[..5], *"10.1.");
+        let s = with(svc("default", "plain"), key, "bgp");
+        assert_eq!(assign(&mut ipam, &s).unwrap(), vec![ip("10.0.0.0")]);
+        // The manuals' Service: protocol + eip naming a pool of that mode.
+        let s = with(with(svc("default", &name), key, "layer2"), eip_key, "lan");
+        assert!(assign(&mut ipam, &s).is_ok());
+        // The wrong mode for the named pool, or for the requested IP.
+        let s = with(with(svc("default", "bad"), key, "bgp"), eip_key, "lan");
+        let e = assign(&mut ipam, &s).unwrap_err();
+        assert_eq!(e.reason(), "ProtocolMismatch");
+        assert!(e.to_string().contains("\"lan\" is of mode l2"), "{e}");
+        let s = with(
+            with(svc("default", "bad"), key, "bgp"),
+            "pier.io/ip",
+            "10.1.0.3",
+        );
+        assert_eq!(
+            assign(&mut ipam, &s).unwrap_err().reason(),
+            "ProtocolMismatch"
+        );
+    }
+    // Changing the protocol moves the Service to a pool of the new mode.
+    let s = with(
+        svc("default", "plain"),
+        "protocol.openelb.kubesphere.io/v1alpha1",
+        "layer2",
+    );
+    assert_eq!(assign(&mut ipam, &s).unwrap()[0].to_string()[..5], *"10.1.");
+    // No pool of that mode with room: NoPool says which mode was asked.
+    let mut ipam = Ipam::new(vec![pool("public", &["10.0.0.0/30"])]);
+    let s = with(
+        svc("default", "x"),
+        "protocol.openelb.kubesphere.io/v1alpha1",
+        "layer2",
+    );
+    let e = assign(&mut ipam, &s).unwrap_err();
+    assert!(e.to_string().contains("mode l2"), "{e}");
+}
+
+/// A Service switched from OpenELB: an IP in its status that lies in no
+/// pool is kept (nothing allocated, a refusal that says why); one inside a
+/// pool is adopted by the engine before assign, and assign keeps it.
+#[test]
+fn status_ip_outside_every_pool_is_not_renumbered() {
+    let mut ipam = Ipam::new(vec![pool("public", &["10.0.0.0/30"])]);
+    let mut s = svc("default", "old");
+    s.status_ips = vec![ip("203.0.113.7")];
+    let e = assign(&mut ipam, &s).unwrap_err();
+    assert_eq!(e.reason(), "StatusOutsidePools");
+    assert!(e.to_string().contains("203.0.113.7"), "{e}");
+    assert!(ipam.allocations_of(&s.key).is_empty());
+    // Adopted from the status (in a pool): kept exactly.
+    let mut s = svc("default", "kept");
+    s.status_ips = vec![ip("10.0.0.2")];
+    ipam.restore(Allocation {
+        service: s.key.clone(),
+        ip: ip("10.0.0.2"),
+        pool: "public".into(),
+        sharing_key: None,
+        ports: s.ports.clone(),
+    })
+    .unwrap();
+    assert_eq!(assign(&mut ipam, &s).unwrap(), vec![ip("10.0.0.2")]);
+    // A requested IP wins over a foreign status.
+    let mut s = with(svc("default", "asks"), "pier.io/ip", "10.0.0.1");
+    s.status_ips = vec![ip("203.0.113.8")];
+    assert_eq!(assign(&mut ipam, &s).unwrap(), vec![ip("10.0.0.1")]);
+}

@@ -52,6 +52,12 @@ impl RouteOp {
 }
 
 /// The host route of a VIP: /32 or /128.
+/// Next hops of one kernel multipath route at most. RTA_MULTIPATH is one
+/// netlink attribute, whose length is 16 bits: about 2,300 IPv6 next hops
+/// fill it. pier stays far below; the kernel's hash spreads flows over 256
+/// next hops as well as over more.
+pub const MULTIPATH_LIMIT: usize = 256;
+
 pub fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
@@ -62,18 +68,26 @@ pub fn host_net(ip: IpAddr) -> IpNet {
 /// `next_hop = "nodes"` VIPs are included: a peer that did not negotiate
 /// ADD-PATH receive is sent pier as their next hop (the speaker's fallback),
 /// and their traffic must not be blackholed when it arrives here.
+///
+/// A VIP with more next hops than [`MULTIPATH_LIMIT`] gets that many, chosen
+/// by the same rendezvous rule as BGP's `max_paths` (`src/model/subset.rs`).
 pub fn desired_routes(desired: &Desired) -> RouteTable {
     desired
         .announcements
         .iter()
         .filter_map(|a| {
             let family = Family::of(&a.vip);
-            let hops: BTreeSet<IpAddr> = a
+            let all: Vec<IpAddr> = a
                 .next_hops
                 .iter()
                 .map(|h| h.address)
                 .filter(|ip| Family::of(ip) == family)
                 .collect();
+            let hops: BTreeSet<IpAddr> =
+                crate::model::subset::choose(&a.vip, &all, MULTIPATH_LIMIT, |ip| *ip)
+                    .into_iter()
+                    .copied()
+                    .collect();
             (!hops.is_empty()).then(|| (host_net(a.vip), hops))
         })
         .collect()

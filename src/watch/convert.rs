@@ -18,12 +18,17 @@ use crate::model::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRule {
     pub load_balancer_class: String,
+    /// Every Service without a class.
     pub claim_unclassed: bool,
+    /// Services without a class that carry OpenELB's / PorterLB's claim
+    /// (`lb.kubesphere.io/v1alpha1: openelb|porter`).
+    pub claim_openelb_annotation: bool,
 }
 
 impl ClaimRule {
     /// `spec.type` is `LoadBalancer`, and the class is pier's, or there is
-    /// no class and unclassed Services are claimed.
+    /// no class and either unclassed Services are claimed or the Service
+    /// carries OpenELB's claim annotation (and that is honoured).
     pub fn claims(&self, svc: &KService) -> bool {
         let Some(spec) = &svc.spec else {
             return false;
@@ -33,9 +38,19 @@ impl ClaimRule {
         }
         match spec.load_balancer_class.as_deref() {
             Some(class) => class == self.load_balancer_class,
-            None => self.claim_unclassed,
+            None => self.claim_unclassed || (self.claim_openelb_annotation && openelb_claim(svc)),
         }
     }
+}
+
+/// Whether `svc` carries `lb.kubesphere.io/v1alpha1: openelb` (or
+/// PorterLB's `porter`), the claim the OpenELB and PorterLB manuals write.
+fn openelb_claim(svc: &KService) -> bool {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::OPENELB_CLAIM))
+        .is_some_and(|v| annotations::OPENELB_CLAIM_VALUES.contains(&v.trim()))
 }
 
 pub fn service_key(svc: &KService) -> Option<ServiceKey> {
@@ -131,6 +146,89 @@ pub fn status_ips(svc: &KService) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Node annotations that choose the node's next-hop address, per family:
+/// pier's own (IPv4 and/or IPv6, comma-separated), then the PorterLB and
+/// OpenELB manuals' (one address).
+pub const NEXT_HOP_ANNOTATIONS: [&str; 3] = [
+    "pier.io/next-hop",
+    "layer2.porter.kubesphere.io/v1alpha1",
+    "layer2.openelb.kubesphere.io/v1alpha1",
+];
+
+/// Why a node's next-hop annotation was not used (the default address is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHopProblem {
+    pub node: String,
+    pub key: &'static str,
+    pub value: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for NextHopProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {}: {}={:?} not used ({}); the node's default address is its next hop",
+            self.node, self.key, self.value, self.why
+        )
+    }
+}
+
+/// The node with its annotated next-hop address (per family) moved to the
+/// front of its InternalIPs, where `Node::address` looks first; and the
+/// annotation values that could not be used. A chosen address must be one
+/// of the node's addresses (a router could not reach another).
+pub fn node_with_next_hop(n: &KNode) -> Option<(Node, Vec<NextHopProblem>)> {
+    let mut node = node(n)?;
+    let mut problems = Vec::new();
+    let ann = n.metadata.annotations.as_ref();
+    let mut chosen: Vec<IpAddr> = Vec::new();
+    for key in NEXT_HOP_ANNOTATIONS {
+        let Some(value) = ann.and_then(|a| a.get(key)) else {
+            continue;
+        };
+        let problem = |why: String| NextHopProblem {
+            node: node.name.clone(),
+            key,
+            value: value.clone(),
+            why,
+        };
+        let mut ok: Vec<IpAddr> = Vec::new();
+        let mut bad = None;
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<IpAddr>() {
+                Err(_) => bad = Some(format!("{part:?} is not an IP address")),
+                Ok(ip) if !node.internal_ips.contains(&ip) && !node.external_ips.contains(&ip) => {
+                    bad = Some(format!("{ip} is not one of the node's addresses"))
+                }
+                Ok(ip) if ok.iter().any(|o| Family::of(o) == Family::of(&ip)) => {
+                    bad = Some(format!("two {} addresses", Family::of(&ip)))
+                }
+                Ok(ip) => ok.push(ip),
+            }
+        }
+        if ok.is_empty() && bad.is_none() {
+            bad = Some("no address given".into());
+        }
+        if let Some(why) = bad {
+            problems.push(problem(why));
+            continue;
+        }
+        // The first key that names a family wins.
+        for ip in ok {
+            if !chosen.iter().any(|c| Family::of(c) == Family::of(&ip)) {
+                chosen.push(ip);
+            }
+        }
+    }
+    for ip in chosen {
+        node.internal_ips.retain(|a| *a != ip);
+        node.external_ips.retain(|a| *a != ip);
+        node.internal_ips.insert(0, ip);
+    }
+    Some((node, problems))
+}
+
 pub fn node(n: &KNode) -> Option<Node> {
     let name = n.metadata.name.clone()?;
     let status = n.status.as_ref();
@@ -214,7 +312,52 @@ mod tests {
         ClaimRule {
             load_balancer_class: "pier.io/gateway".into(),
             claim_unclassed: unclassed,
+            claim_openelb_annotation: true,
         }
+    }
+
+    #[test]
+    fn openelb_and_porter_claims() {
+        let with = |value: &str, class: Option<&str>| {
+            let mut spec = json!({"type":"LoadBalancer"});
+            if let Some(c) = class {
+                spec["loadBalancerClass"] = json!(c);
+            }
+            svc(json!({"metadata":{"name":"a","namespace":"n",
+                "annotations":{"lb.kubesphere.io/v1alpha1":value}},"spec":spec}))
+        };
+        for value in ["openelb", "porter"] {
+            assert!(rule(false).claims(&with(value, None)), "{value}");
+            // Another controller's class wins over the annotation.
+            assert!(
+                !rule(false).claims(&with(value, Some("metallb"))),
+                "{value}"
+            );
+            // Turned off (OpenELB still runs side by side).
+            let off = ClaimRule {
+                claim_openelb_annotation: false,
+                ..rule(false)
+            };
+            assert!(!off.claims(&with(value, None)), "{value}");
+            assert!(ClaimRule {
+                claim_unclassed: true,
+                ..off
+            }
+            .claims(&with(value, None)));
+        }
+        assert!(!rule(false).claims(&with("metallb", None)));
+        let cluster_ip = svc(json!({"metadata":{"name":"a","namespace":"n",
+            "annotations":{"lb.kubesphere.io/v1alpha1":"openelb"}},"spec":{"type":"ClusterIP"}}));
+        assert!(!rule(true).claims(&cluster_ip));
+        // The annotations of the manuals' Services reach the model.
+        let s = service(&svc(
+            json!({"metadata":{"name":"a","namespace":"n","annotations":{
+            "lb.kubesphere.io/v1alpha1":"porter",
+            "protocol.porter.kubesphere.io/v1alpha1":"layer2",
+            "eip.porter.kubesphere.io/v1alpha2":"eip-pool"}},"spec":{"type":"LoadBalancer"}}),
+        ))
+        .unwrap();
+        assert_eq!(s.annotations.len(), 3);
     }
 
     #[test]
@@ -262,6 +405,65 @@ mod tests {
         assert_eq!(s.health_check_node_port, Some(31000));
         assert_eq!(s.source_ranges.len(), 2);
         assert_eq!(s.status_ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn next_hop_annotations_choose_the_address() {
+        let knode = |ann: serde_json::Value| -> KNode {
+            serde_json::from_value(json!({
+                "metadata":{"name":"master1","annotations":ann},
+                "status":{"addresses":[{"type":"InternalIP","address":"10.1.0.1"},
+                    {"type":"InternalIP","address":"192.168.0.2"},
+                    {"type":"InternalIP","address":"fd00::1"},{"type":"InternalIP","address":"fd01::1"},
+                    {"type":"ExternalIP","address":"203.0.113.1"}]}
+            }))
+            .unwrap()
+        };
+        let addr = |n: &Node| {
+            (
+                n.address(Family::V4).unwrap(),
+                n.address(Family::V6).unwrap(),
+            )
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Default: the first InternalIP of each family.
+        let (n, p) = node_with_next_hop(&knode(json!({}))).unwrap();
+        assert_eq!((addr(&n), p.len()), ((ip("10.1.0.1"), ip("fd00::1")), 0));
+        // The manuals' keys, and pier's with both families.
+        for key in [
+            "layer2.porter.kubesphere.io/v1alpha1",
+            "layer2.openelb.kubesphere.io/v1alpha1",
+        ] {
+            let (n, p) = node_with_next_hop(&knode(json!({key: "192.168.0.2"}))).unwrap();
+            assert_eq!(addr(&n), (ip("192.168.0.2"), ip("fd00::1")), "{key}");
+            assert!(p.is_empty());
+        }
+        let (n, p) =
+            node_with_next_hop(&knode(json!({"pier.io/next-hop": "fd01::1, 203.0.113.1"})))
+                .unwrap();
+        assert_eq!(addr(&n), (ip("203.0.113.1"), ip("fd01::1")));
+        assert!(p.is_empty());
+        // pier's key wins per family over the manuals'.
+        let (n, _) = node_with_next_hop(&knode(json!({"pier.io/next-hop": "10.1.0.1",
+            "layer2.porter.kubesphere.io/v1alpha1": "192.168.0.2"})))
+        .unwrap();
+        assert_eq!(addr(&n).0, ip("10.1.0.1"));
+        // Bad values: a problem each, and the default address.
+        for (value, why) in [
+            ("192.168.9.9", "not one of the node's addresses"),
+            ("eth1", "not an IP address"),
+            ("10.1.0.1,192.168.0.2", "two ipv4 addresses"),
+            ("", "no address given"),
+        ] {
+            let (n, p) = node_with_next_hop(&knode(
+                json!({"layer2.openelb.kubesphere.io/v1alpha1": value}),
+            ))
+            .unwrap();
+            assert_eq!(addr(&n), (ip("10.1.0.1"), ip("fd00::1")), "{value}");
+            assert_eq!(p.len(), 1, "{value}");
+            assert!(p[0].why.contains(why), "{value}: {}", p[0]);
+            assert!(p[0].to_string().contains("master1"));
+        }
     }
 
     #[test]

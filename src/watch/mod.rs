@@ -33,6 +33,7 @@ use crate::model::{Origin, ServiceKey};
 pub mod convert;
 pub mod events;
 pub mod lease;
+mod node_events;
 pub mod openelb;
 pub mod status;
 
@@ -436,11 +437,16 @@ pub fn spawn(
     let (d, r) = oneshot::channel();
     dones.push(r);
     let stream = watcher(Api::<KNode>::all(client.clone()), watch_config()).default_backoff();
+    let (node_problems, rx) = mpsc::unbounded_channel();
+    handles.push(tokio::spawn(node_events::run(client.clone(), rx)));
     handles.push(tokio::spawn(pump(
         "nodes",
         stream,
-        |n: &KNode| {
-            let node = convert::node(n)?;
+        move |n: &KNode| {
+            let (node, problems) = convert::node_with_next_hop(n)?;
+            for p in problems {
+                let _ = node_problems.send(p);
+            }
             Some((node.name.clone(), Some(Input::Node(node))))
         },
         Input::NodeGone,

@@ -36,6 +36,7 @@ const PEER: &[&str] = &[
     "source_address",
     "families",
     "add_path",
+    "max_paths",
 ];
 
 /// RFC 4271 §4.2: zero, or at least three seconds.
@@ -188,6 +189,9 @@ fn peer(
     families.sort();
     families.dedup();
     let add_path = s.bool(diag, "add_path", true);
+    let max_paths = s
+        .int(diag, "max_paths", 1, 1024)
+        .map_or(crate::config::DEFAULT_MAX_PATHS, |(n, _)| n as u16);
     Some(PeerConfig {
         address: address?,
         asn: asn?,
@@ -203,5 +207,6 @@ fn peer(
         source_address,
         families,
         add_path,
+        max_paths,
     })
 }

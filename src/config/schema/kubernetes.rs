@@ -12,6 +12,7 @@ const KUBERNETES: &[&str] = &[
     "context",
     "load_balancer_class",
     "claim_unclassed",
+    "claim_openelb_annotation",
     "lease_namespace",
     "lease_name",
     "lease_duration_s",
@@ -34,6 +35,7 @@ pub(super) fn read(
         .str(diag, "load_balancer_class")
         .map_or_else(|| "pier.io/gateway".to_string(), |(c, _)| c);
     let claim_unclassed = s.bool(diag, "claim_unclassed", false);
+    let claim_openelb_annotation = s.bool(diag, "claim_openelb_annotation", true);
     let lease_namespace = s
         .str(diag, "lease_namespace")
         .map_or_else(|| "pier-system".to_string(), |(c, _)| c);
@@ -57,6 +59,7 @@ pub(super) fn read(
         context,
         load_balancer_class,
         claim_unclassed,
+        claim_openelb_annotation,
         lease_namespace,
         lease_name,
         lease_duration_s,

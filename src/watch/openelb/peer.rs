@@ -260,6 +260,10 @@ pub fn peer(spec: &Value, password_dir: &Path) -> Result<(PeerConfig, Option<Str
             // Unset: pier's default (ADD-PATH offered; pier falls back to
             // next hop self for a peer that does not take it).
             add_path: send_max.is_none_or(|n| n > 1),
+            // OpenELB's sendMax bounds the paths per prefix, as max_paths.
+            max_paths: send_max
+                .filter(|n| *n > 1)
+                .map_or(crate::config::DEFAULT_MAX_PATHS, |n| n as u16),
         },
         password,
     ))
@@ -389,6 +393,7 @@ mod tests {
         assert_eq!(p.port, 1790);
         assert_eq!(p.families, vec![Family::V4]);
         assert!(p.add_path);
+        assert_eq!(p.max_paths, 8, "sendMax bounds the paths per VIP");
         assert!(unsupported_peer(&spec).is_empty());
 
         let (p, pw) = peer(
