@@ -7,13 +7,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{AllocationStore, StoreBatch, StoreError};
-use crate::model::{Allocation, ServiceKey};
+use crate::model::{Allocation, Desired, ServiceKey};
 
 #[derive(Debug, Default)]
 struct Inner {
     records: BTreeMap<(ServiceKey, IpAddr), Allocation>,
     fail_writes: bool,
     batches: usize,
+    desired: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,6 +63,25 @@ impl AllocationStore for MemoryStore {
             inner.records.insert((a.service.clone(), a.ip), a.clone());
         }
         inner.batches += 1;
+        Ok(())
+    }
+
+    fn load_desired(&self) -> Result<Option<Desired>, StoreError> {
+        match &self.lock().desired {
+            Some(bytes) => super::StoredDesired::decode(Path::new("memory"), bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn save_desired(&mut self, desired: &Desired) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.fail_writes {
+            return Err(StoreError::Write {
+                path: "memory".into(),
+                reason: "injected failure".into(),
+            });
+        }
+        inner.desired = Some(super::StoredDesired::encode(desired));
         Ok(())
     }
 

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{Allocation, ServiceKey};
+use crate::model::{
+    Allocation, AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule, ServiceKey,
+};
 
 mod memory;
 mod sled_store;
@@ -90,8 +92,122 @@ pub trait AllocationStore: Send {
     /// allocations plus some of the new ones, never two Services on what
     /// only one may hold, and nothing anyone outside pier has heard of.
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
+    /// The last plan saved by [`AllocationStore::save_desired`], if any.
+    fn load_desired(&self) -> Result<Option<Desired>, StoreError>;
+    /// Keep `desired` (the last published plan) so that a start without
+    /// the API server can announce it again (docs/ha.md). Durable on return.
+    fn save_desired(&mut self, desired: &Desired) -> Result<(), StoreError>;
     /// Where it lives, for messages.
     fn location(&self) -> &Path;
+}
+
+/// Version of the stored plan's format ([`StoredDesired`]).
+pub const DESIRED_FORMAT_VERSION: u32 = 1;
+
+/// The last published plan, as stored: next-hop sets once each (a pool's
+/// Cluster VIPs share one set of nodes, so 10,000 VIPs × 500 nodes store
+/// one set, not 10,000), announcements pointing at them by index.
+///
+/// Version 1: `{"v":1,"generation":g,"hops":[[next hop, ...], ...],
+/// "vips":[{"vip":..,"pool":..,"mode":..,"hops":index,"bgp":..,
+/// "services":[..],"ports":[..]}, ...]}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StoredDesired {
+    v: u32,
+    generation: u64,
+    hops: Vec<std::sync::Arc<[NextHop]>>,
+    vips: Vec<StoredAnnouncement>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAnnouncement {
+    vip: std::net::IpAddr,
+    pool: String,
+    mode: AnnounceMode,
+    hops: usize,
+    bgp: BgpAttributes,
+    services: Vec<ServiceKey>,
+    ports: Vec<PortRule>,
+}
+
+impl StoredDesired {
+    pub(crate) fn encode(d: &Desired) -> Vec<u8> {
+        let mut index: std::collections::HashMap<*const NextHop, usize> = Default::default();
+        let mut hops: Vec<std::sync::Arc<[NextHop]>> = Vec::new();
+        let vips = d
+            .announcements
+            .iter()
+            .map(|a| {
+                let i = *index.entry(a.next_hops.as_ptr()).or_insert_with(|| {
+                    hops.push(a.next_hops.clone());
+                    hops.len() - 1
+                });
+                StoredAnnouncement {
+                    vip: a.vip,
+                    pool: a.pool.clone(),
+                    mode: a.mode.clone(),
+                    hops: i,
+                    bgp: a.bgp.clone(),
+                    services: a.services.clone(),
+                    ports: a.ports.clone(),
+                }
+            })
+            .collect();
+        // Serialising plain data to JSON cannot fail.
+        serde_json::to_vec(&StoredDesired {
+            v: DESIRED_FORMAT_VERSION,
+            generation: d.generation,
+            hops,
+            vips,
+        })
+        .unwrap_or_default()
+    }
+
+    pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Desired, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            key: "desired/last".into(),
+            reason,
+        };
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if v.v > DESIRED_FORMAT_VERSION {
+            return Err(StoreError::FutureFormat {
+                path: path.to_path_buf(),
+                found: v.v,
+            });
+        }
+        let s: StoredDesired = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut announcements = Vec::with_capacity(s.vips.len());
+        for a in s.vips {
+            let next_hops = s.hops.get(a.hops).cloned().ok_or_else(|| {
+                corrupt(format!(
+                    "VIP {} names next-hop set {} of {}",
+                    a.vip,
+                    a.hops,
+                    s.hops.len()
+                ))
+            })?;
+            announcements.push(std::sync::Arc::new(Announcement {
+                vip: a.vip,
+                pool: a.pool,
+                mode: a.mode,
+                next_hops,
+                bgp: a.bgp,
+                services: a.services,
+                ports: a.ports,
+            }));
+        }
+        announcements.sort_by(|a, b| a.vip.cmp(&b.vip));
+        announcements.dedup_by(|a, b| a.vip == b.vip);
+        Ok(Desired {
+            generation: s.generation,
+            announcements,
+        })
+    }
 }
 
 /// Version 1 of a record: the whole allocation.
