@@ -325,6 +325,7 @@ mod tests {
                         vips_unannounced: 0,
                         nodes: 0,
                         pools: 0,
+                        plan_saved_generation: 0,
                         store_failing: None,
                         last_known_state: last_known_state.clone(),
                     });

@@ -88,7 +88,10 @@ pub fn status(v: &Value) -> String {
         ],
         vec!["nodes".into(), s(&e["nodes"])],
         vec!["pools".into(), s(&e["pools"])],
-        vec!["plan generation".into(), s(&e["generation"])],
+        vec![
+            "plan generation".into(),
+            format!("{} (saved: {})", s(&e["generation"]), s(&e["plan_saved_generation"])),
+        ],
         vec![
             "plan from".into(),
             match e["last_known_state"].as_object() {

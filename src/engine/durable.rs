@@ -134,6 +134,11 @@ impl Engine {
         }
     }
 
+    /// Generation of the last plan saved in the store.
+    pub fn plan_saved_generation(&self) -> u64 {
+        self.desired_saved
+    }
+
     /// The plan saved before this start, if any, without publishing it.
     pub fn stored_desired(&self) -> Result<Option<Desired>, StoreError> {
         self.store.load_desired()

@@ -150,6 +150,11 @@ pub async fn run(
             release_free_memory();
         }
     }
+    // A stop saves what the debounce had not yet (a crash loses at most
+    // SAVE_DELAY of plan changes; the allocations themselves are durable).
+    if engine.store_failure().is_none() {
+        engine.save_desired();
+    }
 }
 
 /// First retry of a failing store; doubled after each failure up to

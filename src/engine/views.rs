@@ -36,6 +36,8 @@ pub struct EngineStatus {
     pub vips_unannounced: usize,
     pub nodes: usize,
     pub pools: usize,
+    /// Generation of the last plan saved in the store (docs/ha.md).
+    pub plan_saved_generation: u64,
     /// Set while store writes fail (docs/ha.md, "A full disk").
     pub store_failing: Option<StoreFailure>,
     /// Set while pier publishes the plan stored before its start, the API
@@ -120,6 +122,7 @@ impl Engine {
             vips_unannounced: self.unannounced.len(),
             nodes: self.nodes.len(),
             pools: self.pools.len(),
+            plan_saved_generation: self.plan_saved_generation(),
             store_failing: self.store_failure().cloned(),
             last_known_state: self.last_known().cloned(),
         }
