@@ -90,9 +90,14 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
     };
     let mut engine = open_engine(&cfg, kube.is_some())?;
     let mut initial = Arc::new(Desired::default());
+    // Answer ARP/NDP for l2 VIPs from the start if this gateway held the
+    // lease when it saved the plan (as a leader cut off from the API
+    // server keeps answering, docs/ha.md).
+    let mut was_leader = false;
     if let Some((_, _, Some(e))) = &kube {
         match engine.stored_desired() {
             Ok(Some(stored)) => {
+                was_leader = stored.leader;
                 warn!(error = %e, "the Kubernetes API cannot be reached; starting from the last known state and retrying in the background");
                 initial = engine.start_from_last_known(stored, unix_now());
             }
@@ -114,7 +119,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Leadership of the lease; without Kubernetes this box always leads.
-    let (leader_tx, leader_rx) = watch::channel(kube.is_none());
+    let (leader_tx, leader_rx) = watch::channel(kube.is_none() || was_leader);
     // pier's effective BGP settings: from the file, or (kubernetes.crds)
     // from the OpenELB merge task, which then alone publishes here.
     let crds = kube.as_ref().is_some_and(|(_, k, _)| k.crds);

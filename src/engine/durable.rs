@@ -14,6 +14,7 @@
 //! No clock is read here: times are inputs (`now_unix`, seconds).
 
 use super::*;
+use crate::store::LastPlan;
 
 /// A store that fails to write.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -106,7 +107,9 @@ impl Engine {
 
     /// Is there a plan from a full view that is not yet saved?
     pub fn desired_save_pending(&self) -> bool {
-        self.synced() && self.desired.generation != self.desired_saved
+        self.synced()
+            && (self.desired.generation != self.desired_saved
+                || self.settings.leader != self.leader_saved)
     }
 
     /// Save the published plan in the store (only a plan made from a full
@@ -116,9 +119,14 @@ impl Engine {
         if !self.desired_save_pending() {
             return true;
         }
-        match self.store.save_desired(&self.desired) {
+        let plan = LastPlan {
+            desired: (*self.desired).clone(),
+            leader: self.settings.leader,
+        };
+        match self.store.save_desired(&plan) {
             Ok(()) => {
                 self.desired_saved = self.desired.generation;
+                self.leader_saved = self.settings.leader;
                 debug!(
                     generation = self.desired.generation,
                     vips = self.desired.announcements.len(),
@@ -140,14 +148,19 @@ impl Engine {
     }
 
     /// The plan saved before this start, if any, without publishing it.
-    pub fn stored_desired(&self) -> Result<Option<Desired>, StoreError> {
+    pub fn stored_desired(&self) -> Result<Option<LastPlan>, StoreError> {
         self.store.load_desired()
     }
 
     /// Publish `stored` (from [`Engine::stored_desired`]) as the plan until
     /// the first full sync: the actuators announce it, install its routes
     /// and answer for it. Returns it to publish.
-    pub fn start_from_last_known(&mut self, stored: Desired, now_unix: u64) -> Arc<Desired> {
+    pub fn start_from_last_known(&mut self, stored: LastPlan, now_unix: u64) -> Arc<Desired> {
+        let LastPlan {
+            desired: stored,
+            leader,
+        } = stored;
+        self.leader_saved = leader;
         warn!(
             generation = stored.generation,
             vips = stored.announcements.len(),

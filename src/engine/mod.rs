@@ -147,6 +147,8 @@ pub struct Engine {
     store_failures_total: u64,
     /// Generation of the plan last saved in the store.
     desired_saved: u64,
+    /// Leadership saved with it.
+    leader_saved: bool,
     /// Set while the published plan is the one stored before a restart
     /// (the API server unreachable at start), until the first full sync.
     last_known: Option<LastKnownState>,
@@ -205,6 +207,7 @@ impl Engine {
             store_failed: BTreeSet::new(),
             store_failures_total: 0,
             desired_saved: 0,
+            leader_saved: false,
             last_known: None,
         })
     }

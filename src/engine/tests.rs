@@ -507,7 +507,8 @@ fn the_published_plan_is_saved_and_a_restart_starts_from_it_unchanged() {
     // A restart without the API server: the stored plan is published as is.
     let mut e = engine(&store);
     let stored = e.stored_desired().unwrap().expect("a stored plan");
-    assert_eq!(stored, *published);
+    assert_eq!(stored.desired, *published);
+    assert!(stored.leader, "saved by the leader");
     let first = e.start_from_last_known(stored, 1_000);
     assert_eq!(*first, *published);
     assert_eq!(e.last_known().unwrap().since_unix, 1_000);

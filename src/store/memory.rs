@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{AllocationStore, StoreBatch, StoreError};
-use crate::model::{Allocation, Desired, ServiceKey};
+use super::{AllocationStore, LastPlan, StoreBatch, StoreError};
+use crate::model::{Allocation, ServiceKey};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -66,14 +66,14 @@ impl AllocationStore for MemoryStore {
         Ok(())
     }
 
-    fn load_desired(&self) -> Result<Option<Desired>, StoreError> {
+    fn load_desired(&self) -> Result<Option<LastPlan>, StoreError> {
         match &self.lock().desired {
             Some(bytes) => super::StoredDesired::decode(Path::new("memory"), bytes).map(Some),
             None => Ok(None),
         }
     }
 
-    fn save_desired(&mut self, desired: &Desired) -> Result<(), StoreError> {
+    fn save_desired(&mut self, plan: &LastPlan) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.fail_writes {
             return Err(StoreError::Write {
@@ -81,7 +81,7 @@ impl AllocationStore for MemoryStore {
                 reason: "injected failure".into(),
             });
         }
-        inner.desired = Some(super::StoredDesired::encode(desired));
+        inner.desired = Some(super::StoredDesired::encode(plan));
         Ok(())
     }
 

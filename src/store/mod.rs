@@ -93,12 +93,20 @@ pub trait AllocationStore: Send {
     /// only one may hold, and nothing anyone outside pier has heard of.
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
     /// The last plan saved by [`AllocationStore::save_desired`], if any.
-    fn load_desired(&self) -> Result<Option<Desired>, StoreError>;
-    /// Keep `desired` (the last published plan) so that a start without
-    /// the API server can announce it again (docs/ha.md). Durable on return.
-    fn save_desired(&mut self, desired: &Desired) -> Result<(), StoreError>;
+    fn load_desired(&self) -> Result<Option<LastPlan>, StoreError>;
+    /// Keep `plan` (the last published plan) so that a start without the
+    /// API server can announce it again (docs/ha.md). Durable on return.
+    fn save_desired(&mut self, plan: &LastPlan) -> Result<(), StoreError>;
     /// Where it lives, for messages.
     fn location(&self) -> &Path;
+}
+
+/// The last published plan and whether this gateway held the lease then
+/// (it answers ARP/NDP for `l2` VIPs only as the holder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastPlan {
+    pub desired: Desired,
+    pub leader: bool,
 }
 
 /// Version of the stored plan's format ([`StoredDesired`]).
@@ -108,13 +116,15 @@ pub const DESIRED_FORMAT_VERSION: u32 = 1;
 /// Cluster VIPs share one set of nodes, so 10,000 VIPs × 500 nodes store
 /// one set, not 10,000), announcements pointing at them by index.
 ///
-/// Version 1: `{"v":1,"generation":g,"hops":[[next hop, ...], ...],
+/// Version 1: `{"v":1,"generation":g,"leader":bool,"hops":[[next hop, ...], ...],
 /// "vips":[{"vip":..,"pool":..,"mode":..,"hops":index,"bgp":..,
 /// "services":[..],"ports":[..]}, ...]}`.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct StoredDesired {
+pub struct StoredDesired {
     v: u32,
     generation: u64,
+    #[serde(default)]
+    leader: bool,
     hops: Vec<std::sync::Arc<[NextHop]>>,
     vips: Vec<StoredAnnouncement>,
 }
@@ -131,7 +141,8 @@ struct StoredAnnouncement {
 }
 
 impl StoredDesired {
-    pub(crate) fn encode(d: &Desired) -> Vec<u8> {
+    pub fn encode(plan: &LastPlan) -> Vec<u8> {
+        let d = &plan.desired;
         let mut index: std::collections::HashMap<*const NextHop, usize> = Default::default();
         let mut hops: Vec<std::sync::Arc<[NextHop]>> = Vec::new();
         let vips = d
@@ -157,13 +168,14 @@ impl StoredDesired {
         serde_json::to_vec(&StoredDesired {
             v: DESIRED_FORMAT_VERSION,
             generation: d.generation,
+            leader: plan.leader,
             hops,
             vips,
         })
         .unwrap_or_default()
     }
 
-    pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Desired, StoreError> {
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<LastPlan, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.to_path_buf(),
             key: "desired/last".into(),
@@ -203,9 +215,12 @@ impl StoredDesired {
         }
         announcements.sort_by(|a, b| a.vip.cmp(&b.vip));
         announcements.dedup_by(|a, b| a.vip == b.vip);
-        Ok(Desired {
-            generation: s.generation,
-            announcements,
+        Ok(LastPlan {
+            desired: Desired {
+                generation: s.generation,
+                announcements,
+            },
+            leader: s.leader,
         })
     }
 }

@@ -14,9 +14,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{
-    record_key, AllocationStore, Record, StoreBatch, StoreError, StoredDesired, FORMAT_VERSION,
+    record_key, AllocationStore, LastPlan, Record, StoreBatch, StoreError, StoredDesired,
+    FORMAT_VERSION,
 };
-use crate::model::{Allocation, Desired};
+use crate::model::Allocation;
 
 const TREE: &str = "allocations";
 /// The last published plan, for a start without the API server.
@@ -296,7 +297,7 @@ impl AllocationStore for SledStore {
         self.write(ops)
     }
 
-    fn load_desired(&self) -> Result<Option<Desired>, StoreError> {
+    fn load_desired(&self) -> Result<Option<LastPlan>, StoreError> {
         let db = self.db()?;
         let Some(bytes) = db.desired.get(DESIRED_KEY).map_err(|e| StoreError::Open {
             path: self.path.clone(),
@@ -308,14 +309,14 @@ impl AllocationStore for SledStore {
         StoredDesired::decode(&self.path, &bytes).map(Some)
     }
 
-    fn save_desired(&mut self, desired: &Desired) -> Result<(), StoreError> {
+    fn save_desired(&mut self, plan: &LastPlan) -> Result<(), StoreError> {
         if self.failed || self.open.is_none() {
             if let Err(e) = self.reopen() {
                 self.failed = true;
                 return Err(e);
             }
         }
-        let bytes = StoredDesired::encode(desired);
+        let bytes = StoredDesired::encode(plan);
         let db = self.db()?;
         let result = db
             .desired

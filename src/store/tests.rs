@@ -295,7 +295,7 @@ fn sleds_busy_lock_error_is_recognised() {
     )));
 }
 
-fn plan(vips: usize) -> crate::model::Desired {
+fn plan(vips: usize) -> LastPlan {
     use crate::model::{AnnounceMode, Announcement, Desired, NextHop};
     let hops: std::sync::Arc<[NextHop]> = (1..=3)
         .map(|i| NextHop {
@@ -303,7 +303,7 @@ fn plan(vips: usize) -> crate::model::Desired {
             address: format!("10.0.0.{i}").parse().unwrap(),
         })
         .collect();
-    Desired {
+    let desired = Desired {
         generation: 9,
         announcements: (0..vips)
             .map(|i| {
@@ -318,6 +318,10 @@ fn plan(vips: usize) -> crate::model::Desired {
                 })
             })
             .collect(),
+    };
+    LastPlan {
+        desired,
+        leader: true,
     }
 }
 
