@@ -213,7 +213,7 @@ impl StoredDesired {
                 ports: a.ports,
             }));
         }
-        announcements.sort_by(|a, b| a.vip.cmp(&b.vip));
+        announcements.sort_by_key(|a| a.vip);
         announcements.dedup_by(|a, b| a.vip == b.vip);
         Ok(LastPlan {
             desired: Desired {

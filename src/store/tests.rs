@@ -313,7 +313,7 @@ fn plan(vips: usize) -> LastPlan {
                     mode: AnnounceMode::BgpNodes,
                     next_hops: hops.clone(),
                     bgp: Default::default(),
-                    services: vec![ServiceKey::new("default", &format!("s{i}"))],
+                    services: vec![ServiceKey::new("default", format!("s{i}"))],
                     ports: vec![],
                 })
             })
