@@ -15,7 +15,7 @@ use criterion::{criterion_group, BatchSize, Criterion};
 use pier::engine::{Engine, EngineSettings, Input, Planner, World};
 use pier::ipam::{request_for, Ipam, Request};
 use pier::model::*;
-use pier::store::{AllocationStore, MemoryStore, SledStore, StoreBatch};
+use pier::store::{AllocationStore, LastPlan, MemoryStore, SledStore, StoreBatch, StoredDesired};
 
 struct Counting;
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
@@ -266,6 +266,20 @@ fn memory_report() {
         "  {:<44} {:>8.1} MiB",
         "ipam: /64 pool with 100,000 IPs taken", ipam_mib
     );
+    let desired = LastPlan {
+        desired: Desired {
+            generation: 1,
+            announcements: plan.0.clone(),
+        },
+        leader: true,
+    };
+    let (bytes, encode_mib) = peak_mib(|| StoredDesired::encode(&desired));
+    println!(
+        "  {:<44} {:>8.1} MiB  ({} bytes stored)",
+        "sled: save the 10,000-VIP plan (encode)",
+        encode_mib,
+        bytes.len()
+    );
 }
 
 fn benches(c: &mut Criterion) {
@@ -356,6 +370,18 @@ fn benches(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    let desired = LastPlan {
+        desired: Desired {
+            generation: 1,
+            announcements: Planner::new().plan_all(&world, &cl.holders).0,
+        },
+        leader: true,
+    };
+    g.bench_function("sled_save_plan_10k_vips_500_nodes_flushed", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SledStore::open(dir.path()).unwrap();
+        b.iter(|| s.save_desired(&desired).unwrap())
     });
     g.bench_function("sled_persist_1_allocation_flushed", |b| {
         let dir = tempfile::tempdir().unwrap();

@@ -56,36 +56,73 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("the engine stopped")]
     EngineStopped,
+    /// The API server cannot be reached and no plan was stored to start
+    /// from (the first start on this gateway, or a lost state_dir).
+    #[error("{0} (and no plan stored by an earlier run to start from; see docs/ha.md)")]
+    NoLastKnownState(String),
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Run until SIGTERM or SIGINT; SIGHUP reloads the config file at `path`.
 pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
-    // The Kubernetes API first: an unreachable server, a bad certificate or
-    // a missing RBAC verb stops pier here, with one clear message.
+    // The Kubernetes API first: a kubeconfig that does not parse, a bad
+    // certificate or a missing RBAC verb stops pier here, with one clear
+    // message. An API server that cannot be reached (refused, timeout, 5xx)
+    // stops it only when no plan was stored before: otherwise pier starts
+    // from that plan and keeps trying (docs/ha.md).
     let kube = match &cfg.kubernetes {
         Some(k) => {
             let client = kubewatch::connect(k).await?;
-            kubewatch::preflight(&client, k).await?;
-            Some((client, k.clone()))
+            let unreachable = match kubewatch::preflight(&client, k).await {
+                Ok(()) => None,
+                Err(e) if e.is_transient() => Some(e),
+                Err(e) => return Err(e.into()),
+            };
+            Some((client, k.clone(), unreachable))
         }
         None => None,
     };
-    let engine = open_engine(&cfg, kube.is_some())?;
+    let mut engine = open_engine(&cfg, kube.is_some())?;
+    let mut initial = Arc::new(Desired::default());
+    // Answer ARP/NDP for l2 VIPs from the start if this gateway held the
+    // lease when it saved the plan (as a leader cut off from the API
+    // server keeps answering, docs/ha.md).
+    let mut was_leader = false;
+    if let Some((_, _, Some(e))) = &kube {
+        match engine.stored_desired() {
+            Ok(Some(stored)) => {
+                was_leader = stored.leader;
+                warn!(error = %e, "the Kubernetes API cannot be reached; starting from the last known state and retrying in the background");
+                initial = engine.start_from_last_known(stored, unix_now());
+            }
+            Ok(None) => return Err(DaemonError::NoLastKnownState(e.to_string())),
+            Err(store) => {
+                error!(error = %store, "the stored plan cannot be read");
+                return Err(DaemonError::NoLastKnownState(e.to_string()));
+            }
+        }
+    }
     let metrics = Metrics::new();
 
     // Channels: inputs into the engine, what it publishes, and the stop.
     let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
     let (query_tx, query_rx) = mpsc::channel(64);
-    let (desired_tx, mut desired_rx) = watch::channel(Arc::new(Desired::default()));
+    let (desired_tx, mut desired_rx) = watch::channel(initial);
     let (targets_tx, targets_rx) = watch::channel(Default::default());
     let (states_tx, states_rx) = watch::channel(Arc::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Leadership of the lease; without Kubernetes this box always leads.
-    let (leader_tx, leader_rx) = watch::channel(kube.is_none());
+    let (leader_tx, leader_rx) = watch::channel(kube.is_none() || was_leader);
     // pier's effective BGP settings: from the file, or (kubernetes.crds)
     // from the OpenELB merge task, which then alone publishes here.
-    let crds = kube.as_ref().is_some_and(|(_, k)| k.crds);
+    let crds = kube.as_ref().is_some_and(|(_, k, _)| k.crds);
     let (bgp_tx, bgp_rx) = watch::channel(effective_bgp(&cfg));
     let keep_on_stop = cfg.gateway.shutdown == Shutdown::Keep;
 
@@ -184,23 +221,32 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
             .await
             .map_err(|_| DaemonError::EngineStopped)?;
     }
-    let kubernetes = kube.map(|(client, k)| {
-        Kubernetes::spawn(
-            client,
-            &k,
-            &cfg,
-            KubernetesChannels {
-                input: input_tx.clone(),
-                events: events_rx,
-                states: states_rx,
-                leader: leader_rx,
-                leader_tx,
-                stop: stop_rx,
-                bgp: bgp_tx.clone(),
-                board: board.clone(),
-            },
-        )
-    });
+    let mut kubernetes: Option<Kubernetes> = None;
+    // While the API server cannot be reached: the task retrying it, which
+    // starts the Kubernetes tasks once it answers.
+    let mut reaching: Option<tokio::task::JoinHandle<Kubernetes>> = None;
+    if let Some((client, k, unreachable)) = kube {
+        let channels = KubernetesChannels {
+            input: input_tx.clone(),
+            events: events_rx,
+            states: states_rx,
+            leader: leader_rx,
+            leader_tx,
+            stop: stop_rx,
+            bgp: bgp_tx.clone(),
+            board: board.clone(),
+        };
+        match unreachable {
+            None => kubernetes = Some(Kubernetes::spawn(client, &k, &cfg, channels)),
+            Some(_) => {
+                let cfg = cfg.clone();
+                reaching = Some(tokio::spawn(async move {
+                    reach_api(&client, &k).await;
+                    Kubernetes::spawn(client, &k, &cfg, channels)
+                }));
+            }
+        }
+    }
 
     // Signals.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
@@ -211,6 +257,21 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            reached = async {
+                match reaching.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if reaching.is_some() => {
+                reaching = None;
+                match reached {
+                    Ok(k) => {
+                        info!("the Kubernetes API answers again; watches started, reconciling at the first full sync");
+                        kubernetes = Some(k);
+                    }
+                    Err(e) => error!(error = %e, "the task reaching the Kubernetes API failed"),
+                }
+            }
             _ = sighup.recv() => {
                 let Some(new) = reload(&path, &cfg) else { continue };
                 let merged = kubernetes.as_ref().and_then(|k| k.openelb.as_ref());
@@ -245,6 +306,9 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
     // Stop in order: the lease (another gateway takes over at once), the
     // Kubernetes tasks, BGP (graceful or Cease), the data path, the engine.
     stop_tx.send_replace(true);
+    if let Some(r) = reaching {
+        r.abort();
+    }
     if let Some(k) = kubernetes {
         k.stop().await;
     }
@@ -274,6 +338,26 @@ fn open_engine(cfg: &Config, kubernetes: bool) -> Result<Engine, DaemonError> {
         leader: !kubernetes,
     };
     Ok(Engine::new(Box::new(store), cfg.pools.clone(), settings)?)
+}
+
+/// Retry the preflight with backoff until the API server answers it. A
+/// permanent error (RBAC, certificate) is logged and retried too: pier
+/// already serves the last known state, and an operator may fix it.
+async fn reach_api(client: &Client, k: &KubernetesConfig) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(backoff).await;
+        match kubewatch::preflight(client, k).await {
+            Ok(()) => return,
+            Err(e) if e.is_transient() => {
+                info!(error = %e, retry_in_s = backoff.as_secs(), "the Kubernetes API still cannot be reached; serving the last known state");
+            }
+            Err(e) => {
+                error!(error = %e, "the Kubernetes API refuses pier; serving the last known state until this is fixed");
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// The file's BGP settings, as the BGP task takes them.

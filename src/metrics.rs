@@ -52,6 +52,10 @@ pub struct Metrics {
     /// 1 when resilient next-hop groups are configured but this kernel
     /// cannot have them (multipath routes instead).
     pub next_hop_groups_fallback: Gauge,
+
+    store_failing: Gauge,
+    store_write_failures: Counter,
+    running_from_last_known_state: Gauge,
 }
 
 impl Default for Metrics {
@@ -78,6 +82,10 @@ impl Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 19)),
             forward_blocked: Family::default(),
             next_hop_groups_fallback: Gauge::default(),
+
+            store_failing: Gauge::default(),
+            store_write_failures: Counter::default(),
+            running_from_last_known_state: Gauge::default(),
         };
         r.register(
             "pier_forward_blocked",
@@ -141,6 +149,21 @@ impl Metrics {
             m.reconcile_seconds.clone(),
         );
         r.register(
+            "pier_store_failing",
+            "1 while writes to the allocation store fail (retried with backoff; see pier status for the error)",
+            m.store_failing.clone(),
+        );
+        r.register(
+            "pier_store_write_failures",
+            "Store write attempts that failed",
+            m.store_write_failures.clone(),
+        );
+        r.register(
+            "pier_running_from_last_known_state",
+            "1 while pier publishes the plan stored before its start because the API server could not be reached",
+            m.running_from_last_known_state.clone(),
+        );
+        r.register(
             "pier_errors",
             "Errors by component (arp, route, health) and kind, counted where they are logged",
             ERRORS.clone(),
@@ -174,6 +197,23 @@ impl Metrics {
         self.services
             .get_or_create(&labels(&[("state", "pending")]))
             .set(pending as i64);
+    }
+
+    /// The store fails (or works again).
+    pub fn set_store_failing(&self, failing: bool) {
+        self.store_failing.set(i64::from(failing));
+    }
+
+    /// Raise the failed-write counter to `total` (the engine's count).
+    pub fn set_store_write_failures(&self, total: u64) {
+        let now = self.store_write_failures.get();
+        if total > now {
+            self.store_write_failures.inc_by(total - now);
+        }
+    }
+
+    pub fn set_running_from_last_known_state(&self, running: bool) {
+        self.running_from_last_known_state.set(i64::from(running));
     }
 
     pub fn peer(&self, peer: &str) -> Labels {
@@ -228,6 +268,10 @@ mod tests {
         m.garp_sent.get_or_create(&m.interface("eth0")).inc();
         m.reconcile_seconds.observe(0.001);
         m.set_datapath(&[("ip filter".into(), "FORWARD".into())], true);
+
+        m.set_store_failing(true);
+        m.set_store_write_failures(1);
+        m.set_running_from_last_known_state(true);
         let text = m.render();
         for name in [
             "pier_pool_addresses_total{pool=\"public\",family=\"ipv6\"} 18446744073709553000.0",
@@ -242,6 +286,9 @@ mod tests {
             "pier_reconcile_seconds_count 1",
             "pier_forward_blocked{table=\"ip filter\",chain=\"FORWARD\"} 1",
             "pier_next_hop_groups_fallback 1",
+            "pier_store_failing 1",
+            "pier_store_write_failures_total 1",
+            "pier_running_from_last_known_state 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -202,8 +202,37 @@ async fn ask<T>(ctx: &ApiContext, q: impl FnOnce(oneshot::Sender<T>) -> Query) -
 }
 
 async fn ready(ctx: &ApiContext) -> bool {
-    let synced = ask(ctx, Query::Status).await.is_some_and(|s| s.synced);
-    synced && ctx.peers.all_attempted() && ctx.forwarding_blocked().is_empty()
+    readiness(ctx).await.0
+}
+
+/// Ready, and what `/readyz` says. Ready once the initial sync is done, or
+/// while pier serves the last known state (docs/ha.md: the API server was
+/// unreachable at start), every peer was attempted, and no host firewall
+/// drops VIP traffic.
+async fn readiness(ctx: &ApiContext) -> (bool, String) {
+    let Some(status) = ask(ctx, Query::Status).await else {
+        return (false, "not ready: the engine is not running\n".into());
+    };
+    let peers = ctx.peers.all_attempted();
+    let blocked = ctx.forwarding_blocked();
+    if !blocked.is_empty() {
+        return (
+            false,
+            format!("not ready: {} (see pier status)\n", blocked.join("; ")),
+        );
+    }
+    match (&status.last_known_state, status.synced, peers) {
+        (_, _, false) => (false, "not ready: first peer attempts pending\n".into()),
+        (Some(lk), _, true) => (
+            true,
+            format!(
+                "ready: running from the last known state since {} (the Kubernetes API cannot be reached)\n",
+                table::unix_time(lk.since_unix)
+            ),
+        ),
+        (None, true, true) => (true, "ready\n".into()),
+        (None, false, true) => (false, "not ready: initial sync pending\n".into()),
+    }
 }
 
 async fn local_api(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full<Bytes>> {
@@ -285,21 +314,13 @@ async fn metrics_http(req: Request<Incoming>, ctx: &ApiContext) -> Response<Full
             }
         }
         "/readyz" => {
-            if ready(ctx).await {
-                respond(StatusCode::OK, "text/plain", "ready\n")
+            let (ready, text) = readiness(ctx).await;
+            let code = if ready {
+                StatusCode::OK
             } else {
-                let blocked = ctx.forwarding_blocked();
-                let why = if blocked.is_empty() {
-                    "initial sync or first peer attempts pending".to_string()
-                } else {
-                    format!("{} (see pier status)", blocked.join("; "))
-                };
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("not ready: {why}\n"),
-                )
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(code, "text/plain", text)
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
@@ -313,6 +334,14 @@ mod tests {
 
     /// An engine stand-in answering `Status` with `synced`.
     fn context(synced: bool, peers_attempted: bool) -> ApiContext {
+        context_with(synced, peers_attempted, None)
+    }
+
+    fn context_with(
+        synced: bool,
+        peers_attempted: bool,
+        last_known_state: Option<crate::engine::LastKnownState>,
+    ) -> ApiContext {
         let board = StatusBoard::default();
         let peer = "192.0.2.1".parse().unwrap();
         let status = crate::bgp::PeerStatus::idle(peer, 65000, 65001);
@@ -338,6 +367,9 @@ mod tests {
                         vips_unannounced: 0,
                         nodes: 0,
                         pools: 0,
+                        plan_saved_generation: 0,
+                        store_failing: None,
+                        last_known_state: last_known_state.clone(),
                     });
                 }
             }
@@ -385,6 +417,22 @@ mod tests {
             ctx.forwarding_blocked(),
             vec!["host firewall ip filter chain FORWARD drops VIP traffic"]
         );
+    }
+
+    #[tokio::test]
+    async fn the_last_known_state_is_ready_and_says_so() {
+        let lk = crate::engine::LastKnownState {
+            since_unix: 1_700_000_000,
+            generation: 7,
+            vips: 3,
+        };
+        let (ready, text) = readiness(&context_with(false, true, Some(lk.clone()))).await;
+        assert!(ready);
+        assert!(
+            text.contains("last known state since 2023-11-14T22:13:20Z"),
+            "{text}"
+        );
+        assert!(!readiness(&context_with(false, false, Some(lk))).await.0);
     }
 
     #[tokio::test]

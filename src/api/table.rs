@@ -46,6 +46,14 @@ fn key(v: &Value) -> String {
     format!("{}/{}", s(&v["namespace"]), s(&v["name"]))
 }
 
+/// Unix seconds as an RFC 3339 UTC time.
+pub fn unix_time(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t).ok())
+        .map_or_else(|| format!("{secs} (Unix time)"), |t| t.to_string())
+}
+
 pub fn status(v: &Value) -> String {
     let e = &v["engine"];
     let rows = vec![
@@ -80,7 +88,34 @@ pub fn status(v: &Value) -> String {
         ],
         vec!["nodes".into(), s(&e["nodes"])],
         vec!["pools".into(), s(&e["pools"])],
-        vec!["plan generation".into(), s(&e["generation"])],
+        vec![
+            "plan generation".into(),
+            format!("{} (saved: {})", s(&e["generation"]), s(&e["plan_saved_generation"])),
+        ],
+        vec![
+            "plan from".into(),
+            match e["last_known_state"].as_object() {
+                Some(lk) => format!(
+                    "the last known state since {} (generation {}, {} VIPs): the Kubernetes API cannot be reached",
+                    lk.get("since_unix").and_then(Value::as_u64).map_or("?".into(), unix_time),
+                    lk.get("generation").map(s).unwrap_or_default(),
+                    lk.get("vips").map(s).unwrap_or_default(),
+                ),
+                None => "the live view".into(),
+            },
+        ],
+        vec![
+            "store".into(),
+            match e["store_failing"].as_object() {
+                Some(f) => format!(
+                    "FAILING since {} ({} failed writes, retrying): {}",
+                    f.get("since_unix").and_then(Value::as_u64).map_or("?".into(), unix_time),
+                    f.get("attempts").map(s).unwrap_or_default(),
+                    f.get("error").map(s).unwrap_or_default(),
+                ),
+                None => "ok".into(),
+            },
+        ],
     ];
     let mut rows = rows;
     // The route actuator's findings (next-hop groups, flowtable, host

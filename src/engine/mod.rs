@@ -18,6 +18,7 @@
 //! | `service_status.rs` | [`ServiceEvent`] (status requests and Events) and IPs adopted from Services' status |
 //! | `probes.rs` | which nodes the health prober probes |
 //! | `views.rs` | the local API's [`Query`] and the views it gets |
+//! | `durable.rs` | a failing store retried, the last plan saved and started from |
 //! | `run.rs` | the async task around the step |
 //! | `source.rs` | static services from the config file |
 
@@ -35,6 +36,7 @@ use crate::model::{
 };
 use crate::store::{AllocationStore, StoreBatch, StoreError};
 
+mod durable;
 pub mod plan;
 mod probes;
 mod run;
@@ -42,6 +44,7 @@ mod service_status;
 pub mod source;
 mod views;
 
+pub use durable::{LastKnownState, StoreFailure};
 use probes::ProbeBook;
 pub use run::{release_free_memory, run, EngineOutputs};
 pub use service_status::ServiceEvent;
@@ -135,6 +138,20 @@ pub struct Engine {
     /// Each Service's share of the probe targets, with reference counts
     /// over all Services, so a change costs only that Service's share.
     probes: ProbeBook,
+    /// Set while store writes fail (cleared by the first that succeeds).
+    store_failure: Option<StoreFailure>,
+    /// Services told their allocation could not be persisted, during the
+    /// current store failure (each is told once).
+    store_failed: BTreeSet<ServiceKey>,
+    /// Store writes that failed since the start.
+    store_failures_total: u64,
+    /// Generation of the plan last saved in the store.
+    desired_saved: u64,
+    /// Leadership saved with it.
+    leader_saved: bool,
+    /// Set while the published plan is the one stored before a restart
+    /// (the API server unreachable at start), until the first full sync.
+    last_known: Option<LastKnownState>,
 }
 
 impl Engine {
@@ -186,6 +203,12 @@ impl Engine {
             desired: Arc::new(Desired::default()),
             probe_targets: BTreeSet::new(),
             probes: ProbeBook::default(),
+            store_failure: None,
+            store_failed: BTreeSet::new(),
+            store_failures_total: 0,
+            desired_saved: 0,
+            leader_saved: false,
+            last_known: None,
         })
     }
 
@@ -235,6 +258,12 @@ impl Engine {
         let mut step = Step::default();
         if !self.synced() {
             return step;
+        }
+        if let Some(lk) = self.last_known.take() {
+            info!(
+                generation = lk.generation,
+                "first full sync since the start from the last known state; reconciling"
+            );
         }
         if !self.adopted || leader_gained {
             // First complete view (or a new term as leader): take the IPs
@@ -509,7 +538,8 @@ impl Engine {
         if let Err(e) = self.store.apply(&batch) {
             // Undo in memory: nothing outside pier may learn of an
             // allocation that is not on disk.
-            error!(error = %e, services = before.len(), "cannot persist allocations; changes undone, retrying on the next event");
+            error!(error = %e, services = before.len(), "cannot persist allocations; changes undone, retrying with backoff");
+            self.note_store_failure(&e);
             // Every decision of this batch, refusals included, was made
             // against a state that is now undone: take them all again.
             self.retry.extend(dirty.iter().cloned());
@@ -525,14 +555,18 @@ impl Engine {
                         error!(service = %key, %reason, "cannot restore previous allocation in memory");
                     }
                 }
-                step.events.push(ServiceEvent::StoreFailed {
-                    service: key.clone(),
-                    error: e.to_string(),
-                });
+                // Told once per failure, not at every retry.
+                if self.store_failed.insert(key.clone()) {
+                    step.events.push(ServiceEvent::StoreFailed {
+                        service: key.clone(),
+                        error: e.to_string(),
+                    });
+                }
                 self.retry.insert(key);
             }
             return BTreeSet::new();
         }
+        self.note_store_success();
         let mut touched = BTreeSet::new();
         for (key, held) in &before {
             touched.extend(self.reindex(key, held));

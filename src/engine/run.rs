@@ -1,6 +1,10 @@
 //! The async task around [`Engine::step`]: batches inputs, answers
 //! queries between steps, and publishes what a step produced.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use super::*;
 
 /// Handles to what the engine publishes.
@@ -26,7 +30,19 @@ pub async fn run(
     let mut buf = Vec::with_capacity(1024);
     let mut queries_open = true;
     let mut node_health: BTreeMap<String, bool> = BTreeMap::new();
+    // A failing store is retried on this timer (docs/ha.md, "A full disk").
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = STORE_RETRY_MIN;
+    // The published plan is saved this long after it first changed, so a
+    // sync publishing many plans writes a few, not one per step.
+    let mut save_at: Option<Instant> = None;
+    publish_durability(&engine, &out.metrics);
     loop {
+        let wake = match (retry_at, save_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut retry = false;
         tokio::select! {
             n = inputs.recv_many(&mut buf, MAX_BATCH) => {
                 if n == 0 {
@@ -40,6 +56,22 @@ pub async fn run(
                 }
                 continue;
             }
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                let now = Instant::now();
+                if save_at.is_some_and(|t| t <= now) {
+                    save_at = None;
+                    if engine.store_failure().is_none() {
+                        engine.save_desired();
+                    }
+                }
+                retry = retry_at.is_some_and(|t| t <= now);
+                if retry {
+                    retry_at = None;
+                } else {
+                    schedule_retry(&mut engine, &mut retry_at, &mut backoff, &out.metrics);
+                    continue;
+                }
+            }
         }
         let mut nodes_touched = buf.iter().any(|i| {
             matches!(
@@ -49,7 +81,11 @@ pub async fn run(
         });
         let started = std::time::Instant::now();
         let large = buf.len() >= LARGE_STEP;
-        let step = engine.step(std::mem::take(&mut buf));
+        let step = if retry {
+            engine.retry_store()
+        } else {
+            engine.step(std::mem::take(&mut buf))
+        };
         out.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -57,6 +93,10 @@ pub async fn run(
         if let Some(d) = step.desired {
             out.desired.send_replace(d);
         }
+        if engine.desired_save_pending() && save_at.is_none() {
+            save_at = Some(Instant::now() + SAVE_DELAY);
+        }
+        schedule_retry(&mut engine, &mut retry_at, &mut backoff, &out.metrics);
         if let Some(t) = step.probe_targets {
             nodes_touched = true;
             out.probe_targets.send_replace(t);
@@ -110,6 +150,49 @@ pub async fn run(
             release_free_memory();
         }
     }
+    // A stop saves what the debounce had not yet (a crash loses at most
+    // SAVE_DELAY of plan changes; the allocations themselves are durable).
+    if engine.store_failure().is_none() {
+        engine.save_desired();
+    }
+}
+
+/// First retry of a failing store; doubled after each failure up to
+/// [`STORE_RETRY_MAX`].
+const STORE_RETRY_MIN: Duration = Duration::from_millis(250);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a published plan waits before it is saved (docs/ha.md).
+const SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// Arm the store retry while the store fails (with backoff), disarm it
+/// once it works, and publish the store's state.
+fn schedule_retry(
+    engine: &mut Engine,
+    retry_at: &mut Option<Instant>,
+    backoff: &mut Duration,
+    metrics: &crate::metrics::Metrics,
+) {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    engine.stamp(now_unix);
+    if engine.store_failure().is_some() {
+        if retry_at.is_none() {
+            *retry_at = Some(Instant::now() + *backoff);
+            *backoff = (*backoff * 2).min(STORE_RETRY_MAX);
+        }
+    } else {
+        *retry_at = None;
+        *backoff = STORE_RETRY_MIN;
+    }
+    publish_durability(engine, metrics);
+}
+
+/// `pier_store_failing` and `pier_running_from_last_known_state`.
+fn publish_durability(engine: &Engine, metrics: &crate::metrics::Metrics) {
+    metrics.set_store_failing(engine.store_failure().is_some());
+    metrics.set_store_write_failures(engine.store_failures_total());
+    metrics.set_running_from_last_known_state(engine.last_known().is_some());
 }
 
 /// Give memory that is free inside the allocator back to the system.

@@ -440,3 +440,122 @@ fn node_health_names_nodes_and_static_addresses() {
     assert!(!health["n2"]);
     assert!(!health["10.0.9.9"]);
 }
+
+#[test]
+fn a_failing_store_is_reported_once_per_service_and_heals_on_retry() {
+    let store = MemoryStore::new();
+    let mut e = engine(&store);
+    store.set_fail_writes(true);
+    let step = e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
+        Input::Service(svc("web")),
+        Input::Synced(Origin::Kubernetes),
+    ]);
+    let failed = |s: &Step| {
+        s.events
+            .iter()
+            .filter(|e| matches!(e, ServiceEvent::StoreFailed { .. }))
+            .count()
+    };
+    assert_eq!(failed(&step), 1);
+    assert!(e.store_failure().is_some());
+    e.stamp(100);
+    assert_eq!(e.store_failure().unwrap().since_unix, Some(100));
+    let st = e.service_states();
+    assert!(
+        st[0]
+            .pending
+            .as_deref()
+            .unwrap_or("")
+            .contains("store failing"),
+        "{st:?}"
+    );
+    assert_eq!(e.status().pending, 1);
+    // Retries while the store fails: no new event, the failure stays.
+    let step = e.retry_store();
+    assert_eq!(failed(&step), 0);
+    e.stamp(200);
+    let f = e.store_failure().unwrap();
+    assert_eq!((f.since_unix, f.attempts), (Some(100), 2));
+    // Space is back: the retry alone (no input) allocates and publishes.
+    store.set_fail_writes(false);
+    let step = e.retry_store();
+    assert!(e.store_failure().is_none());
+    assert_eq!(ips_of(&e, "web"), [ip("10.77.0.0")]);
+    assert_eq!(vips(&step.desired.unwrap()), [ip("10.77.0.0")]);
+    assert!(step
+        .events
+        .iter()
+        .any(|e| matches!(e, ServiceEvent::Allocated { .. })));
+    assert_eq!(e.status().pending, 0);
+}
+
+#[test]
+fn the_published_plan_is_saved_and_a_restart_starts_from_it_unchanged() {
+    let store = MemoryStore::new();
+    let mut e = engine(&store);
+    let inputs = vec![
+        Input::Node(node("n1", "10.0.0.1")),
+        Input::Node(node("n2", "10.0.0.2")),
+        Input::Service(svc("web")),
+        Input::Service(svc("api")),
+        Input::Synced(Origin::Kubernetes),
+    ];
+    e.step(inputs.clone());
+    assert!(e.desired_save_pending());
+    assert!(e.save_desired());
+    assert!(!e.desired_save_pending());
+    let published = e.desired().clone();
+    drop(e);
+
+    // A restart without the API server: the stored plan is published as is.
+    let mut e = engine(&store);
+    let stored = e.stored_desired().unwrap().expect("a stored plan");
+    assert_eq!(stored.desired, *published);
+    assert!(stored.leader, "saved by the leader");
+    let first = e.start_from_last_known(stored, 1_000);
+    assert_eq!(*first, *published);
+    assert_eq!(e.last_known().unwrap().since_unix, 1_000);
+    assert!(e.status().last_known_state.is_some());
+    // Nothing overwrites the snapshot before the first full sync.
+    assert!(!e.desired_save_pending());
+    e.step(vec![Input::Node(node("n1", "10.0.0.1"))]);
+    assert_eq!(*e.desired(), first);
+
+    // The same world, synced: the plan equals the snapshot, nothing is
+    // published (so nothing withdrawn and re-announced).
+    let step = e.step(inputs);
+    assert!(step.desired.is_none(), "{:?}", step.desired);
+    assert!(e.last_known().is_none());
+}
+
+#[test]
+fn a_node_gone_while_down_leaves_the_plan_at_the_first_sync() {
+    let store = MemoryStore::new();
+    let mut e = engine(&store);
+    e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
+        Input::Node(node("n2", "10.0.0.2")),
+        Input::Service(svc("web")),
+        Input::Synced(Origin::Kubernetes),
+    ]);
+    e.save_desired();
+    drop(e);
+    let mut e = engine(&store);
+    let stored = e.stored_desired().unwrap().unwrap();
+    let first = e.start_from_last_known(stored, 1);
+    assert_eq!(first.announcements[0].next_hops.len(), 2);
+    let step = e.step(vec![
+        Input::Node(node("n1", "10.0.0.1")),
+        Input::Service(svc("web")),
+        Input::Synced(Origin::Kubernetes),
+    ]);
+    let d = step.desired.expect("n2 is gone: a new plan");
+    let hops: Vec<IpAddr> = d.announcements[0]
+        .next_hops
+        .iter()
+        .map(|h| h.address)
+        .collect();
+    assert_eq!(hops, [ip("10.0.0.1")]);
+    assert_eq!(d.generation, first.generation + 1);
+}

@@ -36,6 +36,13 @@ pub struct EngineStatus {
     pub vips_unannounced: usize,
     pub nodes: usize,
     pub pools: usize,
+    /// Generation of the last plan saved in the store (docs/ha.md).
+    pub plan_saved_generation: u64,
+    /// Set while store writes fail (docs/ha.md, "A full disk").
+    pub store_failing: Option<StoreFailure>,
+    /// Set while pier publishes the plan stored before its start, the API
+    /// server being unreachable (docs/ha.md).
+    pub last_known_state: Option<LastKnownState>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -77,11 +84,21 @@ impl Engine {
                     .iter()
                     .map(|a| a.ip)
                     .collect();
-                let pending = self.refused.get(&s.key).map(|r| r.to_string()).or_else(|| {
-                    ips.iter()
-                        .find_map(|ip| self.unannounced.get(ip))
-                        .map(|u| u.to_string())
-                });
+                let pending = self
+                    .refused
+                    .get(&s.key)
+                    .map(|r| r.to_string())
+                    .or_else(|| {
+                        self.store_failed().contains(&s.key).then(|| {
+                            "cannot persist the allocation on the gateway (store failing), retrying"
+                                .to_string()
+                        })
+                    })
+                    .or_else(|| {
+                        ips.iter()
+                            .find_map(|ip| self.unannounced.get(ip))
+                            .map(|u| u.to_string())
+                    });
                 ServiceState {
                     service: s.key.clone(),
                     origin: s.origin,
@@ -105,6 +122,9 @@ impl Engine {
             vips_unannounced: self.unannounced.len(),
             nodes: self.nodes.len(),
             pools: self.pools.len(),
+            plan_saved_generation: self.plan_saved_generation(),
+            store_failing: self.store_failure().cloned(),
+            last_known_state: self.last_known().cloned(),
         }
     }
 
@@ -115,7 +135,12 @@ impl Engine {
             .keys()
             .filter(|k| !self.ipam.allocations_of(k).is_empty())
             .count();
-        (allocated, self.refused.len())
+        let waiting = self
+            .store_failed()
+            .iter()
+            .filter(|k| !self.refused.contains_key(*k) && self.ipam.allocations_of(k).is_empty())
+            .count();
+        (allocated, self.refused.len() + waiting)
     }
 
     pub fn pool_states(&self) -> Vec<PoolState> {

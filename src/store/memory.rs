@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{AllocationStore, StoreBatch, StoreError};
+use super::{AllocationStore, LastPlan, StoreBatch, StoreError};
 use crate::model::{Allocation, ServiceKey};
 
 #[derive(Debug, Default)]
@@ -14,6 +14,7 @@ struct Inner {
     records: BTreeMap<(ServiceKey, IpAddr), Allocation>,
     fail_writes: bool,
     batches: usize,
+    desired: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,6 +63,25 @@ impl AllocationStore for MemoryStore {
             inner.records.insert((a.service.clone(), a.ip), a.clone());
         }
         inner.batches += 1;
+        Ok(())
+    }
+
+    fn load_desired(&self) -> Result<Option<LastPlan>, StoreError> {
+        match &self.lock().desired {
+            Some(bytes) => super::StoredDesired::decode(Path::new("memory"), bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn save_desired(&mut self, plan: &LastPlan) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.fail_writes {
+            return Err(StoreError::Write {
+                path: "memory".into(),
+                reason: "injected failure".into(),
+            });
+        }
+        inner.desired = Some(super::StoredDesired::encode(plan));
         Ok(())
     }
 

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{Allocation, ServiceKey};
+use crate::model::{
+    Allocation, AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule, ServiceKey,
+};
 
 mod memory;
 mod sled_store;
@@ -90,8 +92,137 @@ pub trait AllocationStore: Send {
     /// allocations plus some of the new ones, never two Services on what
     /// only one may hold, and nothing anyone outside pier has heard of.
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
+    /// The last plan saved by [`AllocationStore::save_desired`], if any.
+    fn load_desired(&self) -> Result<Option<LastPlan>, StoreError>;
+    /// Keep `plan` (the last published plan) so that a start without the
+    /// API server can announce it again (docs/ha.md). Durable on return.
+    fn save_desired(&mut self, plan: &LastPlan) -> Result<(), StoreError>;
     /// Where it lives, for messages.
     fn location(&self) -> &Path;
+}
+
+/// The last published plan and whether this gateway held the lease then
+/// (it answers ARP/NDP for `l2` VIPs only as the holder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastPlan {
+    pub desired: Desired,
+    pub leader: bool,
+}
+
+/// Version of the stored plan's format ([`StoredDesired`]).
+pub const DESIRED_FORMAT_VERSION: u32 = 1;
+
+/// The last published plan, as stored: next-hop sets once each (a pool's
+/// Cluster VIPs share one set of nodes, so 10,000 VIPs × 500 nodes store
+/// one set, not 10,000), announcements pointing at them by index.
+///
+/// Version 1: `{"v":1,"generation":g,"leader":bool,"hops":[[next hop, ...], ...],
+/// "vips":[{"vip":..,"pool":..,"mode":..,"hops":index,"bgp":..,
+/// "services":[..],"ports":[..]}, ...]}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredDesired {
+    v: u32,
+    generation: u64,
+    #[serde(default)]
+    leader: bool,
+    hops: Vec<std::sync::Arc<[NextHop]>>,
+    vips: Vec<StoredAnnouncement>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAnnouncement {
+    vip: std::net::IpAddr,
+    pool: String,
+    mode: AnnounceMode,
+    hops: usize,
+    bgp: BgpAttributes,
+    services: Vec<ServiceKey>,
+    ports: Vec<PortRule>,
+}
+
+impl StoredDesired {
+    pub fn encode(plan: &LastPlan) -> Vec<u8> {
+        let d = &plan.desired;
+        let mut index: std::collections::HashMap<*const NextHop, usize> = Default::default();
+        let mut hops: Vec<std::sync::Arc<[NextHop]>> = Vec::new();
+        let vips = d
+            .announcements
+            .iter()
+            .map(|a| {
+                let i = *index.entry(a.next_hops.as_ptr()).or_insert_with(|| {
+                    hops.push(a.next_hops.clone());
+                    hops.len() - 1
+                });
+                StoredAnnouncement {
+                    vip: a.vip,
+                    pool: a.pool.clone(),
+                    mode: a.mode.clone(),
+                    hops: i,
+                    bgp: a.bgp.clone(),
+                    services: a.services.clone(),
+                    ports: a.ports.clone(),
+                }
+            })
+            .collect();
+        // Serialising plain data to JSON cannot fail.
+        serde_json::to_vec(&StoredDesired {
+            v: DESIRED_FORMAT_VERSION,
+            generation: d.generation,
+            leader: plan.leader,
+            hops,
+            vips,
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<LastPlan, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            key: "desired/last".into(),
+            reason,
+        };
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if v.v > DESIRED_FORMAT_VERSION {
+            return Err(StoreError::FutureFormat {
+                path: path.to_path_buf(),
+                found: v.v,
+            });
+        }
+        let s: StoredDesired = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut announcements = Vec::with_capacity(s.vips.len());
+        for a in s.vips {
+            let next_hops = s.hops.get(a.hops).cloned().ok_or_else(|| {
+                corrupt(format!(
+                    "VIP {} names next-hop set {} of {}",
+                    a.vip,
+                    a.hops,
+                    s.hops.len()
+                ))
+            })?;
+            announcements.push(std::sync::Arc::new(Announcement {
+                vip: a.vip,
+                pool: a.pool,
+                mode: a.mode,
+                next_hops,
+                bgp: a.bgp,
+                services: a.services,
+                ports: a.ports,
+            }));
+        }
+        announcements.sort_by_key(|a| a.vip);
+        announcements.dedup_by(|a, b| a.vip == b.vip);
+        Ok(LastPlan {
+            desired: Desired {
+                generation: s.generation,
+                announcements,
+            },
+            leader: s.leader,
+        })
+    }
 }
 
 /// Version 1 of a record: the whole allocation.

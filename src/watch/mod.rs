@@ -69,6 +69,18 @@ pub enum WatchError {
 }
 
 impl WatchError {
+    /// Can waiting heal it? True when the API server could not be reached
+    /// (connection refused or reset, a timeout, no route) or answered 5xx
+    /// or 429; false for what needs an operator: a kubeconfig that does not
+    /// parse, a certificate that does not match, credentials rejected, RBAC
+    /// refusing a verb, a resource that does not exist (docs/ha.md).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WatchError::Kubeconfig { .. } | WatchError::Denied { .. } => false,
+            WatchError::Api { error, .. } => transient(error),
+        }
+    }
+
     /// The API server's answer (HTTP status code, reason, message) when it
     /// refused a call.
     pub fn api_status(&self) -> Option<&kube::core::Status> {
@@ -79,6 +91,45 @@ impl WatchError {
             } => Some(status),
             _ => None,
         }
+    }
+}
+
+/// See [`WatchError::is_transient`].
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            // Walk the chain: a TLS failure (a CA that does not match) hides
+            // under the connection error and is not transient.
+            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+            let mut text = e.to_string();
+            while let Some(s) = src {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    use std::io::ErrorKind as K;
+                    if matches!(
+                        io.kind(),
+                        K::ConnectionRefused
+                            | K::ConnectionReset
+                            | K::ConnectionAborted
+                            | K::TimedOut
+                            | K::NotConnected
+                            | K::BrokenPipe
+                            | K::UnexpectedEof
+                            | K::HostUnreachable
+                            | K::NetworkUnreachable
+                            | K::AddrNotAvailable
+                    ) {
+                        return true;
+                    }
+                }
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                src = s.source();
+            }
+            let text = text.to_ascii_lowercase();
+            !(text.contains("certificate") || text.contains("tls") || text.contains("handshake"))
+        }
+        _ => false,
     }
 }
 
