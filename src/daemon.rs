@@ -71,49 +71,15 @@ fn unix_now() -> u64 {
 
 /// Run until SIGTERM or SIGINT; SIGHUP reloads the config file at `path`.
 pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
-    // The Kubernetes API first: a kubeconfig that does not parse, a bad
-    // certificate or a missing RBAC verb stops pier here, with one clear
-    // message. An API server that cannot be reached (refused, timeout, 5xx)
-    // stops it only when no plan was stored before: otherwise pier starts
-    // from that plan and keeps trying (docs/ha.md).
-    let kube = match &cfg.kubernetes {
-        Some(k) => {
-            let client = kubewatch::connect(k).await?;
-            let unreachable = match kubewatch::preflight(&client, k).await {
-                Ok(()) => None,
-                Err(e) if e.is_transient() => Some(e),
-                Err(e) => return Err(e.into()),
-            };
-            Some((client, k.clone(), unreachable))
-        }
-        None => None,
-    };
+    let kube = connect_kubernetes(&cfg).await?;
     let mut engine = open_engine(&cfg, kube.is_some())?;
-    let mut initial = Arc::new(Desired::default());
-    // Answer ARP/NDP for l2 VIPs from the start if this gateway held the
-    // lease when it saved the plan (as a leader cut off from the API
-    // server keeps answering, docs/ha.md).
-    let mut was_leader = false;
-    if let Some((_, _, Some(e))) = &kube {
-        match engine.stored_desired() {
-            Ok(Some(stored)) => {
-                was_leader = stored.leader;
-                warn!(error = %e, "the Kubernetes API cannot be reached; starting from the last known state and retrying in the background");
-                initial = engine.start_from_last_known(stored, unix_now());
-            }
-            Ok(None) => return Err(DaemonError::NoLastKnownState(e.to_string())),
-            Err(store) => {
-                error!(error = %store, "the stored plan cannot be read");
-                return Err(DaemonError::NoLastKnownState(e.to_string()));
-            }
-        }
-    }
+    let (initial, was_leader) = starting_point(&mut engine, kube.as_ref())?;
     let metrics = Metrics::new();
 
     // Channels: inputs into the engine, what it publishes, and the stop.
     let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
     let (query_tx, query_rx) = mpsc::channel(64);
-    let (desired_tx, mut desired_rx) = watch::channel(initial);
+    let (desired_tx, desired_rx) = watch::channel(initial);
     let (targets_tx, targets_rx) = watch::channel(Default::default());
     let (states_tx, states_rx) = watch::channel(Arc::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -122,70 +88,24 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
     let (leader_tx, leader_rx) = watch::channel(kube.is_none() || was_leader);
     // pier's effective BGP settings: from the file, or (kubernetes.crds)
     // from the OpenELB merge task, which then alone publishes here.
-    let crds = kube.as_ref().is_some_and(|(_, k, _)| k.crds);
     let (bgp_tx, bgp_rx) = watch::channel(effective_bgp(&cfg));
-    let keep_on_stop = cfg.gateway.shutdown == Shutdown::Keep;
 
-    // Actuators, each fed from Desired.
-    let bgp = bgp::spawn(bgp::BgpSpawn {
-        config: bgp_rx,
-        desired: desired_rx.clone(),
-        metrics: metrics.clone(),
-        state_dir: cfg.gateway.state_dir.clone(),
-        keep_on_stop,
-    })
+    // Actuators, each fed from Desired; then the API that shows them.
+    let crds = kube.as_ref().is_some_and(|k| k.config.crds);
+    let actuators = Actuators::spawn(
+        &cfg,
+        crds,
+        ActuatorInputs {
+            bgp: bgp_rx,
+            desired: desired_rx.clone(),
+            leader: leader_rx.clone(),
+            stop: stop_rx.clone(),
+        },
+        &metrics,
+    )
     .await?;
-    let board = bgp.board();
-    let l2_interfaces: Vec<String> = cfg
-        .pools
-        .iter()
-        .filter(|p| p.mode == PoolMode::L2)
-        .filter_map(|p| p.interface.clone())
-        .collect();
-    // Eip objects may bring `layer2` pools at any time; the responder opens
-    // nothing until a plan names an l2 VIP.
-    if !l2_interfaces.is_empty() || crds {
-        crate::arp::task::spawn(
-            Default::default(),
-            desired_rx.clone(),
-            leader_rx.clone(),
-            metrics.clone(),
-        );
-    }
-    let route_config = route::RouteConfig {
-        lan_interfaces: l2_interfaces,
-        sysctl: cfg.gateway.sysctl,
-        forwarding: cfg.gateway.forwarding,
-        ..Default::default()
-    };
-    let datapath = route_config.status.clone();
-    let routes = route::task::spawn(route::task::RouteSpawn {
-        config: route_config,
-        eager: cfg
-            .pools
-            .iter()
-            .any(|p| p.mode == PoolMode::L2 || p.next_hop == NextHopMode::Gateway),
-        may_forward_later: cfg.bgp.is_some() || crds,
-        keep_on_stop,
-        desired: desired_rx.clone(),
-        fallback: board.fallback(),
-        stop: stop_rx.clone(),
-    })
-    .await?;
-
-    // The local API and the metrics listener.
-    let api_ctx = ApiContext {
-        engine: query_tx,
-        metrics: metrics.clone(),
-        started: Instant::now(),
-        peers: board.clone(),
-        routes: routes.view.clone(),
-        datapath: Some(datapath),
-    };
-    let socket = api::bind_socket(&cfg.gateway.api_socket, &socket_options(&cfg)?)?;
-    let metrics_listener = api::bind_metrics(cfg.gateway.metrics_listen).await?;
-    tokio::spawn(api::serve_socket(socket, api_ctx.clone()));
-    tokio::spawn(api::serve_metrics(metrics_listener, api_ctx));
+    let board = actuators.bgp.board();
+    serve_api(&cfg, &actuators, query_tx, &metrics).await?;
 
     // The engine, and node health probes feeding it.
     let engine_task = tokio::spawn(engine::run(
@@ -200,18 +120,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
             metrics: metrics.clone(),
         },
     ));
-    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    let prober = crate::health::Prober::spawn(cfg.health.clone(), targets_rx, health_tx);
-    let health_forward = {
-        let input_tx = input_tx.clone();
-        tokio::spawn(async move {
-            while let Some(view) = health_rx.recv().await {
-                if input_tx.send(Input::Health(view)).await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
+    let health = Health::spawn(&cfg, targets_rx, input_tx.clone());
     info!(config = %path.display(), pools = cfg.pools.len(), static_services = cfg.static_services.len(), "pier started");
 
     // Sources: static services, then Kubernetes.
@@ -221,60 +130,252 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
             .await
             .map_err(|_| DaemonError::EngineStopped)?;
     }
-    let mut kubernetes: Option<Kubernetes> = None;
-    // While the API server cannot be reached: the task retrying it, which
-    // starts the Kubernetes tasks once it answers.
-    let mut reaching: Option<tokio::task::JoinHandle<Kubernetes>> = None;
-    if let Some((client, k, unreachable)) = kube {
-        let channels = KubernetesChannels {
-            input: input_tx.clone(),
-            events: events_rx,
-            states: states_rx,
-            leader: leader_rx,
-            leader_tx,
-            stop: stop_rx,
-            bgp: bgp_tx.clone(),
-            board: board.clone(),
-        };
-        match unreachable {
-            None => kubernetes = Some(Kubernetes::spawn(client, &k, &cfg, channels)),
-            Some(_) => {
-                let cfg = cfg.clone();
-                reaching = Some(tokio::spawn(async move {
-                    reach_api(&client, &k).await;
-                    Kubernetes::spawn(client, &k, &cfg, channels)
-                }));
-            }
+    let mut kubernetes = kube.map(|k| {
+        KubernetesSource::start(
+            k,
+            &cfg,
+            KubernetesChannels {
+                input: input_tx.clone(),
+                events: events_rx,
+                states: states_rx,
+                leader: leader_rx,
+                leader_tx,
+                stop: stop_rx,
+                bgp: bgp_tx.clone(),
+                board,
+            },
+        )
+    });
+
+    let cfg = until_stopped(&path, cfg, &mut kubernetes, &bgp_tx, &input_tx, desired_rx).await?;
+
+    // Stop in order: the lease (another gateway takes over at once), the
+    // Kubernetes tasks, BGP (graceful or Cease), the data path, the engine.
+    stop_tx.send_replace(true);
+    if let Some(k) = kubernetes {
+        k.stop().await;
+    }
+    actuators.stop().await;
+    // Every sender of engine inputs must go for the engine to finish.
+    health.stop();
+    drop(input_tx);
+    let _ = engine_task.await;
+    let _ = std::fs::remove_file(&cfg.gateway.api_socket);
+    info!("stopped");
+    Ok(())
+}
+
+/// The Kubernetes API at start: the client, and why the server cannot be
+/// reached, if it cannot.
+struct KubeStart {
+    client: Client,
+    config: KubernetesConfig,
+    unreachable: Option<WatchError>,
+}
+
+/// The Kubernetes API first: a kubeconfig that does not parse, a bad
+/// certificate or a missing RBAC verb stops pier here, with one clear
+/// message. An API server that cannot be reached (refused, timeout, 5xx)
+/// stops it only when no plan was stored before: otherwise pier starts from
+/// that plan and keeps trying (docs/ha.md).
+async fn connect_kubernetes(cfg: &Config) -> Result<Option<KubeStart>, DaemonError> {
+    let Some(k) = &cfg.kubernetes else {
+        return Ok(None);
+    };
+    let client = kubewatch::connect(k).await?;
+    let unreachable = match kubewatch::preflight(&client, k).await {
+        Ok(()) => None,
+        Err(e) if e.is_transient() => Some(e),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(KubeStart {
+        client,
+        config: k.clone(),
+        unreachable,
+    }))
+}
+
+/// What the engine publishes first, and whether this gateway led: the plan
+/// stored by the last run when the API server cannot be reached, else an
+/// empty one (nothing is applied before the first real plan). A gateway
+/// that held the lease when it saved the plan answers ARP/NDP for its l2
+/// VIPs from the start, as a leader cut off from the API server would.
+fn starting_point(
+    engine: &mut Engine,
+    kube: Option<&KubeStart>,
+) -> Result<(Arc<Desired>, bool), DaemonError> {
+    let Some(e) = kube.and_then(|k| k.unreachable.as_ref()) else {
+        return Ok((Arc::new(Desired::default()), false));
+    };
+    match engine.stored_desired() {
+        Ok(Some(stored)) => {
+            warn!(error = %e, "the Kubernetes API cannot be reached; starting from the last known state and retrying in the background");
+            let leader = stored.leader;
+            Ok((engine.start_from_last_known(stored, unix_now()), leader))
+        }
+        Ok(None) => Err(DaemonError::NoLastKnownState(e.to_string())),
+        Err(store) => {
+            error!(error = %store, "the stored plan cannot be read");
+            Err(DaemonError::NoLastKnownState(e.to_string()))
         }
     }
+}
 
-    // Signals.
+/// The channels the actuators read.
+struct ActuatorInputs {
+    bgp: watch::Receiver<Option<EffectiveBgp>>,
+    desired: watch::Receiver<Arc<Desired>>,
+    leader: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The BGP, route and ARP tasks (ARP needs no handle: it ends with the
+/// engine's `Desired` channel).
+struct Actuators {
+    bgp: bgp::BgpHandle,
+    routes: route::task::RouteTask,
+    datapath: Arc<std::sync::Mutex<route::DatapathStatus>>,
+}
+
+impl Actuators {
+    async fn spawn(
+        cfg: &Config,
+        crds: bool,
+        inputs: ActuatorInputs,
+        metrics: &Metrics,
+    ) -> Result<Actuators, DaemonError> {
+        let keep_on_stop = cfg.gateway.shutdown == Shutdown::Keep;
+        let bgp = bgp::spawn(bgp::BgpSpawn {
+            config: inputs.bgp,
+            desired: inputs.desired.clone(),
+            metrics: metrics.clone(),
+            state_dir: cfg.gateway.state_dir.clone(),
+            keep_on_stop,
+        })
+        .await?;
+        let l2_interfaces: Vec<String> = cfg
+            .pools
+            .iter()
+            .filter(|p| p.mode == PoolMode::L2)
+            .filter_map(|p| p.interface.clone())
+            .collect();
+        // Eip objects may bring `layer2` pools at any time; the responder
+        // opens nothing until a plan names an l2 VIP.
+        if !l2_interfaces.is_empty() || crds {
+            crate::arp::task::spawn(
+                Default::default(),
+                inputs.desired.clone(),
+                inputs.leader,
+                metrics.clone(),
+            );
+        }
+        let config = route::RouteConfig {
+            lan_interfaces: l2_interfaces,
+            sysctl: cfg.gateway.sysctl,
+            forwarding: cfg.gateway.forwarding,
+            ..Default::default()
+        };
+        let datapath = config.status.clone();
+        let routes = route::task::spawn(route::task::RouteSpawn {
+            config,
+            eager: cfg
+                .pools
+                .iter()
+                .any(|p| p.mode == PoolMode::L2 || p.next_hop == NextHopMode::Gateway),
+            may_forward_later: cfg.bgp.is_some() || crds,
+            keep_on_stop,
+            desired: inputs.desired,
+            fallback: bgp.board().fallback(),
+            stop: inputs.stop,
+        })
+        .await?;
+        Ok(Actuators {
+            bgp,
+            routes,
+            datapath,
+        })
+    }
+
+    /// BGP first (graceful or Cease), then the data path (after the stop
+    /// signal, which the route task watches).
+    async fn stop(self) {
+        self.bgp.stop().await;
+        self.routes.finished().await;
+    }
+}
+
+/// The local API (unix socket) and the metrics listener.
+async fn serve_api(
+    cfg: &Config,
+    actuators: &Actuators,
+    engine: mpsc::Sender<engine::Query>,
+    metrics: &Metrics,
+) -> Result<(), DaemonError> {
+    let ctx = ApiContext {
+        engine,
+        metrics: metrics.clone(),
+        started: Instant::now(),
+        peers: actuators.bgp.board(),
+        routes: actuators.routes.view.clone(),
+        datapath: Some(actuators.datapath.clone()),
+    };
+    let socket = api::bind_socket(&cfg.gateway.api_socket, &socket_options(cfg)?)?;
+    let metrics_listener = api::bind_metrics(cfg.gateway.metrics_listen).await?;
+    tokio::spawn(api::serve_socket(socket, ctx.clone()));
+    tokio::spawn(api::serve_metrics(metrics_listener, ctx));
+    Ok(())
+}
+
+/// Node probes, their verdicts forwarded to the engine as inputs.
+struct Health {
+    prober: crate::health::Prober,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl Health {
+    fn spawn(
+        cfg: &Config,
+        targets: watch::Receiver<BTreeSet<crate::model::ProbeTarget>>,
+        input: mpsc::Sender<Input>,
+    ) -> Health {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let prober = crate::health::Prober::spawn(cfg.health.clone(), targets, tx);
+        let forward = tokio::spawn(async move {
+            while let Some(view) = rx.recv().await {
+                if input.send(Input::Health(view)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Health { prober, forward }
+    }
+
+    fn stop(self) {
+        drop(self.prober);
+        self.forward.abort();
+    }
+}
+
+/// Serve signals until SIGTERM or SIGINT; returns the config in force then.
+async fn until_stopped(
+    path: &Path,
+    mut cfg: Config,
+    kubernetes: &mut Option<KubernetesSource>,
+    bgp_tx: &watch::Sender<Option<EffectiveBgp>>,
+    input_tx: &mpsc::Sender<Input>,
+    mut desired_rx: watch::Receiver<Arc<Desired>>,
+) -> Result<Config, DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut cfg = cfg;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-            reached = async {
-                match reaching.as_mut() {
-                    Some(task) => task.await,
-                    None => std::future::pending().await,
-                }
-            }, if reaching.is_some() => {
-                reaching = None;
-                match reached {
-                    Ok(k) => {
-                        info!("the Kubernetes API answers again; watches started, reconciling at the first full sync");
-                        kubernetes = Some(k);
-                    }
-                    Err(e) => error!(error = %e, "the task reaching the Kubernetes API failed"),
-                }
-            }
+            () = KubernetesSource::reached(kubernetes) => {}
             _ = sighup.recv() => {
-                let Some(new) = reload(&path, &cfg) else { continue };
-                let merged = kubernetes.as_ref().and_then(|k| k.openelb.as_ref());
+                let Some(new) = reload(path, &cfg) else { continue };
+                let merged = kubernetes.as_ref().and_then(KubernetesSource::openelb);
                 match merged {
                     // The merge task sends the pools and publishes BGP.
                     Some(openelb) => openelb.reload(new.clone()),
@@ -302,26 +403,63 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
             }
         }
     }
+    Ok(cfg)
+}
 
-    // Stop in order: the lease (another gateway takes over at once), the
-    // Kubernetes tasks, BGP (graceful or Cease), the data path, the engine.
-    stop_tx.send_replace(true);
-    if let Some(r) = reaching {
-        r.abort();
+/// The Kubernetes source: running, or (the API server could not be reached
+/// at start) a task retrying it that starts the tasks once it answers.
+enum KubernetesSource {
+    Running(Kubernetes),
+    Reaching(tokio::task::JoinHandle<Kubernetes>),
+}
+
+impl KubernetesSource {
+    fn start(k: KubeStart, cfg: &Config, channels: KubernetesChannels) -> KubernetesSource {
+        match k.unreachable {
+            None => {
+                KubernetesSource::Running(Kubernetes::spawn(k.client, &k.config, cfg, channels))
+            }
+            Some(_) => {
+                let cfg = cfg.clone();
+                KubernetesSource::Reaching(tokio::spawn(async move {
+                    reach_api(&k.client, &k.config).await;
+                    Kubernetes::spawn(k.client, &k.config, &cfg, channels)
+                }))
+            }
+        }
     }
-    if let Some(k) = kubernetes {
-        k.stop().await;
+
+    /// Resolves when a retrying source reached the API server (and is then
+    /// running); never otherwise.
+    async fn reached(source: &mut Option<KubernetesSource>) {
+        let Some(KubernetesSource::Reaching(task)) = source else {
+            return std::future::pending().await;
+        };
+        match task.await {
+            Ok(k) => {
+                info!("the Kubernetes API answers again; watches started, reconciling at the first full sync");
+                *source = Some(KubernetesSource::Running(k));
+            }
+            Err(e) => {
+                error!(error = %e, "the task reaching the Kubernetes API failed");
+                *source = None;
+            }
+        }
     }
-    bgp.stop().await;
-    routes.finished().await;
-    // Every sender of engine inputs must go for the engine to finish.
-    drop(prober);
-    health_forward.abort();
-    drop(input_tx);
-    let _ = engine_task.await;
-    let _ = std::fs::remove_file(&cfg.gateway.api_socket);
-    info!("stopped");
-    Ok(())
+
+    fn openelb(&self) -> Option<&openelb::OpenElbTask> {
+        match self {
+            KubernetesSource::Running(k) => k.openelb.as_ref(),
+            KubernetesSource::Reaching(_) => None,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            KubernetesSource::Running(k) => k.stop().await,
+            KubernetesSource::Reaching(task) => task.abort(),
+        }
+    }
 }
 
 /// The engine with the allocations of the store in `gateway.state_dir`.
