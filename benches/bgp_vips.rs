@@ -111,6 +111,7 @@ fn speaker(a: &[String]) {
             source_address: None,
             families: vec![Family::V4],
             add_path: false,
+            bfd: None,
         }],
     };
     // The same runtime shape as `pier run`.

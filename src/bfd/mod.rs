@@ -108,6 +108,9 @@ pub struct BfdState {
     pub last_down: Option<Diag>,
     /// How many times it left Up.
     pub downs: u64,
+    /// How many state changes it went through (for
+    /// `pier_bfd_transitions_total`; a `watch` reader may miss some).
+    pub transitions: u64,
 }
 
 /// Timers from the per-peer config keys `bfd_min_rx_ms`, `bfd_min_tx_ms`,
@@ -228,6 +231,7 @@ impl Entry {
                 detection_time: s.detection_time,
                 last_down: b.last_down,
                 downs: b.downs,
+                transitions: b.transitions,
             };
             if *b == next {
                 false
@@ -348,6 +352,7 @@ impl Sessions {
             detection_time: s.detection_time,
             last_down: None,
             downs: 0,
+            transitions: 0,
         });
         info!(peer = %peer.peer, local = ?peer.local, hops = ?peer.hops, discr, "BFD session added");
         self.by_discr.insert(
@@ -410,12 +415,13 @@ impl Sessions {
                 }
                 Output::StateChanged { from, to, diag } => {
                     info!(peer = %e.peer.peer, %from, %to, %diag, "BFD session state");
-                    if from == State::Up {
-                        e.status.send_modify(|b| {
+                    e.status.send_modify(|b| {
+                        b.transitions += 1;
+                        if from == State::Up {
                             b.last_down = Some(diag);
                             b.downs += 1;
-                        });
-                    }
+                        }
+                    });
                 }
                 Output::Discarded(why) => {
                     debug!(peer = %e.peer.peer, ?why, "BFD packet discarded");

@@ -126,6 +126,27 @@ pub struct PeerConfig {
     pub families: Vec<Family>,
     /// Offer ADD-PATH send (needed for node next hops).
     pub add_path: bool,
+    /// BFD to this peer (`bfd = true`); see `docs/bfd.md`.
+    pub bfd: Option<PeerBfd>,
+}
+
+/// `bfd_min_rx_ms`, `bfd_min_tx_ms`, `bfd_multiplier` of a peer with
+/// `bfd = true` (defaults 300 / 300 / 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PeerBfd {
+    pub min_rx_ms: u32,
+    pub min_tx_ms: u32,
+    pub multiplier: u8,
+}
+
+impl Default for PeerBfd {
+    fn default() -> Self {
+        PeerBfd {
+            min_rx_ms: 300,
+            min_tx_ms: 300,
+            multiplier: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -260,6 +260,9 @@ pub fn peer(spec: &Value, password_dir: &Path) -> Result<(PeerConfig, Option<Str
             // Unset: pier's default (ADD-PATH offered; pier falls back to
             // next hop self for a peer that does not take it).
             add_path: send_max.is_none_or(|n| n > 1),
+            // OpenELB's BgpPeer has no BFD field (spec: conf, ebgpMultihop,
+            // timers, transport, gracefulRestart, afiSafis, nodeSelector).
+            bfd: None,
         },
         password,
     ))
@@ -456,6 +459,7 @@ mod tests {
             next_hop_self_fallback: false,
             last_error: None,
             attempted: true,
+            bfd: None,
         };
         let v = serde_json::to_value(node_status(&s)).unwrap();
         assert_eq!(v["peerState"]["sessionState"], "BGP_FSM_ESTABLISHED");
