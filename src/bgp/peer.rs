@@ -13,9 +13,11 @@
 //! With BFD (`docs/bfd.md`, `docs/bgp.md`): the session is not attempted
 //! (no connection made, none accepted) until the BFD session is Up, so a
 //! router never gets routes over a path BFD has not confirmed; when BFD
-//! leaves Up the session goes down at once with a Cease / BFD Down
-//! NOTIFICATION (RFC 9384) and waits for BFD Up again (RFC 5882 §3.2:
-//! a BFD Down is a failure of the path the session runs over).
+//! leaves Up because the path failed (`bfd::path_failure`: pier's
+//! detection time expired, or the router's) the session goes down at once
+//! with a Cease / BFD Down NOTIFICATION (RFC 9384) and waits for BFD Up
+//! again (RFC 5882 §3.2). A router restarting its BFD session or going
+//! AdminDown does not take BGP down.
 
 use super::codec::{
     self, decode, describe_notification, encode, frame_len, AddPathMode, AfiSafi, Capability,
@@ -240,9 +242,9 @@ pub(super) struct PeerTask {
     bfd: Option<watch::Receiver<BfdState>>,
     /// The BFD task dropped the session (pier is stopping): stop watching.
     bfd_closed: bool,
-    /// `downs` and `transitions` of the last [`BfdState`] seen (a Down
-    /// between two reads of the `watch` is still noticed and counted), and
-    /// whether it was Up.
+    /// `failures` and `transitions` of the last [`BfdState`] seen (a
+    /// failure between two reads of the `watch` is still noticed and
+    /// counted), and whether it was Up.
     bfd_seen: (u64, u64, bool),
 }
 
@@ -302,9 +304,9 @@ impl PeerTask {
             .is_none_or(|r| r.borrow().state == crate::bfd::State::Up)
     }
 
-    /// The BFD session changed: publish it, and take the BGP session down
-    /// when BFD left Up (even if it is Up again by now), or start it when
-    /// BFD is Up.
+    /// The BFD session changed: publish it, take the BGP session down on a
+    /// path failure (even if BFD is Up again by now), start it when BFD
+    /// came Up.
     async fn on_bfd(&mut self, open: bool) {
         let Some(rx) = self.bfd.as_mut() else { return };
         if !open {
@@ -312,11 +314,11 @@ impl PeerTask {
             return;
         }
         let st = rx.borrow_and_update().clone();
-        let went_down = st.downs > self.bfd_seen.0;
+        let failed = st.failures > self.bfd_seen.0;
         let transitions = st.transitions.saturating_sub(self.bfd_seen.1);
         let up = st.state == crate::bfd::State::Up;
-        let came_up = up && (went_down || !self.bfd_seen.2);
-        self.bfd_seen = (st.downs, st.transitions, up);
+        let came_up = up && (failed || !self.bfd_seen.2);
+        self.bfd_seen = (st.failures, st.transitions, up);
         if let Some(m) = &self.metrics {
             let l = m.peer(&self.label());
             m.bfd_session_up.get_or_create(&l).set(i64::from(up));
@@ -324,10 +326,12 @@ impl PeerTask {
         }
         let timers = self.s.bfd.as_ref().map(|b| b.timers).unwrap_or_default();
         self.set_status(|s| s.bfd = Some(bfd_status(&st, timers)));
-        if went_down || !up {
+        // Only a path failure takes the session down; a remote restarting
+        // its BFD session or going AdminDown does not (`bfd::path_failure`).
+        if failed {
             let acts = self.fsm.handle(self.now(), Event::BfdDown);
             if !acts.is_empty() {
-                info!(peer = %self.label(), bfd = %st.state, "BFD left Up: taking the BGP session down");
+                info!(peer = %self.label(), bfd = %st.state, "BFD path failure: taking the BGP session down");
             }
             self.act(acts).await;
         }
@@ -349,7 +353,11 @@ impl PeerTask {
     pub(super) async fn run(mut self) {
         if let Some(rx) = &self.bfd {
             let st = rx.borrow().clone();
-            self.bfd_seen = (st.downs, st.transitions, st.state == crate::bfd::State::Up);
+            self.bfd_seen = (
+                st.failures,
+                st.transitions,
+                st.state == crate::bfd::State::Up,
+            );
             let timers = self.s.bfd.as_ref().map(|b| b.timers).unwrap_or_default();
             self.set_status(|s| {
                 s.bfd = Some(bfd_status(&st, timers));
@@ -407,7 +415,12 @@ impl PeerTask {
                     self.dialed(res).await;
                 }
                 _ = sleep => {
-                    let acts = self.fsm.tick(self.now());
+                    // A retry waits for BFD Up like the first attempt.
+                    let acts = if self.fsm.state() == State::Idle && !self.bfd_up() {
+                        self.fsm.handle(self.now(), Event::BfdDown)
+                    } else {
+                        self.fsm.tick(self.now())
+                    };
                     self.act(acts).await;
                 }
                 changed = self.desired.changed(), if self.rib.is_some() => {
