@@ -144,7 +144,11 @@ impl PeerSettings {
             restarting,
             socket: SocketOptions {
                 source: p.source_address,
-                ttl: p.multihop_ttl,
+                // eBGP without `multihop_ttl`: directly connected, TTL 1
+                // (docs/configuration.md); iBGP: the system's default.
+                ttl: p
+                    .multihop_ttl
+                    .or((p.local_asn.unwrap_or(bgp.asn) != p.asn).then_some(1)),
                 gtsm_hops: p.gtsm.then(|| p.multihop_ttl.unwrap_or(1)),
                 md5_key,
             },
