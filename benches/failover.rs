@@ -58,7 +58,10 @@ fn run(tag: &str, d: Detection, trials: usize) -> Trials {
         let frozen = fl.freeze();
         let deadline = frozen + Duration::from_secs(60);
         while fl.router_hops(SELF_VIP) != ["10.0.0.3"] {
-            assert!(Instant::now() < deadline, "the router kept the frozen gateway");
+            assert!(
+                Instant::now() < deadline,
+                "the router kept the frozen gateway"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         let dropped = frozen.elapsed();

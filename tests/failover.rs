@@ -30,9 +30,15 @@ fn freeze_and_thaw(tag: &str, d: Detection) {
     std::thread::sleep(Duration::from_millis(500));
     // Both VIPs serve before anything happens.
     let (n, f, _) = outage(&nodes.requests(), before, None);
-    assert!(n > 0 && f == 0, "nodes VIP before the freeze: {f} of {n} failed");
+    assert!(
+        n > 0 && f == 0,
+        "nodes VIP before the freeze: {f} of {n} failed"
+    );
     let (n, f, _) = outage(&selfv.requests(), before, None);
-    assert!(n > 0 && f == 0, "self VIP before the freeze: {f} of {n} failed");
+    assert!(
+        n > 0 && f == 0,
+        "self VIP before the freeze: {f} of {n} failed"
+    );
 
     let frozen = fl.freeze();
     fl.wait_router_dropped_gw();

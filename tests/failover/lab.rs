@@ -244,7 +244,11 @@ health = "none"
     /// Both gateways' sessions up: the `self` VIP over both, the `nodes`
     /// VIP over the three nodes.
     pub fn wait_both_gateways(&self) {
-        self.wait_hops(SELF_VIP, &["10.0.0.2", "10.0.0.3"], "self VIP over both gateways");
+        self.wait_hops(
+            SELF_VIP,
+            &["10.0.0.2", "10.0.0.3"],
+            "self VIP over both gateways",
+        );
         self.wait_hops(
             NODES_VIP,
             &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
@@ -276,8 +280,10 @@ EOF",
     }
 
     pub fn thaw(&self) {
-        self.lab
-            .sh("gw", "nft delete table netdev freeze; nft delete table inet freeze");
+        self.lab.sh(
+            "gw",
+            "nft delete table netdev freeze; nft delete table inet freeze",
+        );
         self.lab.signal("pier-gw", libc::SIGCONT);
     }
 }
