@@ -112,6 +112,8 @@ fn speaker(a: &[String]) {
             families: vec![Family::V4],
             add_path: false,
             max_paths: 16,
+
+            bfd: None,
         }],
     };
     // The same runtime shape as `pier run`.

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub bgp_session_up: Family<Labels, Gauge>,
     pub bgp_prefixes_announced: Family<Labels, Gauge>,
     pub bgp_updates_sent: Family<Labels, Counter>,
+    pub bfd_session_up: Family<Labels, Gauge>,
+    pub bfd_transitions: Family<Labels, Counter>,
     pub node_healthy: Family<Labels, Gauge>,
     pub arp_replies_sent: Family<Labels, Counter>,
     pub garp_sent: Family<Labels, Counter>,
@@ -75,6 +77,8 @@ impl Metrics {
             bgp_session_up: Family::default(),
             bgp_prefixes_announced: Family::default(),
             bgp_updates_sent: Family::default(),
+            bfd_session_up: Family::default(),
+            bfd_transitions: Family::default(),
             node_healthy: Family::default(),
             arp_replies_sent: Family::default(),
             garp_sent: Family::default(),
@@ -127,6 +131,16 @@ impl Metrics {
             "pier_bgp_updates_sent",
             "UPDATE messages sent to the peer",
             m.bgp_updates_sent.clone(),
+        );
+        r.register(
+            "pier_bfd_session_up",
+            "1 when the BFD session with the BGP peer is Up",
+            m.bfd_session_up.clone(),
+        );
+        r.register(
+            "pier_bfd_transitions",
+            "BFD session state changes with the BGP peer",
+            m.bfd_transitions.clone(),
         );
         r.register(
             "pier_node_healthy",
@@ -259,6 +273,10 @@ mod tests {
         m.set_pool("public", "ipv6", 1u128 << 64, 3);
         m.set_services(2, 1);
         m.bgp_session_up.get_or_create(&m.peer("10.66.0.1")).set(1);
+        m.bfd_session_up.get_or_create(&m.peer("10.66.0.1")).set(1);
+        m.bfd_transitions
+            .get_or_create(&m.peer("10.66.0.1"))
+            .inc_by(3);
         m.bgp_prefixes_announced
             .get_or_create(&m.peer("10.66.0.1"))
             .set(7);
@@ -278,6 +296,8 @@ mod tests {
             "pier_pool_addresses_in_use{pool=\"public\",family=\"ipv6\"} 3",
             "pier_services{state=\"allocated\"} 2",
             "pier_bgp_session_up{peer=\"10.66.0.1\"} 1",
+            "pier_bfd_session_up{peer=\"10.66.0.1\"} 1",
+            "pier_bfd_transitions_total{peer=\"10.66.0.1\"} 3",
             "pier_bgp_prefixes_announced{peer=\"10.66.0.1\"} 7",
             "pier_bgp_updates_sent_total{peer=\"10.66.0.1\"} 1",
             "pier_node_healthy{node=\"n1\"} 1",

@@ -383,6 +383,9 @@ pub struct BgpAttributes {
     pub communities: Vec<Community>,
     pub large_communities: Vec<LargeCommunity>,
     pub local_pref: Option<u32>,
+    /// MULTI_EXIT_DISC (RFC 4271 §5.1.4), the pool's `med`.
+    #[serde(default)]
+    pub med: Option<u32>,
 }
 
 /// Label equality selector (Kubernetes `matchLabels`): every pair must match.

@@ -249,11 +249,18 @@ fn bird_ecmp_over_add_path_withdraw_and_attributes() {
 
 /// FRR's zebra and bgpd in the router namespace, with their own sockets.
 fn start_frr(lab: &mut Lab, extra_neighbor: &str) {
+    start_frr_with(lab, extra_neighbor, "", false);
+}
+
+/// FRR with `preamble` before `router bgp`, and bfdd when `bfdd`.
+fn start_frr_with(lab: &mut Lab, extra_neighbor: &str, preamble: &str, bfdd: bool) {
     let dir = path_str(&lab.dir);
     let conf = format!(
         r#"frr defaults traditional
 hostname r
 log file {dir}/frr-log debugging
+!
+{preamble}
 !
 router bgp 65000
  bgp router-id 10.0.0.1
@@ -304,6 +311,13 @@ router bgp 65000
     wait_for("zebra's socket", Duration::from_secs(10), || {
         zserv.exists().then_some(()).ok_or_else(|| lab.log("zebra"))
     });
+    if bfdd {
+        let mut bfdd = vec!["/usr/lib/frr/bfdd".to_string()];
+        bfdd.extend(common("bfdd.pid"));
+        bfdd.extend(["--bfdctl".to_string(), format!("{dir}/bfdd.sock")]);
+        let bfdd: Vec<&str> = bfdd.iter().map(|s| s.as_str()).collect();
+        lab.spawn("r", "bfdd", &bfdd);
+    }
     let mut bgpd = vec!["/usr/lib/frr/bgpd".to_string()];
     bgpd.extend(common("bgpd.pid"));
     let bgpd: Vec<&str> = bgpd.iter().map(|s| s.as_str()).collect();
@@ -896,5 +910,339 @@ fn router_without_add_path_gets_next_hop_self_and_pier_forwards() {
     assert_eq!(
         peers[0]["next_hop_self_fallback"], true,
         "pier peers shows the fallback: {peers:?}"
+    );
+}
+
+/// pier's peer keys for BFD at 100 ms × 3 (detection time 300 ms).
+const PIER_BFD_100: &str =
+    "bfd = true\nbfd_min_rx_ms = 100\nbfd_min_tx_ms = 100\nbfd_multiplier = 3";
+
+/// pier's view of its one peer: (BGP state, BFD state, last error).
+fn pier_peer_state(lab: &Lab) -> (String, String, String) {
+    let peers = pier_peers(lab);
+    let p = peers.first().cloned().unwrap_or_default();
+    (
+        p["state"].as_str().unwrap_or("?").to_string(),
+        p["bfd"]["state"].as_str().unwrap_or("-").to_string(),
+        p["last_error"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// BGP with BFD against a router, once both sessions are configured:
+///   1. both come up, and the router's kernel gets the VIP;
+///   2. the router's BFD packets blackholed (nftables in its namespace):
+///      pier's BGP session goes down, "BFD session down" (time printed);
+///   3. the blackhole lifted: BFD and BGP come back, the routes too;
+///   4. pier frozen (SIGSTOP): the router's BFD sees it down and its
+///      kernel loses the VIP (time printed); thawed, everything returns.
+fn bgp_with_bfd(lab: &Lab, router: &str, router_view: &dyn Fn(&Lab) -> String) {
+    let three = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+    wait_gateways(lab, "-4", "192.0.2.10", &three, "routes with BGP + BFD");
+    // Settled: up for 3 s (routers may re-create their BFD session once
+    // BGP is up; see `bfd::path_failure`).
+    wait_for(
+        "pier: BGP Established for 3 s, BFD Up",
+        Duration::from_secs(60),
+        || {
+            let peers = pier_peers(lab);
+            let p = peers.first().cloned().unwrap_or_default();
+            match pier_peer_state(lab) {
+                (b, f, _)
+                    if b == "Established" && f == "Up" && p["uptime_s"].as_u64() >= Some(3) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}\n{}", router_view(lab))),
+            }
+        },
+    );
+    // 2. Blackhole the router's BFD packets.
+    let since = std::time::Instant::now();
+    lab.sh(
+        "r",
+        "nft add table inet bfdtest && \
+         nft add chain inet bfdtest out '{ type filter hook output priority 0; }' && \
+         nft add rule inet bfdtest out udp dport 3784 drop",
+    );
+    wait_for(
+        "pier: BGP down on BFD down",
+        Duration::from_secs(30),
+        || match pier_peer_state(lab) {
+            (b, _, _) if b != "Established" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let took = since.elapsed();
+    eprintln!(
+        "{router}: BFD blackholed → pier's BGP session down after {took:?} (detection 300 ms)"
+    );
+    let (_, bfd, why) = pier_peer_state(lab);
+    assert_ne!(bfd, "Up", "{}", lab.log("pier"));
+    assert_eq!(why, "BFD session down", "{}", lab.log("pier"));
+    // While BFD is down the session stays down (pier waits for BFD Up).
+    std::thread::sleep(Duration::from_millis(1500));
+    let (bgp, _, _) = pier_peer_state(lab);
+    assert_ne!(bgp, "Established", "BGP came up without BFD");
+    // 3. Lift it.
+    lab.sh("r", "nft delete table inet bfdtest");
+    wait_gateways(lab, "-4", "192.0.2.10", &three, "routes back after BFD Up");
+    // 4. Freeze pier.
+    lab.signal("pier", libc::SIGSTOP);
+    let since = std::time::Instant::now();
+    let deadline = since + Duration::from_secs(30);
+    while !kernel_gateways(lab, "-4", "192.0.2.10").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{router} kept pier's routes while pier was frozen: {}",
+            router_view(lab)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "{router}: pier frozen → router withdrew its routes after {:?} (BFD 100 ms × 3)",
+        since.elapsed()
+    );
+    lab.signal("pier", libc::SIGCONT);
+    wait_gateways(lab, "-4", "192.0.2.10", &three, "routes back after thaw");
+    let peers = pier_peers(lab);
+    assert!(
+        peers[0]["bfd"]["downs"].as_u64().unwrap_or(0) >= 2,
+        "{peers:?}"
+    );
+}
+
+#[test]
+fn bird_bgp_with_bfd() {
+    if !netlab::prerequisites("bird_bgp_bfd", &["ip", "bird", "birdc", "nft", "bash"]) {
+        return;
+    }
+    let mut lab = lan("bb");
+    // BIRD delays a restart after repeated errors by 60 s by default (a
+    // BFD Down counts): shortened so the thaw is seen within the test.
+    let bird = bird_config(&lab, "bfd on;\n  error wait time 1, 5;");
+    let text = std::fs::read_to_string(&bird).unwrap().replace(
+        "protocol bgp pier {",
+        "protocol bfd {\n  debug { states, events };\n  interface \"eth0\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\nprotocol bgp pier {\n  debug { states, events };",
+    );
+    let bird = lab.write("bird.conf", &text);
+    start_bird(&mut lab, &bird);
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            extra_peer: PIER_BFD_100,
+            metrics_listen: "127.0.0.1:9471",
+            ..PierOpts::default()
+        },
+    );
+    start_pier(&mut lab, &cfg);
+    let view = |lab: &Lab| {
+        format!(
+            "{}\n{}",
+            birdc(lab, "show protocols all pier"),
+            birdc(lab, "show bfd sessions")
+        )
+    };
+    bgp_with_bfd(&lab, "BIRD", &view);
+    let bird_log = must(&["cat", &path_str(&lab.dir.join("bird-log"))]);
+    assert!(bird_log.contains("BFD session down"), "{bird_log}");
+    // `pier peers` table and the metrics.
+    let sock = path_str(&lab.dir.join("pier.sock"));
+    let out = std::process::Command::new(PIER)
+        .args(["peers", "--socket", &sock])
+        .output()
+        .expect("pier peers");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("BFD LAST DOWN"), "{table}");
+    assert!(table.contains("100/100 x3"), "{table}");
+    let m = pier_metrics(&lab, 9471);
+    assert!(
+        m.contains("pier_bfd_session_up{peer=\"10.0.0.1\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pier_bfd_transitions_total{peer=\"10.0.0.1\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn frr_bgp_with_bfd() {
+    if !netlab::prerequisites(
+        "frr_bgp_bfd",
+        &["ip", "zebra", "bgpd", "bfdd", "vtysh", "nft", "bash"],
+    ) {
+        return;
+    }
+    let mut lab = lan("fb");
+    start_frr_with(
+        &mut lab,
+        // With its source address known from the start, bgpd does not
+        // re-create its BFD session (and take BGP down) once BGP is up.
+        "neighbor 10.0.0.2 update-source 10.0.0.1\n neighbor 10.0.0.2 bfd\n neighbor 10.0.0.2 bfd profile fast",
+        "debug bfd peer\ndebug bfd zebra\ndebug bgp bfd\n!\nbfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!",
+        true,
+    );
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            extra_peer: PIER_BFD_100,
+            ..PierOpts::default()
+        },
+    );
+    start_pier(&mut lab, &cfg);
+    let view = |lab: &Lab| {
+        format!(
+            "{}\n{}",
+            vtysh(lab, "show bgp neighbors 10.0.0.2"),
+            vtysh(lab, "show bfd peers")
+        )
+    };
+    bgp_with_bfd(&lab, "FRR", &view);
+}
+
+/// Item 6 of the BGP options: the pool's `med` as MULTI_EXIT_DISC, GTSM
+/// (BIRD `ttl security on`), and pier passive (BIRD connects).
+#[test]
+fn bird_med_gtsm_and_pier_passive() {
+    if !netlab::prerequisites("bird_med_gtsm_passive", &["ip", "bird", "birdc"]) {
+        return;
+    }
+    let mut lab = lan("bg");
+    // pier first: BIRD connects as soon as it starts.
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            extra_peer: "passive = true\ngtsm = true",
+            pool_extra: "med = 250",
+            ..PierOpts::default()
+        },
+    );
+    start_pier(&mut lab, &cfg);
+    let bird = bird_config(
+        &lab,
+        "ttl security on;\n  connect delay time 1;\n  connect retry time 1;",
+    );
+    let text = std::fs::read_to_string(&bird)
+        .unwrap()
+        .replace("  passive on;\n", "");
+    assert!(!text.contains("passive on"), "{text}");
+    let bird = lab.write("bird.conf", &text);
+    start_bird(&mut lab, &bird);
+    wait_gateways(
+        &lab,
+        "-4",
+        "192.0.2.10",
+        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        "routes over a GTSM session the router opened",
+    );
+    let all = birdc(&lab, "show route 192.0.2.10/32 all");
+    assert!(all.contains("BGP.med: 250"), "{all}");
+    // The router opened the connection: its source port is 179 on pier's side.
+    let (_, ss) = lab.try_sh("gw", "ss -tnH state established '( sport = :179 )'");
+    assert!(
+        ss.contains("10.0.0.1:"),
+        "pier did not accept the router's connection: {ss}"
+    );
+    // GTSM: the router sends with TTL 255 and checks it (BIRD logs nothing
+    // else); a GTSM mismatch would have kept the session down.
+    let protocols = birdc(&lab, "show protocols all pier");
+    assert!(protocols.contains("Established"), "{protocols}");
+}
+
+/// eBGP multihop: the router two hops away through a forwarding
+/// namespace; `multihop_ttl = 2` on pier, `multihop 2` on BIRD.
+#[test]
+fn bird_ebgp_multihop_through_a_forwarding_namespace() {
+    if !netlab::prerequisites("bird_multihop", &["ip", "bird", "birdc"]) {
+        return;
+    }
+    let mut lab = Lab::new("bm");
+    for h in ["gw", "m", "r"] {
+        lab.bare_host(h);
+    }
+    lab.link(
+        "gw",
+        "eth0",
+        &["10.1.0.2/24"],
+        "m",
+        "eth0",
+        &["10.1.0.1/24"],
+    );
+    lab.link("m", "eth1", &["10.2.0.1/24"], "r", "eth0", &["10.2.0.2/24"]);
+    lab.sh("gw", "ip route add default via 10.1.0.1");
+    lab.sh("r", "ip route add default via 10.2.0.1");
+    lab.sh("m", "sysctl -qw net.ipv4.ip_forward=1");
+    let text = format!(
+        r#"log "{dir}/bird-log" all;
+router id 10.2.0.2;
+protocol device {{ scan time 1; }}
+protocol static {{ ipv4; route 10.0.0.0/24 via 10.2.0.1; route 10.1.0.0/24 via 10.2.0.1; }}
+protocol kernel k4 {{ ipv4 {{ export filter {{ if proto = "pier" then accept; reject; }}; import none; }}; merge paths on; }}
+protocol bgp pier {{
+  local 10.2.0.2 as 65000;
+  neighbor 10.1.0.2 as 65010;
+  multihop 2;
+  passive on;
+  hold time 9;
+  ipv4 {{ import all; export none; add paths rx; }};
+}}
+"#,
+        dir = path_str(&lab.dir)
+    );
+    let bird = lab.write("bird.conf", &text);
+    start_bird(&mut lab, &bird);
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            peer_address: "10.2.0.2",
+            extra_peer: "multihop_ttl = 2\nfamilies = [\"ipv4\"]",
+            ..PierOpts::default()
+        },
+    );
+    start_pier(&mut lab, &cfg);
+    wait_for(
+        "multihop session Established",
+        Duration::from_secs(30),
+        || {
+            let p = birdc(&lab, "show protocols all pier");
+            if p.contains("Established") {
+                Ok(())
+            } else {
+                Err(format!("{p}\n{}", lab.log("pier")))
+            }
+        },
+    );
+    wait_for("the VIP at the router", Duration::from_secs(30), || {
+        let r = birdc(&lab, "show route 192.0.2.10/32 all");
+        if r.contains("192.0.2.10/32") && r.contains("BGP.as_path: 65010") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    // One hop more than configured is refused: TTL 1 would not reach.
+    let cfg = pier_config(
+        &lab,
+        &PierOpts {
+            peer_address: "10.2.0.2",
+            extra_peer: "families = [\"ipv4\"]",
+            ..PierOpts::default()
+        },
+    );
+    assert!(cfg.exists());
+    lab.signal("pier", libc::SIGHUP);
+    wait_for("session down with TTL 1", Duration::from_secs(30), || {
+        let p = birdc(&lab, "show protocols pier");
+        if p.contains("Established") {
+            Err(p)
+        } else {
+            Ok(())
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let p = birdc(&lab, "show protocols pier");
+    assert!(
+        !p.contains("Established"),
+        "an eBGP session with TTL 1 crossed a router: {p}"
     );
 }

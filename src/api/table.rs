@@ -250,6 +250,10 @@ pub fn duration(secs: u64) -> String {
 
 /// BGP peers: session state, uptime, what was negotiated, the last error.
 pub fn peers(v: &Value) -> String {
+    // BFD columns only when some peer runs BFD.
+    let with_bfd = v
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["bfd"].is_object()));
     let rows: Vec<Vec<String>> = v
         .as_array()
         .map(|a| {
@@ -270,7 +274,7 @@ pub fn peers(v: &Value) -> String {
                     if x["next_hop_self_fallback"] == Value::Bool(true) {
                         negotiated.push("next-hop-self fallback".into());
                     }
-                    vec![
+                    let mut row = vec![
                         s(&x["peer"]),
                         s(&x["asn"]),
                         s(&x["state"]),
@@ -281,8 +285,12 @@ pub fn peers(v: &Value) -> String {
                         } else {
                             negotiated.join(",")
                         },
-                        x["last_error"].as_str().unwrap_or("").to_string(),
-                    ]
+                    ];
+                    if with_bfd {
+                        row.extend(bfd_cells(&x["bfd"]));
+                    }
+                    row.push(x["last_error"].as_str().unwrap_or("").to_string());
+                    row
                 })
                 .collect()
         })
@@ -290,18 +298,39 @@ pub fn peers(v: &Value) -> String {
     if rows.is_empty() {
         return "no BGP peers configured\n".into();
     }
-    table(
-        &[
-            "PEER",
-            "ASN",
-            "STATE",
-            "UPTIME",
-            "SENT",
-            "NEGOTIATED",
-            "LAST ERROR",
-        ],
-        &rows,
-    )
+    let mut head = vec!["PEER", "ASN", "STATE", "UPTIME", "SENT", "NEGOTIATED"];
+    if with_bfd {
+        head.extend(["BFD", "RX/TX MS", "DETECT", "BFD LAST DOWN"]);
+    }
+    head.push("LAST ERROR");
+    table(&head, &rows)
+}
+
+/// A peer's BFD state, configured intervals (min RX / min TX, multiplier), detection time in force and
+/// why it last went down; `-` for a peer without BFD.
+fn bfd_cells(b: &Value) -> [String; 4] {
+    if !b.is_object() {
+        return ["-".into(), "-".into(), "-".into(), "-".into()];
+    }
+    let detect = b["detection_time_ms"].as_u64().unwrap_or(0);
+    [
+        s(&b["state"]),
+        format!(
+            "{}/{} x{}",
+            s(&b["min_rx_ms"]),
+            s(&b["min_tx_ms"]),
+            s(&b["multiplier"])
+        ),
+        if detect == 0 {
+            "-".into()
+        } else {
+            format!("{detect}ms")
+        },
+        match (b["last_down"].as_str(), b["downs"].as_u64().unwrap_or(0)) {
+            (Some(why), n) => format!("{why} ({n} downs)"),
+            (None, _) => "-".into(),
+        },
+    ]
 }
 
 /// Kernel routes pier installed, with the nftables counters of each VIP.
@@ -418,6 +447,33 @@ mod tests {
             "10.0.0.9  65009  Connect      -       0     -                                                 connect: Connection refused"
         );
         assert_eq!(peers(&json!([])), "no BGP peers configured\n");
+    }
+
+    #[test]
+    fn peers_table_shows_bfd_when_a_peer_runs_it() {
+        let v = json!([
+            {"peer": "10.0.0.1", "asn": 65000, "state": "Established", "uptime_s": 5,
+             "prefixes_sent": 1, "capabilities": [], "next_hop_self_fallback": false,
+             "last_error": null,
+             "bfd": {"state": "Up", "remote_state": "Up", "min_rx_ms": 100, "min_tx_ms": 100,
+                     "multiplier": 3, "tx_interval_ms": 100, "detection_time_ms": 300,
+                     "last_down": "control detection time expired", "downs": 2}},
+            {"peer": "10.0.0.9", "asn": 65009, "state": "Idle", "uptime_s": null,
+             "prefixes_sent": 0, "capabilities": [], "next_hop_self_fallback": false,
+             "last_error": "BFD session down", "bfd": null},
+        ]);
+        let t = peers(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].contains("BFD  RX/TX MS    DETECT  BFD LAST DOWN"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("Up   100/100 x3  300ms   control detection time expired (2 downs)"),
+            "{t}"
+        );
+        assert!(lines[2].contains("-    -           -       -"), "{t}");
+        assert!(lines[2].ends_with("BFD session down"), "{t}");
     }
 
     #[test]

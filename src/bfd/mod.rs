@@ -108,6 +108,40 @@ pub struct BfdState {
     pub last_down: Option<Diag>,
     /// How many times it left Up.
     pub downs: u64,
+    /// How many times it left Up because the path failed
+    /// ([`path_failure`]): what a BGP session is taken down for.
+    pub failures: u64,
+    /// How many state changes it went through (for
+    /// `pier_bfd_transitions_total`; a `watch` reader may miss some).
+    pub transitions: u64,
+}
+
+/// Whether a session that left Up with local diag `local` (the remote's
+/// last packet: `remote_state`, `remote_diag`) says the forwarding path
+/// failed, so that a client (BGP) must go down (RFC 5882 §3.2): pier's own
+/// detection time expired, or the remote went Down because its path
+/// failed (its detection time expired, echo failed, a path down). Not a
+/// failure: the remote going AdminDown (RFC 5882 §3.2 forbids acting on
+/// it), or the remote restarting its session (Down, diag 0): FRR and BIRD
+/// re-create their BFD session when their BGP session changes, and a
+/// working path must not take BGP down with it.
+pub fn path_failure(local: Diag, remote_state: State, remote_diag: Diag) -> bool {
+    match local {
+        Diag::ControlDetectionTimeExpired => true,
+        Diag::NeighborSignaledSessionDown => {
+            remote_state != State::AdminDown
+                && matches!(
+                    remote_diag,
+                    Diag::ControlDetectionTimeExpired
+                        | Diag::EchoFunctionFailed
+                        | Diag::ForwardingPlaneReset
+                        | Diag::PathDown
+                        | Diag::ConcatenatedPathDown
+                        | Diag::ReverseConcatenatedPathDown
+                )
+        }
+        _ => false,
+    }
 }
 
 /// Timers from the per-peer config keys `bfd_min_rx_ms`, `bfd_min_tx_ms`,
@@ -228,6 +262,8 @@ impl Entry {
                 detection_time: s.detection_time,
                 last_down: b.last_down,
                 downs: b.downs,
+                failures: b.failures,
+                transitions: b.transitions,
             };
             if *b == next {
                 false
@@ -348,6 +384,8 @@ impl Sessions {
             detection_time: s.detection_time,
             last_down: None,
             downs: 0,
+            failures: 0,
+            transitions: 0,
         });
         info!(peer = %peer.peer, local = ?peer.local, hops = ?peer.hops, discr, "BFD session added");
         self.by_discr.insert(
@@ -409,13 +447,18 @@ impl Sessions {
                     }
                 }
                 Output::StateChanged { from, to, diag } => {
-                    info!(peer = %e.peer.peer, %from, %to, %diag, "BFD session state");
-                    if from == State::Up {
-                        e.status.send_modify(|b| {
+                    let st = e.session.status();
+                    let failed =
+                        from == State::Up && path_failure(diag, st.remote_state, st.remote_diag);
+                    info!(peer = %e.peer.peer, %from, %to, %diag, remote_diag = %st.remote_diag, path_failure = failed, "BFD session state");
+                    e.status.send_modify(|b| {
+                        b.transitions += 1;
+                        if from == State::Up {
                             b.last_down = Some(diag);
                             b.downs += 1;
-                        });
-                    }
+                            b.failures += u64::from(failed);
+                        }
+                    });
                 }
                 Output::Discarded(why) => {
                     debug!(peer = %e.peer.peer, ?why, "BFD packet discarded");
@@ -543,6 +586,40 @@ mod tests {
             (p(Hops::Single).port(), p(Hops::Multi(2)).port()),
             (3784, 4784)
         );
+    }
+
+    #[test]
+    fn which_downs_are_path_failures() {
+        use Diag::*;
+        let cases = [
+            (ControlDetectionTimeExpired, State::Up, None, true),
+            (
+                NeighborSignaledSessionDown,
+                State::Down,
+                ControlDetectionTimeExpired,
+                true,
+            ),
+            (NeighborSignaledSessionDown, State::Down, PathDown, true),
+            // A remote that restarted its session, or went AdminDown.
+            (NeighborSignaledSessionDown, State::Down, None, false),
+            (
+                NeighborSignaledSessionDown,
+                State::AdminDown,
+                AdministrativelyDown,
+                false,
+            ),
+            (
+                NeighborSignaledSessionDown,
+                State::AdminDown,
+                PathDown,
+                false,
+            ),
+            // pier's own AdminDown.
+            (AdministrativelyDown, State::Up, None, false),
+        ];
+        for (local, rs, rd, want) in cases {
+            assert_eq!(path_failure(local, rs, rd), want, "{local:?} {rs:?} {rd:?}");
+        }
     }
 
     #[test]

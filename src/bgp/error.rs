@@ -22,4 +22,9 @@ pub enum BgpError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("peer {peer}: cannot start its BFD session: {source}")]
+    Bfd {
+        peer: IpAddr,
+        source: crate::bfd::BfdError,
+    },
 }

@@ -86,7 +86,15 @@ pub enum Event {
     Notification(Notification),
     /// A message that could not be decoded: send this NOTIFICATION.
     Malformed(Notification),
+    /// The BFD session to the peer left Up (RFC 5882 §3.2: the forwarding
+    /// path is gone, so is the session). Cease / BFD Down (RFC 9384) and
+    /// Idle with no retry: the session starts again with [`Event::Start`]
+    /// once BFD is Up again.
+    BfdDown,
 }
+
+/// Cease subcode 10, "BFD Down" (RFC 9384 §2).
+pub const CEASE_BFD_DOWN: u8 = 10;
 
 /// RFC 4271 §10: a large hold time while waiting for the OPEN.
 const OPEN_HOLD: Duration = Duration::from_secs(240);
@@ -195,6 +203,18 @@ impl Fsm {
                     Vec::new(),
                 )));
                 self.go_idle(now, "administrative stop".into(), &mut out);
+                self.connect_at = None;
+            }
+            (Idle, Event::BfdDown) => {
+                self.connect_at = None;
+            }
+            (_, Event::BfdDown) => {
+                out.push(Action::SendNotification(Notification::new(
+                    notif::CEASE,
+                    CEASE_BFD_DOWN,
+                    Vec::new(),
+                )));
+                self.go_idle(now, "BFD session down".into(), &mut out);
                 self.connect_at = None;
             }
             (Connect | Active, Event::TcpConnected) => {
@@ -563,6 +583,36 @@ mod tests {
     }
 
     #[test]
+    fn bfd_down_ceases_and_waits_for_start() {
+        // Established, then BFD goes Down: Cease / BFD Down, no retry.
+        let mut f = Fsm::new(cfg());
+        established(&mut f);
+        let out = f.handle(S, Event::BfdDown);
+        assert_eq!(
+            out[0],
+            Action::SendNotification(Notification::new(6, CEASE_BFD_DOWN, vec![]))
+        );
+        assert!(out.contains(&Action::Disconnect));
+        assert!(matches!(out.last(), Some(Action::Down(w)) if w == "BFD session down"));
+        assert_eq!(f.state(), State::Idle);
+        assert_eq!(f.next_deadline(), None, "no retry until BFD is Up");
+        // BFD Up again: Start connects at once.
+        assert_eq!(f.handle(2 * S, Event::Start), vec![Action::Connect]);
+        // While connecting, BFD Down again: back to Idle, nothing to send.
+        let out = f.handle(3 * S, Event::BfdDown);
+        assert_eq!(f.state(), State::Idle);
+        assert!(out.contains(&Action::Disconnect), "{out:?}");
+        assert_eq!(f.next_deadline(), None);
+        // Idle backing off after a failure: BFD Down cancels the retry.
+        let mut f = Fsm::new(cfg());
+        established(&mut f);
+        f.handle(S, Event::TcpFailed("reset".into()));
+        assert!(f.next_deadline().is_some());
+        assert_eq!(f.handle(S, Event::BfdDown), vec![]);
+        assert_eq!(f.next_deadline(), None);
+    }
+
+    #[test]
     fn collision_keeps_the_higher_identifier() {
         let hi = Ipv4Addr::new(10, 0, 0, 9);
         let lo = Ipv4Addr::new(10, 0, 0, 1);
@@ -574,7 +624,7 @@ mod tests {
         /// No sequence of events and times panics, and the state stays
         /// consistent with its timers.
         #[test]
-        fn any_event_sequence_is_safe(evs in proptest::collection::vec((0u8..12, 0u64..50), 0..80)) {
+        fn any_event_sequence_is_safe(evs in proptest::collection::vec((0u8..13, 0u64..50), 0..80)) {
             let mut f = Fsm::new(cfg());
             let mut now = Duration::ZERO;
             for (e, dt) in evs {
@@ -590,6 +640,7 @@ mod tests {
                     7 => Event::RouteRefresh,
                     8 => Event::Notification(Notification::new(6, 4, vec![])),
                     9 => Event::Malformed(Notification::new(3, 1, vec![])),
+                    10 => Event::BfdDown,
                     _ => { let _ = f.tick(now); continue; }
                 };
                 let _ = f.handle(now, ev);

@@ -5,9 +5,19 @@
 //!
 //! ```text
 //!  engine ──watch<Desired>──► peer task ──TCP──► router
-//!                              ▲   ▲
-//!  listener ─accepted stream───┘   └── reader task (frames) per connection
+//!                              ▲   ▲   ▲
+//!  listener ─accepted stream───┘   │   └── reader task (frames) per connection
+//!  BFD task ─watch<BfdState>───────┘   (peers with `bfd = true`)
 //! ```
+//!
+//! With BFD (`docs/bfd.md`, `docs/bgp.md`): the session is not attempted
+//! (no connection made, none accepted) until the BFD session is Up, so a
+//! router never gets routes over a path BFD has not confirmed; when BFD
+//! leaves Up because the path failed (`bfd::path_failure`: pier's
+//! detection time expired, or the router's) the session goes down at once
+//! with a Cease / BFD Down NOTIFICATION (RFC 9384) and waits for BFD Up
+//! again (RFC 5882 §3.2). A router restarting its BFD session or going
+//! AdminDown does not take BGP down.
 
 use super::codec::{
     self, decode, describe_notification, encode, frame_len, AddPathMode, AfiSafi, Capability,
@@ -19,8 +29,10 @@ use super::fsm::{
 };
 use super::rib::{AdjRibOut, PeerView};
 use super::socket::{self, SocketOptions};
+use super::status::BfdStatus;
 use super::status::{PeerStatus, StatusBoard};
-use crate::config::{BgpConfig, PeerConfig};
+use crate::bfd::{BfdPeer, BfdState, Hops};
+use crate::config::{BgpConfig, PeerBfd, PeerConfig};
 use crate::metrics::Metrics;
 use crate::model::{Desired, Family};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +64,45 @@ pub struct PeerSettings {
     /// pier restarted within the restart time after a graceful stop (R bit).
     pub restarting: bool,
     pub socket: SocketOptions,
+    /// The BFD session that gates this peer's session, if `bfd = true`.
+    pub bfd: Option<BfdSettings>,
+}
+
+/// A peer's BFD session: where it runs and its configured timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BfdSettings {
+    pub peer: BfdPeer,
+    pub timers: PeerBfd,
+}
+
+impl BfdSettings {
+    /// Single hop (RFC 5881) for a directly connected peer; multihop
+    /// (RFC 5883) for `multihop_ttl` > 1, accepting any TTL: RFC 5883 §5
+    /// leaves the TTL check to the operator, and BIRD 2.0.12 sends
+    /// multihop BFD with its default TTL 64 (`docs/bfd.md`), so a hop
+    /// count check would keep a BIRD session Down.
+    fn from_config(p: &PeerConfig, timers: PeerBfd) -> BfdSettings {
+        let hops = match p.multihop_ttl {
+            Some(t) if t > 1 => Hops::Multi(255),
+            _ => Hops::Single,
+        };
+        BfdSettings {
+            peer: BfdPeer {
+                peer: p.address,
+                local: p.source_address,
+                hops,
+            },
+            timers,
+        }
+    }
+
+    pub fn wire_timers(&self) -> crate::bfd::BfdTimers {
+        crate::bfd::timers_ms(
+            self.timers.min_rx_ms.into(),
+            self.timers.min_tx_ms.into(),
+            self.timers.multiplier,
+        )
+    }
 }
 
 impl PeerSettings {
@@ -96,10 +147,15 @@ impl PeerSettings {
             restarting,
             socket: SocketOptions {
                 source: p.source_address,
-                ttl: p.multihop_ttl,
+                // eBGP without `multihop_ttl`: directly connected, TTL 1
+                // (docs/configuration.md); iBGP: the system's default.
+                ttl: p
+                    .multihop_ttl
+                    .or((p.local_asn.unwrap_or(bgp.asn) != p.asn).then_some(1)),
                 gtsm_hops: p.gtsm.then(|| p.multihop_ttl.unwrap_or(1)),
                 md5_key,
             },
+            bfd: p.bfd.map(|t| BfdSettings::from_config(p, t)),
         })
     }
 
@@ -189,6 +245,14 @@ pub(super) struct PeerTask {
     /// empty table would make a graceful-restart helper flush the routes
     /// it holds for us (RFC 4724 §4.1: EoR after the initial update).
     eor_pending: bool,
+    /// The BFD session gating this peer (`bfd = true`).
+    bfd: Option<watch::Receiver<BfdState>>,
+    /// The BFD task dropped the session (pier is stopping): stop watching.
+    bfd_closed: bool,
+    /// `failures` and `transitions` of the last [`BfdState`] seen (a
+    /// failure between two reads of the `watch` is still noticed and
+    /// counted), and whether it was Up.
+    bfd_seen: (u64, u64, bool),
 }
 
 impl PeerTask {
@@ -199,6 +263,7 @@ impl PeerTask {
         status: Arc<Mutex<PeerStatus>>,
         board: StatusBoard,
         metrics: Option<Metrics>,
+        bfd: Option<watch::Receiver<BfdState>>,
     ) -> PeerTask {
         let fsm = Fsm::new(FsmConfig {
             local_asn: s.local_asn,
@@ -233,6 +298,54 @@ impl PeerTask {
             up_since: None,
             fallback_logged: false,
             eor_pending: false,
+            bfd,
+            bfd_closed: false,
+            bfd_seen: (0, 0, false),
+        }
+    }
+
+    /// BFD allows the session: not configured, or Up.
+    fn bfd_up(&self) -> bool {
+        self.bfd
+            .as_ref()
+            .is_none_or(|r| r.borrow().state == crate::bfd::State::Up)
+    }
+
+    /// The BFD session changed: publish it, take the BGP session down on a
+    /// path failure (even if BFD is Up again by now), start it when BFD
+    /// came Up.
+    async fn on_bfd(&mut self, open: bool) {
+        let Some(rx) = self.bfd.as_mut() else { return };
+        if !open {
+            self.bfd_closed = true;
+            return;
+        }
+        let st = rx.borrow_and_update().clone();
+        let failed = st.failures > self.bfd_seen.0;
+        let transitions = st.transitions.saturating_sub(self.bfd_seen.1);
+        let up = st.state == crate::bfd::State::Up;
+        let came_up = up && (failed || !self.bfd_seen.2);
+        self.bfd_seen = (st.failures, st.transitions, up);
+        if let Some(m) = &self.metrics {
+            let l = m.peer(&self.label());
+            m.bfd_session_up.get_or_create(&l).set(i64::from(up));
+            m.bfd_transitions.get_or_create(&l).inc_by(transitions);
+        }
+        let timers = self.s.bfd.as_ref().map(|b| b.timers).unwrap_or_default();
+        self.set_status(|s| s.bfd = Some(bfd_status(&st, timers)));
+        // Only a path failure takes the session down; a remote restarting
+        // its BFD session or going AdminDown does not (`bfd::path_failure`).
+        if failed {
+            let acts = self.fsm.handle(self.now(), Event::BfdDown);
+            if !acts.is_empty() {
+                info!(peer = %self.label(), bfd = %st.state, "BFD path failure: taking the BGP session down");
+            }
+            self.act(acts).await;
+        }
+        if came_up && self.fsm.state() == State::Idle {
+            info!(peer = %self.label(), "BFD Up: starting the BGP session");
+            let acts = self.fsm.handle(self.now(), Event::Start);
+            self.act(acts).await;
         }
     }
 
@@ -245,8 +358,24 @@ impl PeerTask {
     }
 
     pub(super) async fn run(mut self) {
-        let acts = self.fsm.handle(self.now(), Event::Start);
-        self.act(acts).await;
+        if let Some(rx) = &self.bfd {
+            let st = rx.borrow().clone();
+            self.bfd_seen = (
+                st.failures,
+                st.transitions,
+                st.state == crate::bfd::State::Up,
+            );
+            let timers = self.s.bfd.as_ref().map(|b| b.timers).unwrap_or_default();
+            self.set_status(|s| {
+                s.bfd = Some(bfd_status(&st, timers));
+                s.last_error = Some("waiting for BFD Up".into());
+                s.attempted = true;
+            });
+        }
+        if self.bfd_up() {
+            let acts = self.fsm.handle(self.now(), Event::Start);
+            self.act(acts).await;
+        }
         loop {
             let deadline = self
                 .fsm
@@ -255,6 +384,13 @@ impl PeerTask {
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let bfd = (!self.bfd_closed).then_some(self.bfd.as_mut()).flatten();
+            let bfd_changed = async move {
+                match bfd {
+                    Some(rx) => rx.changed().await.is_ok(),
                     None => std::future::pending().await,
                 }
             };
@@ -279,13 +415,19 @@ impl PeerTask {
                     }
                 },
                 Some((id, read)) = self.reads.recv() => self.read(id, read).await,
+                open = bfd_changed => self.on_bfd(open).await,
                 res = dial => {
                     self.dial = None;
                     let res = res.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                     self.dialed(res).await;
                 }
                 _ = sleep => {
-                    let acts = self.fsm.tick(self.now());
+                    // A retry waits for BFD Up like the first attempt.
+                    let acts = if self.fsm.state() == State::Idle && !self.bfd_up() {
+                        self.fsm.handle(self.now(), Event::BfdDown)
+                    } else {
+                        self.fsm.tick(self.now())
+                    };
                     self.act(acts).await;
                 }
                 changed = self.desired.changed(), if self.rib.is_some() => {
@@ -359,8 +501,9 @@ impl PeerTask {
         }
         let _ = stream.set_nodelay(true);
         match self.fsm.state() {
-            State::Idle if self.s.passive || self.fsm.last_error.is_some() => {
-                // Backing off: the FSM refuses; let the peer retry.
+            State::Idle if self.s.passive || self.fsm.last_error.is_some() || !self.bfd_up() => {
+                // Backing off, or BFD not Up: the FSM refuses; let the
+                // peer retry.
                 drop(stream);
             }
             State::Connect | State::Active | State::Idle => {
@@ -684,7 +827,16 @@ impl PeerTask {
                 Action::SendKeepalive => self.send(&Message::Keepalive).await,
                 Action::SendNotification(n) => {
                     warn!(peer = %self.label(), "sending NOTIFICATION: {}", describe_notification(&n));
-                    self.send(&Message::Notification(n)).await;
+                    // Bounded: after a BFD Down the path may be dead and
+                    // the send buffer full; the connection closes anyway.
+                    let msg = Message::Notification(n);
+                    let send = self.send(&msg);
+                    if tokio::time::timeout(Duration::from_millis(200), send)
+                        .await
+                        .is_err()
+                    {
+                        debug!(peer = %self.label(), "NOTIFICATION not written within 200 ms");
+                    }
                 }
                 Action::Established {
                     hold_time,
@@ -915,4 +1067,18 @@ impl PeerTask {
 async fn write_msg(w: &mut OwnedWriteHalf, msg: &Message, ctx: &Context) -> std::io::Result<()> {
     let bytes = encode(msg, ctx).map_err(|e| std::io::Error::other(e.to_string()))?;
     w.write_all(&bytes).await
+}
+
+fn bfd_status(st: &BfdState, timers: PeerBfd) -> BfdStatus {
+    BfdStatus {
+        state: st.state.to_string(),
+        remote_state: st.remote_state.to_string(),
+        min_rx_ms: timers.min_rx_ms,
+        min_tx_ms: timers.min_tx_ms,
+        multiplier: timers.multiplier,
+        tx_interval_ms: st.tx_interval.as_millis().try_into().unwrap_or(u64::MAX),
+        detection_time_ms: st.detection_time.as_millis().try_into().unwrap_or(u64::MAX),
+        last_down: st.last_down.map(|d| d.to_string()),
+        downs: st.downs,
+    }
 }

@@ -47,6 +47,8 @@ pub struct PathAttrs {
     pub communities: Vec<u32>,
     pub large_communities: Vec<(u32, u32, u32)>,
     pub local_pref: Option<u32>,
+    /// MULTI_EXIT_DISC (RFC 4271 §5.1.4): the pool's `med`.
+    pub med: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +185,7 @@ impl AdjRibOut {
             } else {
                 Some(a.bgp.local_pref.unwrap_or(100))
             },
+            med: a.bgp.med,
         };
         let add_path = self.view.add_path.contains(&family);
         if a.mode == AnnounceMode::BgpNodes && add_path {
@@ -357,6 +360,10 @@ impl AdjRibOut {
                     AsPath::default()
                 }),
             ];
+            // Type-code order (RFC 4271 §5: MED is 4, LOCAL_PREF 5).
+            if let Some(med) = attrs.med {
+                list.push(Attribute::Med(med));
+            }
             if let Some(lp) = attrs.local_pref {
                 list.push(Attribute::LocalPref(lp));
             }
@@ -658,5 +665,35 @@ mod tests {
         assert_eq!(rib.interned.len(), 2);
         rib.update(&desired(3, Vec::new()));
         assert!(rib.interned.is_empty() && rib.is_empty());
+    }
+    #[test]
+    fn pool_med_is_sent_as_multi_exit_disc() {
+        use crate::bgp::codec::{decode, Message};
+        let ctx = Context {
+            four_octet_as: true,
+            add_path: vec![AfiSafi::IPV4_UNICAST],
+            extended_message: false,
+        };
+        let with_med = |med: Option<u32>| {
+            let mut a = (*ann("192.0.2.10", AnnounceMode::BgpSelf, &["10.0.0.11"])).clone();
+            a.bgp.med = med;
+            Arc::new(a)
+        };
+        let mut rib = AdjRibOut::new(view(true));
+        let c = rib.update(&desired(1, vec![with_med(Some(250))]));
+        let msgs = rib.encode(&c, &ctx).unwrap();
+        let Message::Update(u) = decode(&msgs[0], &ctx).unwrap().message else {
+            panic!("not an UPDATE")
+        };
+        // Type code 4 (RFC 4271 §5.1.4).
+        assert_eq!(u.attribute(4), Some(&Attribute::Med(250)));
+        // A changed MED re-announces the path; no MED sends no attribute.
+        let c = rib.update(&desired(2, vec![with_med(None)]));
+        assert_eq!(c.announce.len(), 1);
+        let msgs = rib.encode(&c, &ctx).unwrap();
+        let Message::Update(u) = decode(&msgs[0], &ctx).unwrap().message else {
+            panic!("not an UPDATE")
+        };
+        assert_eq!(u.attribute(4), None);
     }
 }

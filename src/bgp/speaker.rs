@@ -2,12 +2,17 @@
 //! connections to their peer, and one task per peer ([`super::peer`]).
 //! [`Speaker::reconfigure`] diffs a new peer list against the running one.
 //! The speaker is owned by one task, [`super::task`], which alone starts,
-//! reconfigures and stops it.
+//! reconfigures and stops it. The speaker owns pier's one [`BfdHandle`]
+//! (started with the first peer that has `bfd = true`): a peer added
+//! adds its BFD session, a peer removed or changed removes it (AdminDown to
+//! the router), and stopping the speaker drops the handle (one AdminDown
+//! per session).
 
 pub use super::error::BgpError;
 use super::peer::{Command, PeerSettings, PeerTask};
 use super::socket;
 use super::status::{PeerStatus, StatusBoard};
+use crate::bfd::BfdHandle;
 use crate::config::BgpConfig;
 use crate::metrics::Metrics;
 use crate::model::Desired;
@@ -33,6 +38,7 @@ pub struct Speaker {
     desired: watch::Receiver<Arc<Desired>>,
     metrics: Option<Metrics>,
     directory: Option<Directory>,
+    bfd: Option<BfdHandle>,
 }
 
 type Directory = Arc<Mutex<BTreeMap<IpAddr, mpsc::Sender<Command>>>>;
@@ -97,9 +103,10 @@ impl Speaker {
             desired,
             metrics,
             directory: None,
+            bfd: None,
         };
         for s in settings {
-            speaker.add_peer(s, &directory);
+            speaker.add_peer(s, &directory).await?;
         }
         // Keep the directory alive in the listeners only; peers added later
         // (reload) go through `reconfigure`.
@@ -107,7 +114,21 @@ impl Speaker {
         Ok(speaker)
     }
 
-    fn add_peer(&mut self, s: PeerSettings, directory: &Directory) {
+    async fn add_peer(&mut self, s: PeerSettings, directory: &Directory) -> Result<(), BgpError> {
+        let bfd = match &s.bfd {
+            Some(b) => {
+                let handle = self.bfd.get_or_insert_with(BfdHandle::spawn);
+                let rx = handle
+                    .add_session(b.peer.clone(), b.wire_timers())
+                    .await
+                    .map_err(|source| BgpError::Bfd {
+                        peer: s.address,
+                        source,
+                    })?;
+                Some(rx)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(16);
         let status = Arc::new(Mutex::new(PeerStatus::idle(
             s.address,
@@ -125,6 +146,7 @@ impl Speaker {
             status.clone(),
             self.board.clone(),
             self.metrics.clone(),
+            bfd,
         );
         let task = tokio::spawn(task.run());
         self.peers.insert(
@@ -135,6 +157,7 @@ impl Speaker {
                 task,
             },
         );
+        Ok(())
     }
 
     /// Applies a reloaded configuration: peers whose settings did not change
@@ -160,7 +183,13 @@ impl Speaker {
             self.board.remove(a);
             if let Some(p) = self.peers.remove(&a) {
                 info!(peer = %a, "peer removed or changed: stopping its session");
+                let bfd = p.settings.bfd.clone();
                 stop_peer(p, false).await;
+                if let (Some(b), Some(handle)) = (bfd, &self.bfd) {
+                    if let Err(e) = handle.remove_session(b.peer).await {
+                        debug!(peer = %a, error = %e, "BFD session not removed");
+                    }
+                }
             }
             if let Some(d) = &self.directory {
                 if let Ok(mut d) = d.lock() {
@@ -169,12 +198,16 @@ impl Speaker {
             }
         }
         let directory = self.directory.clone().unwrap_or_default();
+        let mut first_error = None;
         for (a, s) in wanted {
             if !self.peers.contains_key(&a) {
-                self.add_peer(s, &directory);
+                if let Err(e) = self.add_peer(s, &directory).await {
+                    warn!("{e}");
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Snapshots of every peer.

@@ -35,6 +35,28 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// The peer has been tried at least once (for `/readyz`).
     pub attempted: bool,
+    /// The BFD session to the peer, when `bfd = true`.
+    pub bfd: Option<BfdStatus>,
+}
+
+/// A peer's BFD session as `pier peers` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BfdStatus {
+    /// AdminDown, Down, Init or Up (RFC 5880 §4.1).
+    pub state: String,
+    pub remote_state: String,
+    /// Configured: `bfd_min_rx_ms`, `bfd_min_tx_ms`, `bfd_multiplier`.
+    pub min_rx_ms: u32,
+    pub min_tx_ms: u32,
+    pub multiplier: u8,
+    /// Agreed transmit interval (before jitter), milliseconds.
+    pub tx_interval_ms: u64,
+    /// Detection time in force, milliseconds; 0 before the first packet.
+    pub detection_time_ms: u64,
+    /// Why the session last left Up (RFC 5880 §4.1 diagnostic).
+    pub last_down: Option<String>,
+    /// How many times it left Up.
+    pub downs: u64,
 }
 
 impl PeerStatus {
@@ -57,6 +79,7 @@ impl PeerStatus {
             next_hop_self_fallback: false,
             last_error: None,
             attempted: false,
+            bfd: None,
         }
     }
 }

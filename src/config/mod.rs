@@ -181,6 +181,28 @@ pub struct PeerConfig {
     /// At most this many paths per VIP to this peer (`next_hop = "nodes"`),
     /// chosen per VIP by rendezvous hashing (`src/model/subset.rs`).
     pub max_paths: u16,
+
+    /// BFD to this peer (`bfd = true`); see `docs/bfd.md`.
+    pub bfd: Option<PeerBfd>,
+}
+
+/// `bfd_min_rx_ms`, `bfd_min_tx_ms`, `bfd_multiplier` of a peer with
+/// `bfd = true` (defaults 300 / 300 / 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PeerBfd {
+    pub min_rx_ms: u32,
+    pub min_tx_ms: u32,
+    pub multiplier: u8,
+}
+
+impl Default for PeerBfd {
+    fn default() -> Self {
+        PeerBfd {
+            min_rx_ms: 300,
+            min_tx_ms: 300,
+            multiplier: 3,
+        }
+    }
 }
 
 /// Default `max_paths`: BIRD merges at most 16 paths into a kernel route

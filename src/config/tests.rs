@@ -394,3 +394,37 @@ fn forwarding_keys_default_parse_and_are_checked() {
         "gateway.host_firewall: \"drop\": expected \"open\" or \"check\"",
     );
 }
+
+#[test]
+fn peer_bfd_keys_and_pool_med() {
+    let c = parse(&format!(
+        "{GATEWAY}[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"10.0.0.9\"\nasn = 2\nbfd = true\n\
+         [[bgp.peers]]\naddress = \"10.0.0.8\"\nasn = 2\nbfd = true\nbfd_min_rx_ms = 100\n\
+         bfd_min_tx_ms = 50\nbfd_multiplier = 5\n\
+         [[bgp.peers]]\naddress = \"10.0.0.7\"\nasn = 2\n\
+         [[pools]]\nname = \"p\"\naddresses = [\"10.1.0.0/24\"]\nmed = 250\n"
+    ))
+    .unwrap();
+    let peers = &c.bgp.as_ref().unwrap().peers;
+    assert_eq!(peers[0].bfd, Some(PeerBfd::default()));
+    assert_eq!(
+        peers[1].bfd,
+        Some(PeerBfd {
+            min_rx_ms: 100,
+            min_tx_ms: 50,
+            multiplier: 5
+        })
+    );
+    assert_eq!(peers[2].bfd, None);
+    assert_eq!(c.pools[0].bgp.med, Some(250));
+    let e = errors(&format!(
+        "{GATEWAY}[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"10.0.0.9\"\nasn = 2\n\
+         bfd_min_rx_ms = 100\nbfd_multiplier = 0\n[[pools]]\nname = \"p\"\naddresses = [\"10.1.0.0/24\"]\nmed = -1\n"
+    ));
+    has(
+        &e,
+        "bgp.peers[0].bfd_min_rx_ms: has no effect without bfd = true",
+    );
+    has(&e, "bgp.peers[0].bfd_multiplier: 0 is out of range 1..=255");
+    has(&e, "pools[0].med: -1 is out of range 0..=4294967295");
+}

@@ -27,6 +27,7 @@ fn pool(name: &str, mode: PoolMode, next_hop: NextHopMode) -> Pool {
             communities: vec![Community(65001 << 16 | 100)],
             large_communities: vec![LargeCommunity(65001, 1, 2)],
             local_pref: Some(200),
+            med: None,
         },
     }
 }

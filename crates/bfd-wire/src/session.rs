@@ -396,6 +396,13 @@ impl Session {
             out.push(Output::Discarded(Discard::AdminDown));
             return;
         }
+        // A faster rate now allowed (the remote lowered its Required Min
+        // RX, or our Poll ended) applies from now: a transmit timer set for
+        // the old rate would outlast the remote's new detection time (FRR
+        // leaves its slow Required Min RX with a Poll just after Up).
+        if self.periodic() && self.next_tx.is_some_and(|t| t > now + self.tx_interval()) {
+            self.schedule_tx(now);
+        }
         // Received "for purposes of the Detection Time expiration rules".
         self.detect_at = Some(now + self.detection_time());
         let before = self.state;

@@ -508,6 +508,28 @@ fn remote_rx_interval_slows_transmission() {
 }
 
 #[test]
+fn remote_rx_interval_speeds_transmission_at_once() {
+    let t0 = Duration::from_secs(1);
+    let mut s = up_session(t0);
+    s.handle(
+        Input::Received(ControlPacket {
+            required_min_rx_us: 2_000_000,
+            ..remote(State::Up, LOCAL)
+        }),
+        t0,
+    );
+    // The next packet is due up to 2 s away; the remote now asks for 300 ms.
+    s.handle(Input::Tick, s.next_deadline().unwrap());
+    let t1 = s.next_deadline().unwrap() - Duration::from_millis(1500);
+    s.handle(Input::Received(remote(State::Up, LOCAL)), t1);
+    assert!(
+        s.next_deadline().unwrap() <= t1 + Duration::from_millis(300),
+        "next transmit at {:?}, received at {t1:?}",
+        s.next_deadline()
+    );
+}
+
+#[test]
 fn poll_is_answered_with_final_at_once() {
     let t0 = Duration::from_secs(1);
     let mut s = up_session(t0);

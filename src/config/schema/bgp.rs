@@ -8,7 +8,7 @@ use toml::de::DeTable;
 
 use super::parse_ip;
 use crate::config::toml_reader::{Diagnostics, Section, Span};
-use crate::config::{BgpConfig, PeerConfig};
+use crate::config::{BgpConfig, PeerBfd, PeerConfig};
 use crate::model::Family;
 
 const BGP: &[&str] = &[
@@ -37,6 +37,10 @@ const PEER: &[&str] = &[
     "families",
     "add_path",
     "max_paths",
+    "bfd",
+    "bfd_min_rx_ms",
+    "bfd_min_tx_ms",
+    "bfd_multiplier",
 ];
 
 /// RFC 4271 §4.2: zero, or at least three seconds.
@@ -192,6 +196,8 @@ fn peer(
     let max_paths = s
         .int(diag, "max_paths", 1, 1024)
         .map_or(crate::config::DEFAULT_MAX_PATHS, |(n, _)| n as u16);
+
+    let bfd = peer_bfd(diag, &s);
     Some(PeerConfig {
         address: address?,
         asn: asn?,
@@ -208,5 +214,43 @@ fn peer(
         families,
         add_path,
         max_paths,
+
+        bfd,
+    })
+}
+
+/// `bfd = true` and its timers; timers without `bfd = true` are an error
+/// (they would silently do nothing).
+fn peer_bfd(diag: &mut Diagnostics<'_>, s: &Section<'_, '_>) -> Option<PeerBfd> {
+    let on = s.bool(diag, "bfd", false);
+    let d = PeerBfd::default();
+    let ms = |diag: &mut Diagnostics<'_>, name: &str, default: u32| {
+        s.int(diag, name, 10, 60_000)
+            .map(|(n, sp)| (n as u32, Some(sp)))
+            .unwrap_or((default, None))
+    };
+    let (min_rx_ms, rx_span) = ms(diag, "bfd_min_rx_ms", d.min_rx_ms);
+    let (min_tx_ms, tx_span) = ms(diag, "bfd_min_tx_ms", d.min_tx_ms);
+    let (multiplier, mult_span) = s
+        .int(diag, "bfd_multiplier", 1, 255)
+        .map(|(n, sp)| (n as u8, Some(sp)))
+        .unwrap_or((d.multiplier, None));
+    if !on {
+        let given = [
+            ("bfd_min_rx_ms", rx_span),
+            ("bfd_min_tx_ms", tx_span),
+            ("bfd_multiplier", mult_span),
+        ];
+        for (name, span) in given {
+            if let Some(sp) = span {
+                diag.err(&sp, &s.key(name), "has no effect without bfd = true");
+            }
+        }
+        return None;
+    }
+    Some(PeerBfd {
+        min_rx_ms,
+        min_tx_ms,
+        multiplier,
     })
 }

@@ -24,6 +24,7 @@ const POOL: &[&str] = &[
     "communities",
     "large_communities",
     "local_pref",
+    "med",
 ];
 
 /// Where each range of each pool came from, for overlap messages.
@@ -122,6 +123,9 @@ pub(super) fn read(
     let local_pref = s
         .int(diag, "local_pref", 0, u32::MAX as i64)
         .map(|(n, _)| n as u32);
+    let med = s
+        .int(diag, "med", 0, u32::MAX as i64)
+        .map(|(n, _)| n as u32);
     let mut sorted: Vec<IpRange> = ranges.iter().map(|(r, _, _)| *r).collect();
     sorted.sort();
     Some((
@@ -141,6 +145,7 @@ pub(super) fn read(
                 communities,
                 large_communities,
                 local_pref,
+                med,
             },
         },
         ranges,

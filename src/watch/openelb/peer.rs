@@ -264,6 +264,10 @@ pub fn peer(spec: &Value, password_dir: &Path) -> Result<(PeerConfig, Option<Str
             max_paths: send_max
                 .filter(|n| *n > 1)
                 .map_or(crate::config::DEFAULT_MAX_PATHS, |n| n as u16),
+
+            // OpenELB's BgpPeer has no BFD field (spec: conf, ebgpMultihop,
+            // timers, transport, gracefulRestart, afiSafis, nodeSelector).
+            bfd: None,
         },
         password,
     ))
@@ -461,6 +465,7 @@ mod tests {
             next_hop_self_fallback: false,
             last_error: None,
             attempted: true,
+            bfd: None,
         };
         let v = serde_json::to_value(node_status(&s)).unwrap();
         assert_eq!(v["peerState"]["sessionState"], "BGP_FSM_ESTABLISHED");

@@ -1,0 +1,102 @@
+//! Two pier gateways and one BIRD router (`tests/failover/lab.rs`): a
+//! `nodes` VIP and a `self` VIP under continuous client load; one gateway
+//! freezes (pier stopped, its frames dropped, links up), then thaws.
+//!
+//! Asserted (counts, never durations): the `nodes` VIP loses no request
+//! while a gateway is frozen (the router keeps the other gateway's
+//! identical paths); once the frozen gateway is back, both VIPs lose no
+//! request while it takes traffic again. How long the `self` VIP lost new
+//! flows is printed; `benches/failover.rs` measures it over many trials
+//! (figures in docs/benchmarks.md, docs/ha.md).
+
+#[path = "common/netlab.rs"]
+mod netlab;
+
+#[path = "failover/lab.rs"]
+mod lab;
+
+use std::time::{Duration, Instant};
+
+use lab::{outage, Detection, FailoverLab, Load, NODES_VIP, SELF_VIP};
+
+const PIER: &str = env!("CARGO_BIN_EXE_pier");
+
+fn freeze_and_thaw(tag: &str, d: Detection) {
+    let fl = FailoverLab::new(tag, PIER, d);
+    let nodes = Load::start(&fl.lab, NODES_VIP);
+    let selfv = Load::start(&fl.lab, SELF_VIP);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    // Both VIPs serve before anything happens.
+    let (n, f, _) = outage(&nodes.requests(), before, None);
+    assert!(
+        n > 0 && f == 0,
+        "nodes VIP before the freeze: {f} of {n} failed"
+    );
+    let (n, f, _) = outage(&selfv.requests(), before, None);
+    assert!(
+        n > 0 && f == 0,
+        "self VIP before the freeze: {f} of {n} failed"
+    );
+
+    let frozen = fl.freeze();
+    fl.wait_router_dropped_gw();
+    let dropped = frozen.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let thawed = Instant::now();
+    fl.thaw();
+    fl.wait_both_gateways();
+    let back = thawed.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let nodes = nodes.stop();
+    let selfv = selfv.stop();
+
+    let (nn, nf, _) = outage(&nodes, frozen, Some(thawed));
+    let (sn, sf, s_last) = outage(&selfv, frozen, Some(thawed));
+    eprintln!(
+        "{}: frozen → router dropped the gateway after {dropped:?}; \
+         nodes VIP {nf} of {nn} failed; self VIP {sf} of {sn} failed, \
+         the last failed one started {s_last:?} after the freeze; thawed → back after {back:?}",
+        d.label()
+    );
+    assert_eq!(nf, 0, "nodes VIP lost requests while a gateway was frozen");
+    let (an, af, _) = outage(&nodes, thawed, None);
+    let (bn, bf, _) = outage(&selfv, thawed, None);
+    eprintln!("after the thaw: nodes VIP {af} of {an} failed, self VIP {bf} of {bn} failed");
+    assert!(an > 0 && bn > 0);
+    assert_eq!(af, 0, "nodes VIP lost requests after the thaw");
+    assert_eq!(bf, 0, "self VIP lost requests after the thaw");
+    let gw = fl.lab.log("pier-gw");
+    if d.bfd.is_some() {
+        assert!(gw.contains("BFD path failure"), "{gw}");
+    }
+}
+
+#[test]
+fn two_gateways_one_freezes_with_bfd() {
+    if !lab::prerequisites("failover_bfd") {
+        return;
+    }
+    freeze_and_thaw(
+        "fob",
+        Detection {
+            hold_time: 9,
+            bfd: Some((100, 3)),
+        },
+    );
+}
+
+#[test]
+fn two_gateways_one_freezes_hold_timer_only() {
+    if !lab::prerequisites("failover_hold") {
+        return;
+    }
+    freeze_and_thaw(
+        "foh",
+        Detection {
+            hold_time: 3,
+            bfd: None,
+        },
+    );
+}
