@@ -15,7 +15,7 @@
 #[path = "common/netlab.rs"]
 mod netlab;
 
-use netlab::{must, path_str, Lab};
+use netlab::{path_str, Lab};
 use pier::bfd::{BfdHandle, BfdPeer, BfdState, BfdTimers, Diag, Hops, State};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -290,36 +290,7 @@ bfd
 "#
         ),
     );
-    must(&["chmod", "0777", &dir]);
-    let _ = std::process::Command::new("chown")
-        .args(["-R", "frr:frr", &dir])
-        .output();
-    let common = |pid: &str| {
-        vec![
-            "-u".to_string(),
-            "frr".into(),
-            "-g".into(),
-            "frr".into(),
-            "-f".into(),
-            format!("{dir}/frr.conf"),
-            "-i".into(),
-            format!("{dir}/{pid}"),
-            "-z".into(),
-            format!("{dir}/zserv.api"),
-            "--vty_socket".into(),
-            dir.clone(),
-        ]
-    };
-    let mut zebra = vec!["/usr/lib/frr/zebra".to_string()];
-    zebra.extend(common("zebra.pid"));
-    let zebra: Vec<&str> = zebra.iter().map(|s| s.as_str()).collect();
-    lab.spawn("r", "zebra", &zebra);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut bfdd = vec!["/usr/lib/frr/bfdd".to_string()];
-    bfdd.extend(common("bfdd.pid"));
-    bfdd.extend(["--bfdctl".to_string(), format!("{dir}/bfdd.sock")]);
-    let bfdd: Vec<&str> = bfdd.iter().map(|s| s.as_str()).collect();
-    lab.spawn("r", "bfdd", &bfdd);
+    netlab::start_frr_daemons(lab, "r", &["bfdd"]);
 }
 
 #[test]

@@ -282,46 +282,8 @@ router bgp 65000
 "#
     );
     lab.write("frr.conf", &conf);
-    must(&["chmod", "0777", &dir]);
-    let _ = std::process::Command::new("chown")
-        .args(["-R", "frr:frr", &dir])
-        .output();
-    let common = |pid: &str| {
-        vec![
-            "-u".to_string(),
-            "frr".into(),
-            "-g".into(),
-            "frr".into(),
-            "-f".into(),
-            format!("{dir}/frr.conf"),
-            "-i".into(),
-            format!("{dir}/{pid}"),
-            "-z".into(),
-            format!("{dir}/zserv.api"),
-            "--vty_socket".into(),
-            dir.clone(),
-        ]
-    };
-    let mut zebra = vec!["/usr/lib/frr/zebra".to_string()];
-    zebra.extend(common("zebra.pid"));
-    let zebra: Vec<&str> = zebra.iter().map(|s| s.as_str()).collect();
-    lab.spawn("r", "zebra", &zebra);
-    // bgpd talks to zebra through its socket: wait until zebra listens.
-    let zserv = lab.dir.join("zserv.api");
-    wait_for("zebra's socket", Duration::from_secs(10), || {
-        zserv.exists().then_some(()).ok_or_else(|| lab.log("zebra"))
-    });
-    if bfdd {
-        let mut bfdd = vec!["/usr/lib/frr/bfdd".to_string()];
-        bfdd.extend(common("bfdd.pid"));
-        bfdd.extend(["--bfdctl".to_string(), format!("{dir}/bfdd.sock")]);
-        let bfdd: Vec<&str> = bfdd.iter().map(|s| s.as_str()).collect();
-        lab.spawn("r", "bfdd", &bfdd);
-    }
-    let mut bgpd = vec!["/usr/lib/frr/bgpd".to_string()];
-    bgpd.extend(common("bgpd.pid"));
-    let bgpd: Vec<&str> = bgpd.iter().map(|s| s.as_str()).collect();
-    lab.spawn("r", "bgpd", &bgpd);
+    let daemons: &[&str] = if bfdd { &["bfdd", "bgpd"] } else { &["bgpd"] };
+    netlab::start_frr_daemons(lab, "r", daemons);
 }
 
 fn vtysh(lab: &Lab, cmd: &str) -> String {

@@ -707,3 +707,48 @@ pub fn line_request(conn: &mut TcpStream, timeout: Duration) -> Result<String, S
     }
     Err("answer too long".into())
 }
+
+/// Run FRR on `host` with `frr.conf` (already written in the lab folder):
+/// zebra first, then, once zebra's socket exists, each of `daemons`
+/// (`"bgpd"`, `"bfdd"`), all as user `frr` with their sockets in the lab
+/// folder. `vtysh --vty_socket <lab dir>` reaches them.
+pub fn start_frr_daemons(lab: &mut Lab, host: &str, daemons: &[&str]) {
+    let dir = path_str(&lab.dir);
+    must(&["chmod", "0777", &dir]);
+    let _ = Command::new("chown")
+        .args(["-R", "frr:frr", &dir])
+        .output();
+    let args = |daemon: &str| {
+        let mut v = vec![
+            format!("/usr/lib/frr/{daemon}"),
+            "-u".into(),
+            "frr".into(),
+            "-g".into(),
+            "frr".into(),
+            "-f".into(),
+            format!("{dir}/frr.conf"),
+            "-i".into(),
+            format!("{dir}/{daemon}.pid"),
+            "-z".into(),
+            format!("{dir}/zserv.api"),
+            "--vty_socket".into(),
+            dir.clone(),
+        ];
+        if daemon == "bfdd" {
+            v.extend(["--bfdctl".to_string(), format!("{dir}/bfdd.sock")]);
+        }
+        v
+    };
+    for daemon in std::iter::once("zebra").chain(daemons.iter().copied()) {
+        let argv = args(daemon);
+        let argv: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
+        lab.spawn(host, daemon, &argv);
+        if daemon == "zebra" {
+            // The others talk to zebra through its socket.
+            let zserv = lab.dir.join("zserv.api");
+            wait_for("zebra's socket", Duration::from_secs(10), || {
+                zserv.exists().then_some(()).ok_or_else(|| lab.log("zebra"))
+            });
+        }
+    }
+}
