@@ -37,6 +37,7 @@ const PEER: &[&str] = &[
     "families",
     "add_path",
     "max_paths",
+    "node_selector",
 ];
 
 /// RFC 4271 §4.2: zero, or at least three seconds.
@@ -192,6 +193,11 @@ fn peer(
     let max_paths = s
         .int(diag, "max_paths", 1, 1024)
         .map_or(crate::config::DEFAULT_MAX_PATHS, |(n, _)| n as u16);
+    // The same form as a pool's node_selector: a table of label = "value".
+    let node_selector = s
+        .raw("node_selector")
+        .is_some()
+        .then(|| crate::model::selector::Selector::labels(s.labels(diag, "node_selector")));
     Some(PeerConfig {
         address: address?,
         asn: asn?,
@@ -208,5 +214,6 @@ fn peer(
         families,
         add_path,
         max_paths,
+        node_selector,
     })
 }
