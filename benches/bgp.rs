@@ -22,6 +22,8 @@ fn view() -> PeerView {
         max_paths: 16,
         self_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
         self_v6: None,
+        node_selector: None,
+        connected: None,
     }
 }
 
@@ -39,6 +41,7 @@ fn desired(generation: u64, nodes: &[&str]) -> Desired {
         .map(|n| NextHop {
             node: n.to_string(),
             address: n.parse().unwrap(),
+            labels: Default::default(),
         })
         .collect::<Vec<_>>()
         .into();
@@ -93,6 +96,7 @@ fn bench(c: &mut Criterion) {
     one.next_hops = vec![NextHop {
         node: "n4".into(),
         address: "10.0.0.14".parse().unwrap(),
+        labels: Default::default(),
     }]
     .into();
     changed.announcements[500] = Arc::new(one);

@@ -46,6 +46,7 @@ fn desired(generation: u64, n: u32) -> Desired {
     let hops: Arc<[NextHop]> = vec![NextHop {
         node: "n1".into(),
         address: "10.0.0.11".parse().unwrap(),
+        labels: Default::default(),
     }]
     .into();
     let announcements = (0..n)
@@ -114,6 +115,7 @@ fn speaker(a: &[String]) {
             max_paths: 16,
 
             bfd: None,
+            node_selector: None,
         }],
     };
     // The same runtime shape as `pier run`.

@@ -67,6 +67,7 @@ fn announcement(vip: IpAddr, hops: &[&str], ports: &[&str]) -> Arc<Announcement>
             .map(|h| NextHop {
                 node: h.to_string(),
                 address: h.parse().expect("hop"),
+                labels: Default::default(),
             })
             .collect::<Vec<_>>()
             .into(),

@@ -52,6 +52,7 @@ fn desired(n: usize) -> Desired {
                     next_hops: vec![NextHop {
                         node: "n".into(),
                         address: "10.0.0.1".parse().unwrap(),
+                        labels: Default::default(),
                     }]
                     .into(),
                     bgp: BgpAttributes::default(),

@@ -5,6 +5,7 @@
 //! requests into [`Allocation`]s, and the planner turns all of it into one
 //! immutable [`Desired`] value that the actuators (bgp, route, arp) apply.
 
+pub mod selector;
 pub mod subset;
 
 use std::collections::BTreeMap;
@@ -606,12 +607,24 @@ impl AnnounceMode {
     }
 }
 
+/// A node's labels, shared by every next hop of that node.
+pub type NodeLabels = Arc<BTreeMap<String, String>>;
+
 /// A node that receives a VIP's traffic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NextHop {
     /// Node name (static services use the address itself).
     pub node: String,
     pub address: IpAddr,
+    /// The node's labels (empty for static services), for the peers that
+    /// are sent only some nodes (`node_selector`, src/bgp/rib.rs). A label
+    /// change is a change of the announcement, so peers see it.
+    #[serde(default, skip_serializing_if = "labels_empty")]
+    pub labels: NodeLabels,
+}
+
+fn labels_empty(l: &NodeLabels) -> bool {
+    l.is_empty()
 }
 
 /// Everything the actuators need to know about one VIP.

@@ -226,6 +226,7 @@ fn desired(vips: &[(&str, &str)]) -> Desired {
                 next_hops: Arc::from(vec![NextHop {
                     node: "n1".into(),
                     address: "10.66.50.11".parse().unwrap(),
+                    labels: Default::default(),
                 }]),
                 bgp: BgpAttributes::default(),
                 services: vec![],

@@ -206,6 +206,7 @@ fn kernel_routes_keep_the_rendezvous_subset_above_the_multipath_limit() {
         .map(|i| NextHop {
             node: format!("n{i}"),
             address: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0100 + i)),
+            labels: Default::default(),
         })
         .collect();
     let vip: IpAddr = "192.0.2.7".parse().unwrap();

@@ -51,6 +51,7 @@ fn desired(generation: u64, nodes: &[&str]) -> Desired {
                 .map(|(n, a)| NextHop {
                     node: n.to_string(),
                     address: a.parse::<IpAddr>().unwrap(),
+                    labels: Default::default(),
                 })
                 .collect::<Vec<_>>()
                 .into(),

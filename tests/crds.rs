@@ -623,8 +623,8 @@ async fn bgp_objects_become_peers_with_status_and_live_changes() {
         .unwrap()
         .to_string();
     assert!(
-        unsupported.contains("conf.vrf") && unsupported.contains("nodeSelector.matchLabels.rack"),
-        "{unsupported}"
+        unsupported.contains("conf.vrf") && !unsupported.contains("nodeSelector"),
+        "nodeSelector is honoured (rack-aware next hops): {unsupported}"
     );
     until("r3 refused", || {
         let (st, r, msg) = accepted(&env.status("BgpPeer", "r3"))?;

@@ -31,6 +31,7 @@ fn desired() -> Desired {
             next_hops: vec![NextHop {
                 node: "n1".into(),
                 address: "10.0.2.11".parse().unwrap(),
+                labels: Default::default(),
             }]
             .into(),
             bgp: BgpAttributes::default(),

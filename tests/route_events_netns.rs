@@ -27,6 +27,7 @@ fn desired(vip: &str, hops: &[&str]) -> Desired {
                 .map(|h| NextHop {
                     node: h.to_string(),
                     address: h.parse().unwrap(),
+                    labels: Default::default(),
                 })
                 .collect::<Vec<_>>()
                 .into(),

@@ -167,6 +167,7 @@ fn announcement(vip: &str, hops: &[&str], ports: &[(&str, &[&str])]) -> Arc<Anno
             .map(|h| NextHop {
                 node: h.to_string(),
                 address: ip(h),
+                labels: Default::default(),
             })
             .collect::<Vec<_>>()
             .into(),

@@ -557,6 +557,7 @@ mod tests {
             next_hops: Arc::from(vec![NextHop {
                 node: "n".into(),
                 address: "10.0.0.9".parse().unwrap(),
+                labels: Default::default(),
             }]),
             bgp: BgpAttributes::default(),
             services: vec![],

@@ -5,6 +5,7 @@
 //! owner of the speaker and of its configuration).
 
 pub use pier_bgp_wire as codec;
+pub mod connected;
 pub mod error;
 pub mod fsm;
 pub mod peer;

@@ -60,6 +60,10 @@ pub struct PeerSettings {
     pub add_path: bool,
     /// Paths per VIP at most (`max_paths`).
     pub max_paths: u16,
+    /// Only these nodes' next hops (`node_selector`); `None` = every node.
+    pub node_selector: Option<crate::model::selector::Selector>,
+    /// eBGP multihop TTL is set: next hops need not be on a shared network.
+    pub multihop: bool,
     pub graceful_restart: Option<u16>,
     /// pier restarted within the restart time after a graceful stop (R bit).
     pub restarting: bool,
@@ -143,6 +147,8 @@ impl PeerSettings {
             families,
             add_path: p.add_path,
             max_paths: p.max_paths,
+            node_selector: p.node_selector.clone(),
+            multihop: p.multihop_ttl.is_some(),
             graceful_restart: bgp.graceful_restart.then_some(bgp.restart_time_s),
             restarting,
             socket: SocketOptions {
@@ -782,6 +788,8 @@ impl PeerTask {
                     }
                     _ => None,
                 },
+                node_selector: self.s.node_selector.clone(),
+                connected: self.connected_prefixes(local),
             };
             self.rib = Some(AdjRibOut::new(view));
             let rid = open.router_id;
@@ -791,6 +799,28 @@ impl PeerTask {
             });
         }
         self.act(acts).await;
+    }
+
+    /// A single-hop eBGP peer can use only next hops on a network it shares
+    /// with pier: the prefixes of the interface of the session's local
+    /// address (src/bgp/connected.rs). `None` (no limit) for multihop and
+    /// iBGP peers, and when the interface cannot be read (logged).
+    fn connected_prefixes(&self, local: Option<IpAddr>) -> Option<Vec<ipnet::IpNet>> {
+        if self.s.multihop || self.s.local_asn == self.s.peer_asn {
+            return None;
+        }
+        let local = local?;
+        match super::connected::prefixes_sharing(local) {
+            Ok(nets) if !nets.is_empty() => Some(nets),
+            Ok(_) => {
+                warn!(peer = %self.s.address, %local, "no interface holds the session's local address; node next hops are sent unfiltered");
+                None
+            }
+            Err(e) => {
+                warn!(peer = %self.s.address, %local, error = %e, "cannot read the interface prefixes; node next hops are sent unfiltered");
+                None
+            }
+        }
     }
 
     async fn act_no_dial(&mut self, acts: Vec<Action>) {

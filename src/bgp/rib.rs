@@ -10,10 +10,17 @@
 //!   keep only one of several paths anyway), flagged in `fallback_self`.
 //! - `next_hop = "self"`: one path with pier as next hop.
 //! - `l2` pools are not announced by BGP.
+//!
+//! For `next_hop = "nodes"`, a peer with a `node_selector` is sent only the
+//! nodes whose labels it selects, and a single-hop eBGP peer only the nodes
+//! on a network it shares with pier (`src/bgp/connected.rs`); then
+//! `max_paths` picks among what is left. A VIP with no node left is
+//! withdrawn from that peer only (docs/bgp.md, "Rack-aware next hops").
 
 use super::codec::{
     pack_announce, pack_withdraw, AfiSafi, AsPath, Attribute, Context, EncodeError, Nlri, Origin,
 };
+use crate::model::selector::Selector;
 use crate::model::{subset, AnnounceMode, Announcement, Desired, NextHop};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +45,13 @@ pub struct PeerView {
     /// configured source address).
     pub self_v4: Option<Ipv4Addr>,
     pub self_v6: Option<Ipv6Addr>,
+    /// Only the next hops of nodes this selects are sent (`node_selector`);
+    /// `None` = every node.
+    pub node_selector: Option<Selector>,
+    /// Single-hop eBGP: the prefixes pier shares with the peer; node next
+    /// hops outside them are not sent. `None` = no such limit (multihop
+    /// eBGP, iBGP: the router resolves next hops through its IGP).
+    pub connected: Option<Vec<IpNet>>,
 }
 
 /// Attributes of one path, shared by the many NLRI packed together.
@@ -77,6 +91,11 @@ pub enum Skipped {
     Family(IpAddr),
     /// pier has no address of the VIP's family to use as next hop.
     NoSelfAddress(IpAddr),
+    /// No next hop of the VIP is a node the peer's `node_selector` selects.
+    NoSelectedNode(IpAddr),
+    /// No selected next hop is on a network pier shares with this
+    /// single-hop eBGP peer.
+    NoConnectedNextHop(IpAddr),
 }
 
 #[derive(Debug, Clone)]
@@ -188,12 +207,43 @@ impl AdjRibOut {
             med: a.bgp.med,
         };
         let add_path = self.view.add_path.contains(&family);
-        if a.mode == AnnounceMode::BgpNodes && add_path {
-            let family: Vec<&NextHop> = a
+        // The nodes this peer may be sent, whatever it negotiated: a VIP
+        // with none is withdrawn from this peer only.
+        let selected: Vec<&NextHop> = if a.mode == AnnounceMode::BgpNodes {
+            let selected: Vec<&NextHop> = a
                 .next_hops
                 .iter()
                 .filter(|n| n.address.is_ipv4() == a.vip.is_ipv4())
+                .filter(|n| {
+                    self.view
+                        .node_selector
+                        .as_ref()
+                        .is_none_or(|s| s.matches(&n.labels))
+                })
                 .collect();
+            if selected.is_empty() && self.view.node_selector.is_some() {
+                self.skipped.insert(a.vip, Skipped::NoSelectedNode(a.vip));
+                return Vec::new();
+            }
+            selected
+        } else {
+            Vec::new()
+        };
+        if a.mode == AnnounceMode::BgpNodes && add_path {
+            let family: Vec<&NextHop> = match &self.view.connected {
+                Some(nets) => selected
+                    .into_iter()
+                    .filter(|n| nets.iter().any(|net| net.contains(&n.address)))
+                    .collect(),
+                None => selected,
+            };
+            if family.is_empty() {
+                if self.view.connected.is_some() {
+                    self.skipped
+                        .insert(a.vip, Skipped::NoConnectedNextHop(a.vip));
+                }
+                return Vec::new();
+            }
             let chosen = subset::choose(&a.vip, &family, self.view.max_paths, |n| n.address);
             let mut out: Vec<Path> = Vec::with_capacity(chosen.len());
             for nh in chosen {
@@ -405,6 +455,8 @@ mod tests {
             max_paths: 16,
             self_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
             self_v6: None,
+            node_selector: None,
+            connected: None,
         }
     }
 
@@ -418,6 +470,7 @@ mod tests {
                 .map(|h| NextHop {
                     node: h.to_string(),
                     address: h.parse().unwrap(),
+                    labels: Default::default(),
                 })
                 .collect::<Vec<_>>()
                 .into(),
@@ -484,6 +537,179 @@ mod tests {
         assert_eq!(c.withdraw.len(), used_10);
         assert_eq!(c.announce.len(), used_10);
         assert_eq!(rib.len(), 40 * 3);
+    }
+
+    /// Next hops of nodes in racks leaf1 (.11, .12) and leaf2 (.21, .22).
+    fn racked(vip: &str, hops: &[(&str, &str)]) -> Arc<Announcement> {
+        let mut a = (*ann(vip, AnnounceMode::BgpNodes, &[])).clone();
+        a.next_hops = hops
+            .iter()
+            .map(|(addr, rack)| NextHop {
+                node: format!("node-{addr}"),
+                address: addr.parse().unwrap(),
+                labels: Arc::new(
+                    [("porter.kubesphere.io/rack".to_string(), rack.to_string())].into(),
+                ),
+            })
+            .collect::<Vec<_>>()
+            .into();
+        Arc::new(a)
+    }
+
+    fn rack_view(rack: &str) -> PeerView {
+        let mut v = view(true);
+        v.node_selector = Some(Selector::labels(
+            [("porter.kubesphere.io/rack".to_string(), rack.to_string())].into(),
+        ));
+        v
+    }
+
+    fn next_hops(c: &Changes, vip: &str) -> Vec<IpAddr> {
+        let vip: IpAddr = vip.parse().unwrap();
+        let mut v: Vec<IpAddr> = c
+            .announce
+            .iter()
+            .filter(|(n, _)| n.prefix.addr() == vip)
+            .map(|(_, a)| a.next_hop)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Each leaf is sent its own rack's nodes; a VIP whose nodes are all in
+    /// rack 2 is withdrawn from leaf 1 only.
+    #[test]
+    fn node_selector_sends_each_peer_its_rack_and_withdraws_from_that_peer_only() {
+        let both = [
+            ("10.0.0.11", "leaf1"),
+            ("10.0.0.12", "leaf1"),
+            ("10.0.0.21", "leaf2"),
+            ("10.0.0.22", "leaf2"),
+        ];
+        let plan = |hops: &[(&str, &str)]| {
+            desired(
+                1,
+                vec![racked("192.0.2.1", &both), racked("192.0.2.2", hops)],
+            )
+        };
+        let mut leaf1 = AdjRibOut::new(rack_view("leaf1"));
+        let mut leaf2 = AdjRibOut::new(rack_view("leaf2"));
+        let mut spine = AdjRibOut::new(view(true));
+        let d = plan(&both);
+        let (c1, c2, cs) = (leaf1.update(&d), leaf2.update(&d), spine.update(&d));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            next_hops(&c1, "192.0.2.1"),
+            [ip("10.0.0.11"), ip("10.0.0.12")]
+        );
+        assert_eq!(
+            next_hops(&c2, "192.0.2.1"),
+            [ip("10.0.0.21"), ip("10.0.0.22")]
+        );
+        assert_eq!(
+            next_hops(&cs, "192.0.2.1").len(),
+            4,
+            "no selector: every node"
+        );
+        // 192.0.2.2 loses its rack-1 nodes: leaf 1 withdraws both its
+        // paths, leaf 2 and the spine keep theirs.
+        let d = plan(&both[2..]);
+        let (c1, c2) = (leaf1.update(&d), leaf2.update(&d));
+        assert_eq!(c1.withdraw.len(), 2, "{c1:?}");
+        assert!(c1.announce.is_empty());
+        assert!(leaf1.paths_of(&ip("192.0.2.2")).is_empty());
+        assert_eq!(
+            leaf1.skipped.get(&ip("192.0.2.2")),
+            Some(&Skipped::NoSelectedNode(ip("192.0.2.2")))
+        );
+        assert!(c2.is_empty(), "leaf 2 unchanged: {c2:?}");
+        assert_eq!(spine.update(&d).withdraw.len(), 2);
+        assert_eq!(leaf2.paths_of(&ip("192.0.2.2")).len(), 2);
+        // A node of rack 1 relabelled into rack 2 moves between the leaves.
+        let moved = [("10.0.0.11", "leaf2"), ("10.0.0.12", "leaf1")];
+        let d = desired(2, vec![racked("192.0.2.1", &moved)]);
+        leaf1.update(&d);
+        leaf2.update(&d);
+        let held = |r: &AdjRibOut| -> Vec<IpAddr> {
+            r.paths_of(&ip("192.0.2.1"))
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect()
+        };
+        assert_eq!(held(&leaf1), [ip("10.0.0.12")]);
+        assert_eq!(held(&leaf2), [ip("10.0.0.11")]);
+    }
+
+    /// max_paths picks among the selected nodes only.
+    #[test]
+    fn max_paths_applies_after_the_selector() {
+        let hops: Vec<(String, &str)> = (0..20)
+            .map(|i| {
+                (
+                    format!("10.0.0.{}", 10 + i),
+                    if i % 2 == 0 { "leaf1" } else { "leaf2" },
+                )
+            })
+            .collect();
+        let hops: Vec<(&str, &str)> = hops.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut v = rack_view("leaf1");
+        v.max_paths = 4;
+        let mut rib = AdjRibOut::new(v);
+        let c = rib.update(&desired(1, vec![racked("192.0.2.1", &hops)]));
+        let got = next_hops(&c, "192.0.2.1");
+        assert_eq!(got.len(), 4);
+        let leaf1: Vec<IpAddr> = hops
+            .iter()
+            .filter(|(_, r)| *r == "leaf1")
+            .map(|(a, _)| a.parse().unwrap())
+            .collect();
+        assert!(got.iter().all(|a| leaf1.contains(a)), "{got:?}");
+        let vip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut want: Vec<IpAddr> = subset::choose(&vip, &leaf1, 4, |a| *a)
+            .into_iter()
+            .copied()
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    /// A single-hop eBGP peer gets only next hops on its shared networks;
+    /// without ADD-PATH (pier as next hop) the rule has nothing to filter.
+    #[test]
+    fn off_link_next_hops_are_not_sent_to_a_single_hop_peer() {
+        let mut v = view(true);
+        v.connected = Some(vec!["10.0.0.0/24".parse().unwrap()]);
+        let mut rib = AdjRibOut::new(v.clone());
+        let c = rib.update(&desired(
+            1,
+            vec![
+                ann(
+                    "192.0.2.1",
+                    AnnounceMode::BgpNodes,
+                    &["10.0.0.11", "10.9.0.11"],
+                ),
+                ann("192.0.2.2", AnnounceMode::BgpNodes, &["10.9.0.12"]),
+            ],
+        ));
+        assert_eq!(
+            next_hops(&c, "192.0.2.1"),
+            ["10.0.0.11".parse::<IpAddr>().unwrap()]
+        );
+        assert!(next_hops(&c, "192.0.2.2").is_empty());
+        assert_eq!(
+            rib.skipped.get(&"192.0.2.2".parse().unwrap()),
+            Some(&Skipped::NoConnectedNextHop("192.0.2.2".parse().unwrap()))
+        );
+        v.add_path.clear();
+        let mut rib = AdjRibOut::new(v);
+        let c = rib.update(&desired(
+            1,
+            vec![ann("192.0.2.2", AnnounceMode::BgpNodes, &["10.9.0.12"])],
+        ));
+        assert_eq!(
+            next_hops(&c, "192.0.2.2"),
+            ["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]

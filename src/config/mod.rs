@@ -181,6 +181,10 @@ pub struct PeerConfig {
     /// At most this many paths per VIP to this peer (`next_hop = "nodes"`),
     /// chosen per VIP by rendezvous hashing (`src/model/subset.rs`).
     pub max_paths: u16,
+    /// Only the next hops of nodes these labels select are sent to this
+    /// peer (`next_hop = "nodes"`); `None` = every node. See docs/bgp.md,
+    /// "Rack-aware next hops".
+    pub node_selector: Option<crate::model::selector::Selector>,
 
     /// BFD to this peer (`bfd = true`); see `docs/bfd.md`.
     pub bfd: Option<PeerBfd>,

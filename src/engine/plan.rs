@@ -186,6 +186,7 @@ impl Planner {
                 .map(|a| NextHop {
                     node: a.to_string(),
                     address: *a,
+                    labels: Default::default(),
                 })
                 .collect();
             hops.sort();
@@ -230,6 +231,10 @@ impl Planner {
                     .then(|| NextHop {
                         node: n.name.clone(),
                         address,
+                        // Peers with a node_selector filter by these
+                        // (src/bgp/rib.rs); one copy per set, shared by
+                        // every VIP of the pool and family.
+                        labels: Arc::new(n.labels.clone()),
                     })
             })
             .collect();

@@ -364,3 +364,34 @@ fn probe_targets_one_per_node_not_per_service() {
         ]
     );
 }
+
+/// Next hops carry their node's labels (peers with a node_selector filter
+/// by them, src/bgp/rib.rs), so relabelling a node changes the plan even
+/// when the set of nodes stays the same; static next hops have none.
+#[test]
+fn next_hops_carry_node_labels() {
+    let mut f = Fixture::new();
+    f.add(svc("web", 80), "10.77.0.1", "nodes");
+    let rack = "porter.kubesphere.io/rack";
+    f.nodes
+        .get_mut("n1")
+        .unwrap()
+        .labels
+        .insert(rack.into(), "leaf1".into());
+    let (before, _) = f.plan();
+    let n1 = before[0].next_hops.iter().find(|h| h.node == "n1").unwrap();
+    assert_eq!(n1.labels.get(rack).map(String::as_str), Some("leaf1"));
+    f.nodes
+        .get_mut("n1")
+        .unwrap()
+        .labels
+        .insert(rack.into(), "leaf2".into());
+    let (after, _) = f.plan();
+    assert_ne!(before[0], after[0], "a relabelled node changes the plan");
+
+    let mut s = svc("static", 81);
+    s.static_next_hops = Some(vec![ip("10.66.2.50")]);
+    f.add(s, "10.77.0.2", "nodes");
+    let (a, _) = f.plan();
+    assert!(a[1].next_hops.iter().all(|h| h.labels.is_empty()));
+}

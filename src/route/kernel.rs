@@ -442,6 +442,7 @@ mod tests {
                 .map(|h| NextHop {
                     node: h.to_string(),
                     address: ip(h),
+                    labels: Default::default(),
                 })
                 .collect::<Vec<_>>()
                 .into(),

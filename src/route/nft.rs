@@ -683,6 +683,7 @@ mod tests {
             next_hops: vec![NextHop {
                 node: "n".into(),
                 address: "10.0.0.1".parse().unwrap(),
+                labels: Default::default(),
             }]
             .into(),
             bgp: BgpAttributes::default(),

@@ -301,6 +301,7 @@ fn plan(vips: usize) -> LastPlan {
         .map(|i| NextHop {
             node: format!("n{i}"),
             address: format!("10.0.0.{i}").parse().unwrap(),
+            labels: Default::default(),
         })
         .collect();
     let desired = Desired {

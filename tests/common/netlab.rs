@@ -715,9 +715,7 @@ pub fn line_request(conn: &mut TcpStream, timeout: Duration) -> Result<String, S
 pub fn start_frr_daemons(lab: &mut Lab, host: &str, daemons: &[&str]) {
     let dir = path_str(&lab.dir);
     must(&["chmod", "0777", &dir]);
-    let _ = Command::new("chown")
-        .args(["-R", "frr:frr", &dir])
-        .output();
+    let _ = Command::new("chown").args(["-R", "frr:frr", &dir]).output();
     let args = |daemon: &str| {
         let mut v = vec![
             format!("/usr/lib/frr/{daemon}"),

@@ -41,6 +41,7 @@ const PEER: &[&str] = &[
     "bfd_min_rx_ms",
     "bfd_min_tx_ms",
     "bfd_multiplier",
+    "node_selector",
 ];
 
 /// RFC 4271 §4.2: zero, or at least three seconds.
@@ -198,6 +199,11 @@ fn peer(
         .map_or(crate::config::DEFAULT_MAX_PATHS, |(n, _)| n as u16);
 
     let bfd = peer_bfd(diag, &s);
+    // The same form as a pool's node_selector: a table of label = "value".
+    let node_selector = s
+        .raw("node_selector")
+        .is_some()
+        .then(|| crate::model::selector::Selector::labels(s.labels(diag, "node_selector")));
     Some(PeerConfig {
         address: address?,
         asn: asn?,
@@ -214,6 +220,7 @@ fn peer(
         families,
         add_path,
         max_paths,
+        node_selector,
 
         bfd,
     })

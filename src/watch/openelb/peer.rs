@@ -71,6 +71,10 @@ fn set_leaves(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
     }
 }
 
+/// BgpPeer subtrees pier reads whole (a `metav1.LabelSelector` has map keys
+/// of any name).
+const PEER_SUBTREES: &[&str] = &["nodeSelector."];
+
 /// The fields of `spec` pier does not honour, sorted.
 pub fn unsupported(spec: &Value, known: &[&str]) -> Vec<String> {
     let mut leaves = BTreeSet::new();
@@ -86,7 +90,9 @@ pub fn unsupported_conf(spec: &Value) -> Vec<String> {
 }
 
 pub fn unsupported_peer(spec: &Value) -> Vec<String> {
-    unsupported(spec, PEER_FIELDS)
+    let mut out = unsupported(spec, PEER_FIELDS);
+    out.retain(|p| !PEER_SUBTREES.iter().any(|t| p.starts_with(t)));
+    out
 }
 
 /// An integer that OpenELB versions write as a number or a string.
@@ -239,6 +245,17 @@ pub fn peer(spec: &Value, password_dir: &Path) -> Result<(PeerConfig, Option<Str
     if families.is_empty() {
         return Err("afiSafis enables no family".into());
     }
+    // OpenELB's rack selector (`porter.kubesphere.io/rack: leaf1`): this
+    // peer is sent only the matching nodes (docs/bgp.md, "Rack-aware next
+    // hops"). An empty selector selects every node, as in Kubernetes.
+    let node_selector = match spec.get("nodeSelector") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            crate::model::selector::Selector::from_json(v)
+                .map_err(|e| format!("nodeSelector: {e}"))?,
+        )
+        .filter(|s| !s.is_empty()),
+    };
     let password = str_at(spec, "conf.authPassword").map(String::from);
     Ok((
         PeerConfig {
@@ -268,6 +285,7 @@ pub fn peer(spec: &Value, password_dir: &Path) -> Result<(PeerConfig, Option<Str
             // OpenELB's BgpPeer has no BFD field (spec: conf, ebgpMultihop,
             // timers, transport, gracefulRestart, afiSafis, nodeSelector).
             bfd: None,
+            node_selector,
         },
         password,
     ))
@@ -438,11 +456,37 @@ mod tests {
                 "vrf": "red", "adminDown": false},
                 "nodeSelector": {"matchLabels": {"a": "b"}},
                 "transport": {"mtuDiscovery": true}})),
-            vec![
-                "conf.vrf".to_string(),
-                "nodeSelector.matchLabels.a".to_string(),
-                "transport.mtuDiscovery".to_string()
-            ]
+            vec!["conf.vrf".to_string(), "transport.mtuDiscovery".to_string()],
+            "nodeSelector is honoured"
+        );
+        assert!(
+            e(json!({"conf": {"peerAs": 1, "neighborAddress": "10.0.0.1"},
+            "nodeSelector": {"matchExpressions": [{"key": "rack", "operator": "In"}]}}))
+            .contains("nodeSelector: matchExpressions[0]")
+        );
+    }
+
+    /// The manuals' rack selector, and matchExpressions, reach the peer.
+    #[test]
+    fn node_selector_maps_to_the_peer() {
+        let (p, _) = peer(
+            &json!({"conf": {"peerAs": 65000, "neighborAddress": "10.0.0.1"},
+                    "nodeSelector": {"matchLabels": {"porter.kubesphere.io/rack": "leaf1"},
+                        "matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}}),
+            Path::new("/x"),
+        )
+        .unwrap();
+        let sel = p.node_selector.expect("selector");
+        assert_eq!(sel.to_string(), "porter.kubesphere.io/rack=leaf1,!gpu");
+        let (p, _) = peer(
+            &json!({"conf": {"peerAs": 65000, "neighborAddress": "10.0.0.1"},
+                    "nodeSelector": {}}),
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(
+            p.node_selector, None,
+            "an empty selector selects every node"
         );
     }
 
