@@ -64,6 +64,11 @@ pub struct Gateway<'a> {
     pub lease: (u32, u32),
     /// Extra TOML appended to the config (pools, static services).
     pub extra: &'a str,
+    /// `kubernetes.claim_unclassed`.
+    pub claim_unclassed: bool,
+    /// `kubernetes.crds`: pools from Eip objects, none in the file (the
+    /// `[bgp]` of `bgp` mode stays, for the router).
+    pub crds: bool,
 }
 
 impl Default for Gateway<'_> {
@@ -74,6 +79,8 @@ impl Default for Gateway<'_> {
             mode: "bgp",
             lease: (15, 5),
             extra: "",
+            claim_unclassed: true,
+            crds: false,
         }
     }
 }
@@ -205,7 +212,7 @@ EOF"
         let kc = self.lab.dir.join(format!("kubeconfig-{}", g.host));
         let yaml = self.api.kubeconfig_yaml().replace("127.0.0.1", API);
         std::fs::write(&kc, yaml).expect("kubeconfig");
-        let (pools, bgp) = match g.mode {
+        let (mut pools, bgp) = match g.mode {
             "l2" => (
                 format!(
                     "[[pools]]\nname = \"lan\"\naddresses = [\"{L2_POOL}\"]\nmode = \"l2\"\ninterface = \"eth0\"\n"
@@ -221,6 +228,9 @@ EOF"
                 ),
             ),
         };
+        if g.crds {
+            pools.clear();
+        }
         let text = format!(
             r#"[gateway]
 router_id = "{addr}"
@@ -231,7 +241,8 @@ shutdown = "keep"
 
 [kubernetes]
 kubeconfig = "{kc}"
-claim_unclassed = true
+claim_unclassed = {claim}
+crds = {crds}
 lease_namespace = "pier-system"
 lease_duration_s = {dur}
 lease_renew_s = {renew}
@@ -254,6 +265,8 @@ rise = 2
             dur = g.lease.0,
             renew = g.lease.1,
             extra = g.extra,
+            claim = g.claim_unclassed,
+            crds = g.crds,
         );
         self.lab.write(&format!("{}.toml", g.host), &text)
     }
