@@ -78,7 +78,11 @@ fn freeze_and_thaw(tag: &str, router: Router, d: Detection) {
     assert_eq!(bf, 0, "self VIP lost requests after the thaw");
     let gw = fl.lab.log("pier-gw");
     if d.bfd.is_some() {
-        assert!(gw.contains("BFD path failure"), "{gw}");
+        // The thawed gateway's BFD session saw the path failure. Whether
+        // its BGP session was still up to be taken down by it ("BFD path
+        // failure: taking the BGP session down") is a race with the TCP
+        // reset from the router, so only the BFD transition is asserted.
+        assert!(gw.contains("path_failure=true"), "{gw}");
     }
 }
 
