@@ -1,11 +1,12 @@
 //! The two-gateway failover lab, shared by `tests/failover.rs` and
 //! `benches/failover.rs`: two real `pier` gateways with the same static
-//! services peer with one BIRD router; a client loads a `nodes` VIP and a
-//! `self` VIP; one gateway freezes the way a hung box does.
+//! services peer with one router (BIRD 2, or FRR's zebra + bgpd (+ bfdd));
+//! a client loads a `nodes` VIP and a `self` VIP; one gateway freezes the
+//! way a hung box does.
 //!
 //! ```text
 //!  c (client) 10.0.0.50 ─┐
-//!  r (BIRD)   10.0.0.1  ─┤ LAN 10.0.0.0/24; the client reaches
+//!  r (router) 10.0.0.1  ─┤ LAN 10.0.0.0/24; the client reaches
 //!  gw  (pier) 10.0.0.2  ─┤ 192.0.2.0/24 through the router, which
 //!  gw2 (pier) 10.0.0.3  ─┤ hashes flows over its ECMP next hops (L4)
 //!  n1..n3     10.0.0.11-13 ┘ kube-proxy stand-ins (nft DNAT of VIP:80)
@@ -41,8 +42,23 @@ const NODES: [(&str, &str); 3] = [
 ];
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The router's BGP (and BFD) implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Router {
+    Bird,
+    Frr,
+}
+
 pub fn prerequisites(test: &str) -> bool {
-    netlab::prerequisites(test, &["ip", "bird", "birdc", "nft", "python3"])
+    prerequisites_for(test, Router::Bird)
+}
+
+pub fn prerequisites_for(test: &str, router: Router) -> bool {
+    let programs: &[&str] = match router {
+        Router::Bird => &["ip", "bird", "birdc", "nft", "python3"],
+        Router::Frr => &["ip", "zebra", "bgpd", "bfdd", "vtysh", "nft", "python3"],
+    };
+    netlab::prerequisites(test, programs)
 }
 
 /// Detection settings of one run.
@@ -66,10 +82,16 @@ impl Detection {
 pub struct FailoverLab {
     pub lab: Lab,
     pub pier: Vec<String>,
+    pub router: Router,
 }
 
 impl FailoverLab {
+    /// The lab with a BIRD router.
     pub fn new(tag: &str, pier_bin: &str, d: Detection) -> FailoverLab {
+        FailoverLab::with_router(tag, pier_bin, d, Router::Bird)
+    }
+
+    pub fn with_router(tag: &str, pier_bin: &str, d: Detection, router: Router) -> FailoverLab {
         let mut lab = Lab::new(tag);
         lab.host("r", &["10.0.0.1/24"]);
         for (g, ip) in GATEWAYS {
@@ -106,47 +128,10 @@ EOF"
                 &["/usr/bin/python3", node_http, n, ip, "8080", "10256"],
             );
         }
-        let (bfd_proto, bfd_on) = match d.bfd {
-            Some((ms, m)) => (
-                format!(
-                    "protocol bfd {{\n  interface \"eth0\" {{ min rx interval {ms} ms; min tx interval {ms} ms; multiplier {m}; }};\n}}"
-                ),
-                "bfd on;",
-            ),
-            None => (String::new(), ""),
-        };
-        // `error wait time`: BIRD waits 60 s by default before it takes a
-        // peer back after repeated errors (a hold timer expiry or a BFD
-        // Down is one); shortened so a thawed gateway returns promptly.
-        let conf = lab.write(
-            "bird.conf",
-            &format!(
-                r#"log "{dir}/bird-log" all;
-router id 10.0.0.1;
-protocol device {{ scan time 1; }}
-protocol kernel k4 {{ ipv4 {{ export all; import none; }}; merge paths on; }}
-{bfd_proto}
-template bgp gws {{
-  local 10.0.0.1 as 65000;
-  passive on;
-  hold time {hold};
-  error wait time 1, 5;
-  {bfd_on}
-  ipv4 {{ import all; export none; add paths rx; }};
-}}
-protocol bgp gw1 from gws {{ neighbor 10.0.0.2 as 65010; }}
-protocol bgp gw2 from gws {{ neighbor 10.0.0.3 as 65010; }}
-"#,
-                dir = path_str(&lab.dir),
-                hold = d.hold_time,
-            ),
-        );
-        let sock = path_str(&lab.dir.join("bird.ctl"));
-        lab.spawn(
-            "r",
-            "bird",
-            &["bird", "-f", "-c", &path_str(&conf), "-s", &sock],
-        );
+        match router {
+            Router::Bird => start_bird(&mut lab, d),
+            Router::Frr => start_frr(&mut lab, d),
+        }
         let bfd_keys = match d.bfd {
             Some((ms, m)) => format!(
                 "bfd = true\nbfd_min_rx_ms = {ms}\nbfd_min_tx_ms = {ms}\nbfd_multiplier = {m}\n"
@@ -211,7 +196,7 @@ health = "none"
             lab.spawn(g, &name, &[pier_bin, "run", "--config", &path_str(&cfg)]);
             pier.push(name);
         }
-        let fl = FailoverLab { lab, pier };
+        let fl = FailoverLab { lab, pier, router };
         fl.wait_both_gateways();
         fl
     }
@@ -219,6 +204,21 @@ health = "none"
     pub fn birdc(&self, cmd: &str) -> String {
         let sock = path_str(&self.lab.dir.join("bird.ctl"));
         self.lab.try_sh("r", &format!("birdc -s {sock} {cmd}")).1
+    }
+
+    pub fn vtysh(&self, cmd: &str) -> String {
+        let dir = path_str(&self.lab.dir);
+        self.lab
+            .try_sh("r", &format!("vtysh --vty_socket {dir} -c '{cmd}'"))
+            .1
+    }
+
+    /// The router's sessions, for failure messages.
+    pub fn router_sessions(&self) -> String {
+        match self.router {
+            Router::Bird => self.birdc("show protocols"),
+            Router::Frr => self.vtysh("show bgp summary") + &self.vtysh("show bfd peers"),
+        }
     }
 
     /// The router's next hops for a VIP.
@@ -234,7 +234,7 @@ health = "none"
             } else {
                 Err(format!(
                     "{got:?}, want {want:?}\n{}\ngw log:\n{}",
-                    self.birdc("show protocols"),
+                    self.router_sessions(),
                     self.lab.log("pier-gw")
                 ))
             }
@@ -286,6 +286,95 @@ EOF",
         );
         self.lab.signal("pier-gw", libc::SIGCONT);
     }
+}
+
+/// BIRD in `r`: passive, ADD-PATH receive, ECMP merged into the kernel.
+fn start_bird(lab: &mut Lab, d: Detection) {
+    let (bfd_proto, bfd_on) = match d.bfd {
+            Some((ms, m)) => (
+                format!(
+                    "protocol bfd {{\n  interface \"eth0\" {{ min rx interval {ms} ms; min tx interval {ms} ms; multiplier {m}; }};\n}}"
+                ),
+                "bfd on;",
+            ),
+            None => (String::new(), ""),
+        };
+    // `error wait time`: BIRD waits 60 s by default before it takes a
+    // peer back after repeated errors (a hold timer expiry or a BFD
+    // Down is one); shortened so a thawed gateway returns promptly.
+    let conf = lab.write(
+        "bird.conf",
+        &format!(
+            r#"log "{dir}/bird-log" all;
+router id 10.0.0.1;
+protocol device {{ scan time 1; }}
+protocol kernel k4 {{ ipv4 {{ export all; import none; }}; merge paths on; }}
+{bfd_proto}
+template bgp gws {{
+  local 10.0.0.1 as 65000;
+  passive on;
+  hold time {hold};
+  error wait time 1, 5;
+  {bfd_on}
+  ipv4 {{ import all; export none; add paths rx; }};
+}}
+protocol bgp gw1 from gws {{ neighbor 10.0.0.2 as 65010; }}
+protocol bgp gw2 from gws {{ neighbor 10.0.0.3 as 65010; }}
+"#,
+            dir = path_str(&lab.dir),
+            hold = d.hold_time,
+        ),
+    );
+    let sock = path_str(&lab.dir.join("bird.ctl"));
+    lab.spawn(
+        "r",
+        "bird",
+        &["bird", "-f", "-c", &path_str(&conf), "-s", &sock],
+    );
+}
+
+/// FRR in `r` (zebra, bgpd, and bfdd when `d.bfd`): passive, ECMP over
+/// up to 8 paths (bgpd receives ADD-PATH by default). Each neighbor has
+/// its `update-source`: with its source address known from the start,
+/// bgpd does not re-create its BFD session (and take BGP down) once BGP
+/// is up (as in `tests/bgp_interop.rs`, `frr_bgp_with_bfd`).
+fn start_frr(lab: &mut Lab, d: Detection) {
+    let profile = match d.bfd {
+        Some((ms, m)) => format!(
+            "bfd\n profile fast\n  receive-interval {ms}\n  transmit-interval {ms}\n  detect-multiplier {m}\n !\n!"
+        ),
+        None => String::new(),
+    };
+    let keepalive = (d.hold_time / 3).max(1);
+    let mut neighbors = String::new();
+    let mut activate = String::new();
+    for (_, ip) in GATEWAYS {
+        neighbors += &format!(
+            " neighbor {ip} remote-as 65010\n neighbor {ip} passive\n \
+             neighbor {ip} timers {keepalive} {hold}\n neighbor {ip} update-source 10.0.0.1\n",
+            hold = d.hold_time
+        );
+        if d.bfd.is_some() {
+            neighbors += &format!(" neighbor {ip} bfd\n neighbor {ip} bfd profile fast\n");
+        }
+        activate += &format!("  neighbor {ip} activate\n");
+    }
+    lab.write(
+        "frr.conf",
+        &format!(
+            "frr defaults traditional\nhostname r\nlog file {dir}/frr-log informational\n!\n{profile}\n\
+             router bgp 65000\n bgp router-id 10.0.0.1\n no bgp ebgp-requires-policy\n \
+             no bgp default ipv4-unicast\n{neighbors} address-family ipv4 unicast\n{activate}  \
+             maximum-paths 8\n exit-address-family\n!\n",
+            dir = path_str(&lab.dir),
+        ),
+    );
+    let daemons: &[&str] = if d.bfd.is_some() {
+        &["bfdd", "bgpd"]
+    } else {
+        &["bgpd"]
+    };
+    netlab::start_frr_daemons(lab, "r", daemons);
 }
 
 /// One client request: when it started and whether it got an HTTP 200.
