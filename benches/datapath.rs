@@ -6,11 +6,14 @@
 //! 1. 10,000 VIP multipath routes (3 next hops each) installed by pier's
 //!    route code, and by `ip -batch` doing the same, in the same run; a
 //!    no-op reconcile at 10k; the whole actuator apply (routes + nft table).
-//! 2. Forwarding throughput (iperf3, one TCP stream, client and server in
-//!    their own namespaces) through the gateway namespace with pier's 10,000
-//!    VIPs installed (routes + nft sets), vs plain forwarding through the
-//!    same namespace, vs a client on the nodes' LAN bridge (the same links
-//!    minus the gateway) and vs one veth between client and node.
+//! 2. Forwarding cost (iperf3: one TCP stream, 8 streams, 64-byte UDP
+//!    datagrams as packets/s; client and server in their own namespaces)
+//!    through the gateway namespace with pier's 10,000 VIPs installed
+//!    (routes + nft table), with and without per-VIP counters, vs plain
+//!    forwarding through the same namespace (no nft), vs one veth between
+//!    client and node; the host's softirq time per Gbit/s, the load
+//!    average, and with `DATAPATH_PERF=1` netfilter's share of a
+//!    `perf record -a` taken during the first round.
 //! 3. Time from a node's health endpoint being killed to the node leaving
 //!    the VIP's kernel route, with the real `pier` binary at the default
 //!    health settings, p50/p99 over 20 trials, observed by polling netlink
@@ -19,7 +22,8 @@
 //!    for a local address, same veth, same run.
 //!
 //! `cargo bench --bench datapath` (env `DATAPATH_TRIALS`, `DATAPATH_VIPS`,
-//! `DATAPATH_IPERF_SECONDS`, `DATAPATH_IPERF_ROUNDS` change the sizes).
+//! `DATAPATH_IPERF_SECONDS`, `DATAPATH_IPERF_ROUNDS` change the sizes;
+//! `DATAPATH_PERF=1` profiles).
 
 #[path = "../tests/common/netlab.rs"]
 mod netlab;
@@ -440,10 +444,10 @@ fn with_perf<R>(label: &str, seconds: usize, f: impl FnOnce() -> R) -> (R, Optio
     (r, report)
 }
 
-/// 2. Throughput through the gateway with 10k VIPs vs plain forwarding vs
-/// the direct path, for 1 and 8 TCP streams and small-packet UDP, with the
-/// host's softirq time per Gbit/s; interleaved rounds so the machine's
-/// load hits every path alike.
+/// Section 2: throughput through the gateway with 10k VIPs vs plain
+/// forwarding vs the direct path, for 1 and 8 TCP streams and small-packet UDP, with
+/// the host's softirq time per Gbit/s; interleaved rounds so the
+/// machine's load hits every path alike.
 fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
     eprintln!("== throughput");
     let mut lab = Lab::new("bth");
