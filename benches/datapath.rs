@@ -6,11 +6,14 @@
 //! 1. 10,000 VIP multipath routes (3 next hops each) installed by pier's
 //!    route code, and by `ip -batch` doing the same, in the same run; a
 //!    no-op reconcile at 10k; the whole actuator apply (routes + nft table).
-//! 2. Forwarding throughput (iperf3, one TCP stream, client and server in
-//!    their own namespaces) through the gateway namespace with pier's 10,000
-//!    VIPs installed (routes + nft sets), vs plain forwarding through the
-//!    same namespace, vs a client on the nodes' LAN bridge (the same links
-//!    minus the gateway) and vs one veth between client and node.
+//! 2. Forwarding cost (iperf3: one TCP stream, 8 streams, 64-byte UDP
+//!    datagrams as packets/s; client and server in their own namespaces)
+//!    through the gateway namespace with pier's 10,000 VIPs installed
+//!    (routes + nft table), with and without per-VIP counters, vs plain
+//!    forwarding through the same namespace (no nft), vs one veth between
+//!    client and node; the host's softirq time per Gbit/s, the load
+//!    average, and with `DATAPATH_PERF=1` netfilter's share of a
+//!    `perf record -a` taken during the first round.
 //! 3. Time from a node's health endpoint being killed to the node leaving
 //!    the VIP's kernel route, with the real `pier` binary at the default
 //!    health settings, p50/p99 over 20 trials, observed by polling netlink
@@ -19,7 +22,8 @@
 //!    for a local address, same veth, same run.
 //!
 //! `cargo bench --bench datapath` (env `DATAPATH_TRIALS`, `DATAPATH_VIPS`,
-//! `DATAPATH_IPERF_SECONDS`, `DATAPATH_IPERF_ROUNDS` change the sizes).
+//! `DATAPATH_IPERF_SECONDS`, `DATAPATH_IPERF_ROUNDS` change the sizes;
+//! `DATAPATH_PERF=1` profiles).
 
 #[path = "../tests/common/netlab.rs"]
 mod netlab;
@@ -294,7 +298,40 @@ fn routes(n: usize, rows: &mut Vec<Row>) {
     ));
 }
 
-fn iperf(lab: &Lab, host: &str, server: &str, seconds: usize) -> f64 {
+/// One iperf3 run: what the receiver got, and the host's softirq time
+/// while it ran.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// Bits per second received.
+    bps: f64,
+    /// Packets per second received (UDP only).
+    pps: f64,
+    /// Softirq CPU-seconds per second of run, all CPUs (/proc/stat is not
+    /// per namespace: client, gateway and server are all in it).
+    softirq: f64,
+}
+
+/// The `softirq` column of /proc/stat's `cpu` line, in seconds.
+fn softirq_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .expect("softirq in /proc/stat");
+    // USER_HZ is 100 on every Linux architecture pier runs on.
+    ticks / 100.0
+}
+
+/// The iperf3 workloads: (label, extra arguments).
+const WORKLOADS: [(&str, &str); 3] = [
+    ("TCP, 1 stream", ""),
+    ("TCP, 8 streams", "-P 8"),
+    ("UDP, 64-byte datagrams", "-u -l 64 -b 0"),
+];
+
+fn iperf(lab: &Lab, host: &str, server: &str, seconds: usize, extra: &str) -> Sample {
     // Client on CPU 0, server on CPU 1 (where there are two): the same
     // placement for every path, and less run-to-run spread.
     let pin = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
@@ -302,18 +339,37 @@ fn iperf(lab: &Lab, host: &str, server: &str, seconds: usize) -> f64 {
     } else {
         ""
     };
+    let si0 = softirq_seconds();
+    let t0 = Instant::now();
     let out = lab.sh(
         host,
-        &format!("iperf3 -c {server} -t {seconds} {pin} -J --connect-timeout 3000"),
+        &format!("iperf3 -c {server} -t {seconds} {pin} {extra} -J --connect-timeout 3000"),
     );
+    let wall = t0.elapsed().as_secs_f64();
+    let softirq = (softirq_seconds() - si0) / wall;
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 -J");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 output without a result: {out}"))
-}
-
-fn gbit(bps: f64) -> String {
-    format!("{:.2} Gbit/s", bps / 1e9)
+    if extra.contains("-u") {
+        let sum = &v["end"]["sum"];
+        let got =
+            sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+        let secs = sum["seconds"]
+            .as_f64()
+            .filter(|s| *s > 0.0)
+            .unwrap_or(seconds as f64);
+        Sample {
+            bps: got * 64.0 * 8.0 / secs,
+            pps: got / secs,
+            softirq,
+        }
+    } else {
+        Sample {
+            bps: v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("iperf3 output without a result: {out}")),
+            pps: 0.0,
+            softirq,
+        }
+    }
 }
 
 fn median_f(mut v: Vec<f64>) -> f64 {
@@ -321,15 +377,83 @@ fn median_f(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// 2. Throughput through the gateway with 10k VIPs vs plain vs direct.
+/// One-minute load average, for the notes.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// Self time of netfilter's functions (`nft_*`, `nf_*`, `__nft_*`) in a
+/// system-wide `perf record` taken while one run went on, in % of the
+/// samples of iperf3 and ksoftirqd (where the forwarding softirq runs on
+/// veths: in the sender's context, or in ksoftirqd); `None` when perf is
+/// missing or failed.
+fn perf_netfilter_share(report: &str) -> Option<f64> {
+    let mut share = 0.0;
+    let mut any = false;
+    for line in report.lines().filter(|l| !l.starts_with('#')) {
+        let mut words = line.split_whitespace();
+        let (Some(pct), Some(_kind), Some(sym)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(pct) = pct.trim_end_matches('%').parse::<f64>() else {
+            continue;
+        };
+        any = true;
+        let sym = sym.trim_start_matches('_');
+        if sym.starts_with("nft_") || sym.starts_with("nf_") {
+            share += pct;
+        }
+    }
+    any.then_some(share)
+}
+
+/// Run `perf record -a` for `seconds` while `f` runs; `perf report` text.
+fn with_perf<R>(label: &str, seconds: usize, f: impl FnOnce() -> R) -> (R, Option<String>) {
+    let data = std::env::temp_dir().join(format!("pier-datapath-{label}.perf"));
+    let child = std::process::Command::new("perf")
+        .args(["record", "-a", "-q", "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let r = f();
+    let report = child.ok().and_then(|mut c| {
+        c.wait().ok().filter(|s| s.success())?;
+        let out = std::process::Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "--comms",
+                "iperf3,ksoftirqd/0,ksoftirqd/1",
+                "--percentage",
+                "relative",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&data);
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    (r, report)
+}
+
+/// Section 2: throughput through the gateway with 10k VIPs vs plain
+/// forwarding vs the direct path, for 1 and 8 TCP streams and small-packet UDP, with
+/// the host's softirq time per Gbit/s; interleaved rounds so the
+/// machine's load hits every path alike.
 fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
     eprintln!("== throughput");
     let mut lab = Lab::new("bth");
     lab.host("gw", &["10.0.3.1/24"]);
     lab.host("n1", &["10.0.3.11/24"]);
-    // A client on the nodes' LAN (same bridge as the gateway's LAN side),
-    // for the direct path that crosses the same links minus the gateway.
-    lab.host("lc", &["10.0.3.50/24"]);
     lab.bare_host("c");
     lab.link(
         "c",
@@ -351,9 +475,12 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
     lab.sh("c", "ip route add 10.77.0.0/16 via 192.0.2.1");
     lab.sh(
         "n1",
-        &format!("ip route add default via 10.0.3.1 && ip addr add {target}/32 dev lo"),
+        // Replies leave from the VIP: iperf3's UDP server answers from its
+        // wildcard socket, whose source would otherwise be 10.0.3.11.
+        &format!(
+            "ip addr add {target}/32 dev lo && ip route add default via 10.0.3.1 src {target}"
+        ),
     );
-    lab.sh("lc", &format!("ip route add {target}/32 via 10.0.3.11"));
     lab.sh("gw", "sysctl -qw net.ipv4.ip_forward=1");
     lab.spawn("n1", "iperf3", &["iperf3", "-s"]);
     netlab::wait_for("iperf3 server", Duration::from_secs(10), || {
@@ -368,14 +495,18 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
     let extra = vec![announcement(
         target.parse().unwrap(),
         &["10.0.3.11"],
-        &["5201/tcp"],
+        &["5201/tcp", "5201/udp"],
     )];
     let d = desired(n, "10.0.3", extra);
-    let pier_state = |install: bool| {
+    let pier_state = |install: Option<bool>| {
         lab.in_host("gw", || {
             runtime().block_on(async {
-                let mut act = RouteActuator::start(route_config()).await.expect("start");
-                if install {
+                let mut config = route_config();
+                if let Some(counters) = install {
+                    config.forwarding.vip_counters = counters;
+                }
+                let mut act = RouteActuator::start(config).await.expect("start");
+                if install.is_some() {
                     act.apply(&d).await.expect("apply");
                     // Dropped without shutdown: the routes and table stay.
                 } else {
@@ -384,74 +515,126 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
             })
         })
     };
-    // Rounds of: direct, plain forwarding (one static route, no nft),
-    // pier's 10k VIPs; interleaved so the machine's load hits all three.
-    let (mut direct, mut lan, mut plain, mut with_pier) = (vec![], vec![], vec![], vec![]);
+    // paths: direct, plain forwarding (one static route, no nft), pier
+    // (default: per-VIP counters), pier without per-VIP counters.
+    const PATHS: [&str; 4] = [
+        "direct: one veth client → node (no gateway)",
+        "plain forwarding through the gateway (1 route, no nft)",
+        "pier, per-VIP counters on (default)",
+        "pier, vip_counters = false",
+    ];
+    let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); WORKLOADS.len()]; PATHS.len()];
+    let mut perf_rows: Vec<(String, f64)> = Vec::new();
+    let perf = std::env::var("DATAPATH_PERF").is_ok_and(|v| v == "1");
+    let mut loads = Vec::new();
     let mut accepted = String::new();
-    let rounds = env_usize("DATAPATH_IPERF_ROUNDS", 7);
-    for _ in 0..rounds {
-        direct.push(iperf(&lab, "c", "198.51.100.1", seconds));
-        lan.push(iperf(&lab, "lc", target, seconds));
-        lab.sh("gw", &format!("ip route add {target}/32 via 10.0.3.11"));
-        plain.push(iperf(&lab, "c", target, seconds));
-        lab.sh("gw", &format!("ip route del {target}/32"));
-        pier_state(true);
-        assert_eq!(lab.routes("gw", 201).len(), n + 1);
-        with_pier.push(iperf(&lab, "c", target, seconds));
-        accepted = lab.sh("gw", "nft list counter inet pier a_0a4dc801");
-        pier_state(false);
+    let rounds = env_usize("DATAPATH_IPERF_ROUNDS", 5);
+    for round in 0..rounds {
+        for (p, _) in PATHS.iter().enumerate() {
+            match p {
+                1 => lab.sh("gw", &format!("ip route add {target}/32 via 10.0.3.11")),
+                2 | 3 => {
+                    pier_state(Some(p == 2));
+                    assert_eq!(lab.routes("gw", 201).len(), n + 1);
+                    String::new()
+                }
+                _ => String::new(),
+            };
+            let server = if p == 0 { "198.51.100.1" } else { target };
+            for (w, (label, extra)) in WORKLOADS.iter().enumerate() {
+                let s = if perf && round == 0 && w != 1 && p != 0 {
+                    let (s, report) = with_perf(&format!("{p}-{w}"), seconds, || {
+                        iperf(&lab, "c", server, seconds, extra)
+                    });
+                    if let Some(share) = report.as_deref().and_then(perf_netfilter_share) {
+                        perf_rows.push((format!("{}, {label}", PATHS[p]), share));
+                    }
+                    s
+                } else {
+                    iperf(&lab, "c", server, seconds, extra)
+                };
+                samples[p][w].push(s);
+                loads.push(loadavg());
+            }
+            match p {
+                1 => {
+                    lab.sh("gw", &format!("ip route del {target}/32"));
+                }
+                2 => {
+                    accepted = lab.sh("gw", "nft list counter inet pier a_0a4dc801");
+                    pier_state(None);
+                }
+                3 => pier_state(None),
+                _ => {}
+            }
+        }
     }
     assert!(
         !accepted.contains("packets 0 "),
         "iperf3 traffic did not go through pier's rules: {accepted}"
     );
-    let spread = |v: &[f64]| {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        format!("{:.2}–{:.2}", lo / 1e9, hi / 1e9)
-    };
-    let (sd, sl, sp, sw) = (
-        spread(&direct),
-        spread(&lan),
-        spread(&plain),
-        spread(&with_pier),
-    );
-    let (d, l, p, w) = (
-        median_f(direct),
-        median_f(lan),
-        median_f(plain),
-        median_f(with_pier),
-    );
+    let load = median_f(loads.clone());
+    let load_max = loads.iter().copied().fold(0.0, f64::max);
+    for (w, (label, _)) in WORKLOADS.iter().enumerate() {
+        let udp = label.starts_with("UDP");
+        let med = |p: usize, f: fn(&Sample) -> f64| median_f(samples[p][w].iter().map(f).collect());
+        let value = |p: usize| {
+            if udp {
+                med(p, |s| s.pps)
+            } else {
+                med(p, |s| s.bps)
+            }
+        };
+        let plain = value(1);
+        for (p, path) in PATHS.iter().enumerate() {
+            let v = value(p);
+            let vals: Vec<f64> = samples[p][w]
+                .iter()
+                .map(|s| if udp { s.pps } else { s.bps })
+                .collect();
+            let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = vals.iter().copied().fold(0.0, f64::max);
+            // softirq CPU (% of one CPU) per Gbit/s received.
+            let si_per_gbit = median_f(
+                samples[p][w]
+                    .iter()
+                    .map(|s| 100.0 * s.softirq / (s.bps / 1e9))
+                    .collect(),
+            );
+            let (figure, range) = if udp {
+                (
+                    format!("{:.0} kpps", v / 1e3),
+                    format!("{:.0}–{:.0}", lo / 1e3, hi / 1e3),
+                )
+            } else {
+                (
+                    format!("{:.2} Gbit/s", v / 1e9),
+                    format!("{:.2}–{:.2}", lo / 1e9, hi / 1e9),
+                )
+            };
+            rows.push(row(
+                format!("{label}: {path}"),
+                figure,
+                format!(
+                    "×{:.3} of plain forwarding; range {range}; softirq {:.1} % CPU per Gbit/s",
+                    v / plain,
+                    si_per_gbit
+                ),
+            ));
+        }
+    }
+    for (what, share) in perf_rows {
+        rows.push(row(
+            format!("perf: netfilter self time, {what}"),
+            format!("{share:.1} %"),
+            "of the samples of iperf3 and ksoftirqd (client, gateway and server together), first round",
+        ));
+    }
     rows.push(row(
-        "iperf3 direct: one veth client → node (no gateway, no bridge)",
-        gbit(d),
-        format!("median of {rounds} runs of {seconds} s (range {sd})"),
-    ));
-    rows.push(row(
-        "iperf3 direct: client on the nodes' LAN bridge → node (no gateway)",
-        gbit(l),
-        format!("×{:.2} of the one-veth path (range {sl})", l / d),
-    ));
-    rows.push(row(
-        "iperf3 through the gateway, plain forwarding (1 route, no nft)",
-        gbit(p),
+        "load average during the throughput runs (1 min)",
+        format!("{load:.1}"),
         format!(
-            "×{:.2} of the LAN client, ×{:.2} of one veth (range {sp})",
-            p / l,
-            p / d
-        ),
-    ));
-    rows.push(row(
-        format!(
-            "iperf3 through the gateway, pier's {} VIPs installed (routes + nft)",
-            thousands(n)
-        ),
-        gbit(w),
-        format!(
-            "×{:.2} of plain forwarding, ×{:.2} of the LAN client, ×{:.2} of one veth (range {sw})",
-            w / p,
-            w / l,
-            w / d
+            "median over runs, max {load_max:.1}; {rounds} rounds of {seconds} s, 2 CPUs shared by client, gateway and server namespaces"
         ),
     ));
 }

@@ -74,6 +74,12 @@ pub struct Forwarding {
     /// `host_firewall`: open a host firewall's forward chain for pier's
     /// VIPs, or only check and report.
     pub host_firewall: HostFirewall,
+    /// `vip_counters`: count accepted packets per VIP on the hot path
+    /// (`pier routes`); drops are counted per VIP either way.
+    pub vip_counters: bool,
+    /// `flowtable`: offload established, accepted VIP flows where the
+    /// kernel has flowtables.
+    pub flowtable: Flowtable,
 }
 
 impl Default for Forwarding {
@@ -84,8 +90,23 @@ impl Default for Forwarding {
             resilient_idle_timer_s: 120,
             resilient_unbalanced_timer_s: 600,
             host_firewall: HostFirewall::Open,
+            vip_counters: true,
+            flowtable: Flowtable::Software,
         }
     }
+}
+
+/// `gateway.flowtable` (`docs/datapath.md`, "Flowtables").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flowtable {
+    /// Software offload where the kernel has `CONFIG_NF_FLOW_TABLE`.
+    Software,
+    /// Also ask the NICs to offload (`flags offload`); needs drivers that
+    /// support it.
+    Hardware,
+    /// Never offload.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -365,7 +365,8 @@ fn forwarding_keys_default_parse_and_are_checked() {
     assert_eq!(c.gateway.forwarding.host_firewall, HostFirewall::Open);
     let text = format!(
         "{GATEWAY}next_hop_groups = \"multipath\"\nresilient_buckets = 64\n\
-         resilient_idle_timer_s = 30\nresilient_unbalanced_timer_s = 0\nhost_firewall = \"check\"\n"
+         resilient_idle_timer_s = 30\nresilient_unbalanced_timer_s = 0\nhost_firewall = \"check\"\n\
+         vip_counters = false\nflowtable = \"hardware\"\n"
     );
     let f = parse(&text)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -379,10 +380,13 @@ fn forwarding_keys_default_parse_and_are_checked() {
             resilient_idle_timer_s: 30,
             resilient_unbalanced_timer_s: 0,
             host_firewall: HostFirewall::Check,
+            vip_counters: false,
+            flowtable: Flowtable::Hardware,
         }
     );
     let errs = errors(&format!(
-        "{GATEWAY}next_hop_groups = \"ecmp\"\nresilient_buckets = 70000\nhost_firewall = \"drop\"\n"
+        "{GATEWAY}next_hop_groups = \"ecmp\"\nresilient_buckets = 70000\nhost_firewall = \"drop\"\n\
+         flowtable = \"on\"\n"
     ));
     has(
         &errs,
@@ -392,6 +396,10 @@ fn forwarding_keys_default_parse_and_are_checked() {
     has(
         &errs,
         "gateway.host_firewall: \"drop\": expected \"open\" or \"check\"",
+    );
+    has(
+        &errs,
+        "gateway.flowtable: \"on\": expected \"software\", \"hardware\" or \"off\"",
     );
 }
 

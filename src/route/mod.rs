@@ -62,7 +62,7 @@ use netlink_sys::SocketAddr;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::task::JoinHandle;
 
-use crate::config::{Forwarding, HostFirewall, NextHopGroups, SysctlMode};
+use crate::config::{Flowtable, Forwarding, HostFirewall, NextHopGroups, SysctlMode};
 use crate::model::Desired;
 
 pub use kernel::{Conflict, RouteOp, RouteTable};
@@ -193,7 +193,7 @@ pub struct RouteActuator {
     /// The firewall of the last successful nft apply: a new Desired that
     /// changes only next hops (a node failing) leaves the table alone, so
     /// the route change is not followed by a rewrite of every set.
-    nft_applied: Option<nft::Firewall>,
+    nft_applied: Option<(nft::Firewall, nft::Layout)>,
     /// The ruleset generation right after pier's last table write, when
     /// that write is known to be the only change since the one before.
     nft_written: Option<u32>,
@@ -290,6 +290,37 @@ impl DatapathStatus {
             ));
         }
         out
+    }
+}
+
+/// Names of the interfaces that are up, loopback aside (the devices a
+/// flowtable hooks).
+async fn interfaces_up(handle: &Handle) -> Result<BTreeSet<String>, RouteError> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+    let mut links = handle.link().get().execute();
+    let mut out = BTreeSet::new();
+    loop {
+        match links.try_next().await {
+            Ok(Some(link)) => {
+                let flags = link.header.flags;
+                if !flags.contains(LinkFlags::Up) || flags.contains(LinkFlags::Loopback) {
+                    continue;
+                }
+                out.extend(link.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                }));
+            }
+            Ok(None) => return Ok(out),
+            Err(source) => {
+                return Err(RouteError::Netlink {
+                    op: "list links",
+                    dst: None,
+                    source,
+                })
+            }
+        }
     }
 }
 
@@ -477,7 +508,12 @@ impl RouteActuator {
         let mut report = self.converge_routes().await?;
         let fw = nft::firewall(&self.last);
         report.firewalled_vips = fw.len();
-        if self.nft_applied.as_ref() == Some(&fw) {
+        let layout = self.table_layout().await;
+        if self
+            .nft_applied
+            .as_ref()
+            .is_some_and(|(f, l)| *f == fw && *l == layout)
+        {
             if !repair {
                 return Ok(report);
             }
@@ -490,7 +526,7 @@ impl RouteActuator {
         self.nft_written = None;
         let before = self.ruleset_generation();
         let known = self.nft_counters.take();
-        self.nft_counters = Some(nft::apply(&fw, known.as_ref()).await?);
+        self.nft_counters = Some(nft::apply(&fw, &layout, known.as_ref()).await?);
         let after = self.ruleset_generation();
         // Only one step past the generation before is proof that nobody
         // else committed in between (pier's transaction is one commit).
@@ -498,9 +534,40 @@ impl RouteActuator {
             (Some(b), Some(a)) if a == b.wrapping_add(1) => Some(a),
             _ => None,
         };
-        self.nft_applied = Some(fw);
+        self.nft_applied = Some((fw, layout));
         report.table_written = true;
         Ok(report)
+    }
+
+    /// How the table is built: per-VIP counters as configured; a flowtable
+    /// over every interface that is up (VIP traffic and its replies may
+    /// cross any of them) where the kernel has flowtables and
+    /// `flowtable` is not "off".
+    async fn table_layout(&self) -> nft::Layout {
+        let f = &self.config.forwarding;
+        let has_flowtable = self
+            .status
+            .lock()
+            .map(|s| s.flowtable_missing.is_none())
+            .unwrap_or(false);
+        let flowtable = if f.flowtable != Flowtable::Off && has_flowtable {
+            match interfaces_up(&self.handle).await {
+                Ok(devices) => Some(nft::FlowtableSpec {
+                    devices,
+                    hardware: f.flowtable == Flowtable::Hardware,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list interfaces for the flowtable; no offload this time");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        nft::Layout {
+            vip_counters: f.vip_counters,
+            flowtable,
+        }
     }
 
     /// The data path as `pier status` shows it; the actuator updates it.

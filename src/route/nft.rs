@@ -73,6 +73,41 @@ pub struct VipRules {
 /// The firewall pier wants: VIP → rules, for VIPs pier forwards itself.
 pub type Firewall = BTreeMap<IpAddr, VipRules>;
 
+/// How the table is built beyond what it lets through: the `[gateway]`
+/// keys `vip_counters` and `flowtable` (docs/datapath.md, "nftables").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Count accepted packets per VIP on the hot path (`a_<hex vip>`).
+    /// Off: an accepted packet costs one lookup after the VIP check and
+    /// nothing else; dropped packets are counted either way.
+    pub vip_counters: bool,
+    /// Offload established, accepted VIP flows to a flowtable (only where
+    /// the kernel has one: [`probe_flowtable`]).
+    pub flowtable: Option<FlowtableSpec>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            vip_counters: true,
+            flowtable: None,
+        }
+    }
+}
+
+/// pier's flowtable `ft`: on which devices, and whether the NICs are asked
+/// to offload too (`flags offload`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowtableSpec {
+    /// Every interface VIP traffic and its replies cross (a flowtable
+    /// catches a flow only on the devices it hooks).
+    pub devices: BTreeSet<String>,
+    pub hardware: bool,
+}
+
+/// Name of pier's flowtable.
+pub const FLOWTABLE: &str = "ft";
+
 fn any_source(family: Family) -> IpNet {
     match family {
         Family::V4 => "0.0.0.0/0".parse().unwrap_or_default(),
@@ -202,15 +237,23 @@ pub fn is_source_chain(name: &str) -> bool {
 #[derive(Default)]
 struct FamilyElements<'a> {
     vips: Vec<&'a IpAddr>,
-    /// `vip . proto . port : "a_<vip>"` (open to any source).
+    /// `vip . proto . port : "a_<vip>"` (open to any source; with per-VIP
+    /// counters).
     open: Vec<String>,
-    /// `vip . proto . port : goto src<f>_<k>`.
+    /// `vip . proto . port : goto src<f>_<k>` (with per-VIP counters);
+    /// without them, the open ports too (`: accept`, or `: goto fwd<f>`
+    /// with a flowtable): one verdict map decides.
     ranged: Vec<String>,
     /// Distinct source sets, in the order of their chain numbers.
     sources: Vec<&'a BTreeSet<IpNet>>,
 }
 
-fn family_elements<'a>(fw: &'a Firewall, f: &FamilyNames, family: Family) -> FamilyElements<'a> {
+fn family_elements<'a>(
+    fw: &'a Firewall,
+    f: &FamilyNames,
+    family: Family,
+    layout: &Layout,
+) -> FamilyElements<'a> {
     let mut e = FamilyElements::default();
     let mut chain_of: BTreeMap<&BTreeSet<IpNet>, usize> = BTreeMap::new();
     // Number the source sets in a stable order (sorted), so the same
@@ -236,7 +279,11 @@ fn family_elements<'a>(fw: &'a Firewall, f: &FamilyNames, family: Family) -> Fam
         for ((proto, port), sources) in &rules.ports {
             let key = format!("{vip} . {} . {port}", proto.as_str());
             match chain_of.get(sources) {
-                None => e.open.push(format!("{key} : \"{counter}\"")),
+                None if layout.vip_counters => e.open.push(format!("{key} : \"{counter}\"")),
+                None if layout.flowtable.is_some() => {
+                    e.ranged.push(format!("{key} : goto fwd{}", f.suffix))
+                }
+                None => e.ranged.push(format!("{key} : accept")),
                 Some(k) => e
                     .ranged
                     .push(format!("{key} : goto {}", source_chain(f.suffix, *k))),
@@ -246,20 +293,42 @@ fn family_elements<'a>(fw: &'a Firewall, f: &FamilyNames, family: Family) -> Fam
     e
 }
 
-/// The whole nft transaction that makes `inet pier` equal to `fw` (pure).
+/// The whole nft transaction that makes `inet pier` equal to `fw`, with
+/// the default [`Layout`] (pure).
 ///
-/// `existing` names the counter objects and source chains now in the table;
-/// those no longer wanted are deleted. With `fresh`, the table is deleted
-/// and created anew first (for a table an older pier left with another
-/// layout); counters then restart at zero.
+/// `existing` names the counter objects, source chains and flowtable now
+/// in the table; those no longer wanted are deleted. With `fresh`, the
+/// table is deleted and created anew first (for a table an older pier left
+/// with another layout); counters then restart at zero.
 pub fn render(fw: &Firewall, existing: &BTreeSet<String>, fresh: bool) -> String {
-    render_with_objects(fw, existing, fresh).0
+    render_with_objects(fw, &Layout::default(), existing, fresh).0
 }
 
-/// [`render`], and the objects (counters and source chains) the table holds
-/// once the transaction is committed, from the same element lists.
+/// [`render`] with a given [`Layout`].
+pub fn render_layout(
+    fw: &Firewall,
+    layout: &Layout,
+    existing: &BTreeSet<String>,
+    fresh: bool,
+) -> String {
+    render_with_objects(fw, layout, existing, fresh).0
+}
+
+/// `size` of a set or map holding `n` elements: the kernel then picks its
+/// fixed-size hash (`nft_hash`, and for 4-byte keys `nft_hash_fast`)
+/// instead of the resizable rhashtable, a cheaper lookup. The sets are
+/// recreated by every apply, so the size follows the element count; room
+/// to spare keeps the chains of the hash short.
+fn set_size(n: usize) -> usize {
+    (n.max(1) * 2).next_power_of_two().max(1024)
+}
+
+/// [`render`], and the objects (counters, source chains, flowtable) the
+/// table holds once the transaction is committed, from the same element
+/// lists.
 fn render_with_objects(
     fw: &Firewall,
+    layout: &Layout,
     existing: &BTreeSet<String>,
     fresh: bool,
 ) -> (String, BTreeSet<String>) {
@@ -269,31 +338,51 @@ fn render_with_objects(
         let _ = writeln!(out, "table inet {TABLE} {{}}");
         let _ = writeln!(out, "delete table inet {TABLE}");
     }
+    let counters = layout.vip_counters;
+    let flowtable = layout
+        .flowtable
+        .as_ref()
+        .filter(|ft| !ft.devices.is_empty());
     let elements = [
-        (&V4, family_elements(fw, &V4, Family::V4)),
-        (&V6, family_elements(fw, &V6, Family::V6)),
+        (&V4, family_elements(fw, &V4, Family::V4, layout)),
+        (&V6, family_elements(fw, &V6, Family::V6, layout)),
     ];
     // (kind, name, declaration) of every set and map.
     let mut sets: Vec<(&str, String, String)> = Vec::new();
-    for f in [&V4, &V6] {
+    for (f, e) in &elements {
         let (s, t) = (f.suffix, f.addr_type);
-        sets.push(("set", format!("vips{s}"), format!("type {t};")));
+        let size = |n: usize| format!(" size {};", set_size(n));
+        sets.push((
+            "set",
+            format!("vips{s}"),
+            format!("type {t};{}", size(e.vips.len())),
+        ));
         sets.push((
             "map",
             format!("open{s}"),
-            format!("type {t} . inet_proto . inet_service : counter;"),
+            format!(
+                "type {t} . inet_proto . inet_service : counter;{}",
+                size(e.open.len())
+            ),
         ));
         sets.push((
             "map",
             format!("ranged{s}"),
-            format!("type {t} . inet_proto . inet_service : verdict;"),
+            format!(
+                "type {t} . inet_proto . inet_service : verdict;{}",
+                size(e.ranged.len())
+            ),
         ));
         sets.push((
             "map",
             format!("accepted{s}"),
-            format!("type {t} : counter;"),
+            format!("type {t} : counter;{}", size(e.vips.len())),
         ));
-        sets.push(("map", format!("dropped{s}"), format!("type {t} : counter;")));
+        sets.push((
+            "map",
+            format!("dropped{s}"),
+            format!("type {t} : counter;{}", size(e.vips.len())),
+        ));
     }
     let wanted_chains: BTreeSet<String> = elements
         .iter()
@@ -309,8 +398,10 @@ fn render_with_objects(
         out,
         "\tchain forward {{ type filter hook forward priority filter; policy accept; }}"
     );
-    let _ = writeln!(out, "\tchain vip4 {{}}");
-    let _ = writeln!(out, "\tchain vip6 {{}}");
+    let fixed = ["forward", "vip4", "vip6", "fwd4", "fwd6"];
+    for chain in &fixed[1..] {
+        let _ = writeln!(out, "\tchain {chain} {{}}");
+    }
     for chain in &wanted_chains {
         let _ = writeln!(out, "\tchain {chain} {{}}");
     }
@@ -323,7 +414,7 @@ fn render_with_objects(
             .filter(|n| is_source_chain(n) && !wanted_chains.contains(*n))
             .collect()
     };
-    for chain in ["forward", "vip4", "vip6"]
+    for chain in fixed
         .into_iter()
         .chain(wanted_chains.iter().map(|c| c.as_str()))
         .chain(stale_chains.iter().map(|c| c.as_str()))
@@ -336,6 +427,22 @@ fn render_with_objects(
     for (kind, name, decl) in &sets {
         let _ = writeln!(out, "delete {kind} inet {TABLE} {name}");
         let _ = writeln!(out, "add {kind} inet {TABLE} {name} {{ {decl} }}");
+    }
+    // The flowtable is recreated too: deleting it sends every offloaded
+    // flow back to the forward path, where the new rules decide on its
+    // next packet (a source range removed must stop flows already
+    // offloaded); the ones still accepted are offloaded again.
+    if existing.contains(FLOWTABLE) && !fresh {
+        let _ = writeln!(out, "delete flowtable inet {TABLE} {FLOWTABLE}");
+    }
+    if let Some(ft) = flowtable {
+        let devices: Vec<&str> = ft.devices.iter().map(|d| d.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "add flowtable inet {TABLE} {FLOWTABLE} {{ hook ingress priority 0; devices = {{ {} }};{} }}",
+            devices.join(", "),
+            if ft.hardware { " flags offload;" } else { "" }
+        );
     }
     // The sets of the layout before source chains (pier 0.1), if present:
     // declaring then deleting works whether or not they exist.
@@ -361,7 +468,7 @@ fn render_with_objects(
     for chain in &stale_chains {
         let _ = writeln!(out, "delete chain inet {TABLE} {chain}");
     }
-    let wanted = counter_names(fw);
+    let wanted = counter_names_layout(fw, counters);
     for stale in existing.difference(&wanted) {
         if parse_counter_name(stale).is_some() && !fresh {
             let _ = writeln!(out, "delete counter inet {TABLE} {stale}");
@@ -382,35 +489,54 @@ fn render_with_objects(
         push_elements(&mut out, &format!("vips{s}"), &plain);
         push_elements(&mut out, &format!("open{s}"), &e.open);
         push_elements(&mut out, &format!("ranged{s}"), &e.ranged);
-        push_elements(&mut out, &format!("accepted{s}"), &names('a'));
+        if counters {
+            push_elements(&mut out, &format!("accepted{s}"), &names('a'));
+        }
         push_elements(&mut out, &format!("dropped{s}"), &names('d'));
     }
+    // What an accepted packet gets: counted on its VIP (optional), handed
+    // to the flowtable (where there is one: only established connections
+    // are offloaded, so the first packets always meet these rules), and
+    // accepted.
+    let offload = match flowtable {
+        Some(_) => format!("flow add @{FLOWTABLE} "),
+        None => String::new(),
+    };
     for (f, e) in &elements {
         let (s, d, src) = (f.suffix, f.match_daddr, f.match_saddr);
-        let _ = writeln!(
-            out,
-            "add rule inet {TABLE} forward {d} @vips{s} jump vip{s}"
-        );
         let rule = |chain: &str, body: String| format!("add rule inet {TABLE} {chain} {body}\n");
+        let count_accepted = if counters {
+            format!("counter name {d} map @accepted{s} ")
+        } else {
+            String::new()
+        };
+        // Traffic not to a VIP (the nodes' replies among it) leaves pier's
+        // table after this one lookup; VIP traffic goes on without a
+        // return frame.
+        out.push_str(&rule("forward", format!("{d} @vips{s} goto vip{s}")));
         let vip = format!("vip{s}");
-        // One lookup both matches the open port and names its counter (a
-        // key not in the map ends the rule).
-        out.push_str(&rule(
-            &vip,
-            format!("counter name {d} . meta l4proto . th dport map @open{s} accept"),
-        ));
+        if counters {
+            // One lookup both matches the open port and names its counter
+            // (a key not in the map ends the rule).
+            out.push_str(&rule(
+                &vip,
+                format!("counter name {d} . meta l4proto . th dport map @open{s} {offload}accept"),
+            ));
+        }
+        // Without per-VIP counters this is the only lookup a VIP packet
+        // meets: open port → accept, ranged → its source chain.
         out.push_str(&rule(
             &vip,
             format!("{d} . meta l4proto . th dport vmap @ranged{s}"),
         ));
-        out.push_str(&rule(
-            &vip,
-            format!("{} counter name {d} map @accepted{s} accept", f.icmp),
-        ));
+        out.push_str(&rule(&vip, format!("{} {count_accepted}accept", f.icmp)));
         out.push_str(&rule(
             &vip,
             format!("counter name {d} map @dropped{s} counter name dropped_port drop"),
         ));
+        if flowtable.is_some() && !counters {
+            out.push_str(&rule(&format!("fwd{s}"), format!("{offload}accept")));
+        }
         for (k, sources) in e.sources.iter().enumerate() {
             let chain = source_chain(s, k);
             if !sources.is_empty() {
@@ -418,7 +544,7 @@ fn render_with_objects(
                 out.push_str(&rule(
                     &chain,
                     format!(
-                        "{src} {{ {} }} counter name {d} map @accepted{s} accept",
+                        "{src} {{ {} }} {count_accepted}{offload}accept",
                         list.join(", ")
                     ),
                 ));
@@ -431,6 +557,9 @@ fn render_with_objects(
     }
     let mut objects = wanted;
     objects.extend(wanted_chains);
+    if flowtable.is_some() {
+        objects.insert(FLOWTABLE.to_string());
+    }
     (out, objects)
 }
 
@@ -597,8 +726,21 @@ pub async fn read_counters() -> Result<BTreeMap<String, Counter>, RouteError> {
 
 /// Per-VIP counter names wanted for `fw`.
 pub fn counter_names(fw: &Firewall) -> BTreeSet<String> {
+    counter_names_layout(fw, true)
+}
+
+/// Per-VIP counter names wanted for `fw`: `d_` always, `a_` with
+/// `vip_counters`.
+fn counter_names_layout(fw: &Firewall, accepted: bool) -> BTreeSet<String> {
     fw.keys()
-        .flat_map(|vip| [counter_name('a', vip), counter_name('d', vip)])
+        .flat_map(|vip| {
+            let d = counter_name('d', vip);
+            if accepted {
+                vec![counter_name('a', vip), d]
+            } else {
+                vec![d]
+            }
+        })
         .collect()
 }
 
@@ -626,6 +768,24 @@ pub fn parse_source_chains_json(json: &str) -> Result<BTreeSet<String>, RouteErr
         .collect())
 }
 
+/// Is pier's flowtable in `nft -j list flowtables` output (pure)?
+pub fn has_flowtable_json(json: &str) -> Result<bool, RouteError> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| RouteError::Nft {
+        action: "parse nft -j output",
+        detail: e.to_string(),
+    })?;
+    let items = v
+        .get("nftables")
+        .and_then(|n| n.as_array())
+        .map(|a| a.as_slice())
+        .unwrap_or(&[]);
+    Ok(items.iter().filter_map(|i| i.get("flowtable")).any(|f| {
+        f.get("table").and_then(|t| t.as_str()) == Some(TABLE)
+            && f.get("family").and_then(|t| t.as_str()) == Some("inet")
+            && f.get("name").and_then(|t| t.as_str()) == Some(FLOWTABLE)
+    }))
+}
+
 /// Counter objects and source chains now in pier's table (what [`render`]
 /// calls `existing`); empty when the table does not exist.
 pub async fn read_objects() -> Result<BTreeSet<String>, RouteError> {
@@ -636,27 +796,37 @@ pub async fn read_objects() -> Result<BTreeSet<String>, RouteError> {
     }
     let json = run_nft(&["-j", "list", "chains", "inet"], None).await?;
     names.extend(parse_source_chains_json(&json)?);
+    let json = run_nft(&["-j", "list", "flowtables", "inet"], None).await?;
+    if has_flowtable_json(&json)? {
+        names.insert(FLOWTABLE.to_string());
+    }
     Ok(names)
 }
 
-/// Make pier's table equal to `fw` in one transaction. `known` is the set
-/// of counter objects and source chains in the table if the caller knows it
-/// (what the last successful apply left); otherwise it is read. When the
-/// incremental transaction fails (a table with another layout, a counter
-/// deleted by hand), retry once with the table recreated. Returns the
-/// objects the table now holds, for the next call.
+/// Make pier's table equal to `fw` laid out as `layout`, in one
+/// transaction. `known` is the set of counter objects, source chains and
+/// flowtable in the table if the caller knows it (what the last successful
+/// apply left); otherwise it is read. When the incremental transaction
+/// fails (a table with another layout, a counter deleted by hand), retry
+/// once with the table recreated. Returns the objects the table now holds,
+/// for the next call.
 pub async fn apply(
     fw: &Firewall,
+    layout: &Layout,
     known: Option<&BTreeSet<String>>,
 ) -> Result<BTreeSet<String>, RouteError> {
     let existing: BTreeSet<String> = match known {
         Some(k) => k.clone(),
         None => read_objects().await?,
     };
-    let (text, objects) = render_with_objects(fw, &existing, false);
+    let (text, objects) = render_with_objects(fw, layout, &existing, false);
     if let Err(first) = run_nft(&["-f", "-"], Some(&text)).await {
         tracing::warn!(error = %first, "nft transaction failed; recreating table inet pier");
-        run_nft(&["-f", "-"], Some(&render(fw, &BTreeSet::new(), true))).await?;
+        run_nft(
+            &["-f", "-"],
+            Some(&render_layout(fw, layout, &BTreeSet::new(), true)),
+        )
+        .await?;
     }
     Ok(objects)
 }
@@ -741,50 +911,54 @@ mod tests {
 
     const GOLDEN: &str = r#"# generated by pier; this table is pier's alone
 table inet pier {
-	set vips4 { type ipv4_addr; }
-	map open4 { type ipv4_addr . inet_proto . inet_service : counter; }
-	map ranged4 { type ipv4_addr . inet_proto . inet_service : verdict; }
-	map accepted4 { type ipv4_addr : counter; }
-	map dropped4 { type ipv4_addr : counter; }
-	set vips6 { type ipv6_addr; }
-	map open6 { type ipv6_addr . inet_proto . inet_service : counter; }
-	map ranged6 { type ipv6_addr . inet_proto . inet_service : verdict; }
-	map accepted6 { type ipv6_addr : counter; }
-	map dropped6 { type ipv6_addr : counter; }
+	set vips4 { type ipv4_addr; size 1024; }
+	map open4 { type ipv4_addr . inet_proto . inet_service : counter; size 1024; }
+	map ranged4 { type ipv4_addr . inet_proto . inet_service : verdict; size 1024; }
+	map accepted4 { type ipv4_addr : counter; size 1024; }
+	map dropped4 { type ipv4_addr : counter; size 1024; }
+	set vips6 { type ipv6_addr; size 1024; }
+	map open6 { type ipv6_addr . inet_proto . inet_service : counter; size 1024; }
+	map ranged6 { type ipv6_addr . inet_proto . inet_service : verdict; size 1024; }
+	map accepted6 { type ipv6_addr : counter; size 1024; }
+	map dropped6 { type ipv6_addr : counter; size 1024; }
 	counter dropped_source {}
 	counter dropped_port {}
 	chain forward { type filter hook forward priority filter; policy accept; }
 	chain vip4 {}
 	chain vip6 {}
+	chain fwd4 {}
+	chain fwd6 {}
 	chain src4_0 {}
 	chain src6_0 {}
 }
 flush chain inet pier forward
 flush chain inet pier vip4
 flush chain inet pier vip6
+flush chain inet pier fwd4
+flush chain inet pier fwd6
 flush chain inet pier src4_0
 flush chain inet pier src6_0
 flush chain inet pier src4_1
 delete set inet pier vips4
-add set inet pier vips4 { type ipv4_addr; }
+add set inet pier vips4 { type ipv4_addr; size 1024; }
 delete map inet pier open4
-add map inet pier open4 { type ipv4_addr . inet_proto . inet_service : counter; }
+add map inet pier open4 { type ipv4_addr . inet_proto . inet_service : counter; size 1024; }
 delete map inet pier ranged4
-add map inet pier ranged4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+add map inet pier ranged4 { type ipv4_addr . inet_proto . inet_service : verdict; size 1024; }
 delete map inet pier accepted4
-add map inet pier accepted4 { type ipv4_addr : counter; }
+add map inet pier accepted4 { type ipv4_addr : counter; size 1024; }
 delete map inet pier dropped4
-add map inet pier dropped4 { type ipv4_addr : counter; }
+add map inet pier dropped4 { type ipv4_addr : counter; size 1024; }
 delete set inet pier vips6
-add set inet pier vips6 { type ipv6_addr; }
+add set inet pier vips6 { type ipv6_addr; size 1024; }
 delete map inet pier open6
-add map inet pier open6 { type ipv6_addr . inet_proto . inet_service : counter; }
+add map inet pier open6 { type ipv6_addr . inet_proto . inet_service : counter; size 1024; }
 delete map inet pier ranged6
-add map inet pier ranged6 { type ipv6_addr . inet_proto . inet_service : verdict; }
+add map inet pier ranged6 { type ipv6_addr . inet_proto . inet_service : verdict; size 1024; }
 delete map inet pier accepted6
-add map inet pier accepted6 { type ipv6_addr : counter; }
+add map inet pier accepted6 { type ipv6_addr : counter; size 1024; }
 delete map inet pier dropped6
-add map inet pier dropped6 { type ipv6_addr : counter; }
+add map inet pier dropped6 { type ipv6_addr : counter; size 1024; }
 add set inet pier ports4 { type ipv4_addr . inet_proto . inet_service; }
 delete set inet pier ports4
 add set inet pier allow4 { type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }
@@ -811,14 +985,14 @@ add element inet pier vips6 { fd66::10 }
 add element inet pier ranged6 { fd66::10 . udp . 53 : goto src6_0 }
 add element inet pier accepted6 { fd66::10 : "a_fd660000000000000000000000000010" }
 add element inet pier dropped6 { fd66::10 : "d_fd660000000000000000000000000010" }
-add rule inet pier forward ip daddr @vips4 jump vip4
+add rule inet pier forward ip daddr @vips4 goto vip4
 add rule inet pier vip4 counter name ip daddr . meta l4proto . th dport map @open4 accept
 add rule inet pier vip4 ip daddr . meta l4proto . th dport vmap @ranged4
 add rule inet pier vip4 icmp type { destination-unreachable, time-exceeded, parameter-problem } counter name ip daddr map @accepted4 accept
 add rule inet pier vip4 counter name ip daddr map @dropped4 counter name dropped_port drop
 add rule inet pier src4_0 ip saddr { 192.0.2.0/24 } counter name ip daddr map @accepted4 accept
 add rule inet pier src4_0 counter name ip daddr map @dropped4 counter name dropped_source drop
-add rule inet pier forward ip6 daddr @vips6 jump vip6
+add rule inet pier forward ip6 daddr @vips6 goto vip6
 add rule inet pier vip6 counter name ip6 daddr . meta l4proto . th dport map @open6 accept
 add rule inet pier vip6 ip6 daddr . meta l4proto . th dport vmap @ranged6
 add rule inet pier vip6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter name ip6 daddr map @accepted6 accept
@@ -901,13 +1075,153 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         assert!(text.contains("src4_0 ip saddr { 192.0.2.0/24 } counter"));
         assert!(text.contains("src4_1 ip saddr { 198.51.100.0/24, 203.0.113.9/32 } counter"));
         assert_eq!(text.matches(": goto src4_").count(), 1000);
-        let (_, objects) = render_with_objects(&fw, &BTreeSet::new(), false);
+        let (_, objects) = render_with_objects(&fw, &Layout::default(), &BTreeSet::new(), false);
         assert_eq!(objects.len(), 2000 + 2);
         assert!(objects.contains("src4_1"));
         // Applied again with those objects: nothing stale to delete.
         let again = render(&fw, &objects, false);
         assert!(!again.contains("delete chain"));
         assert!(!again.contains("delete counter"));
+    }
+
+    fn rules(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| l.starts_with("add rule")).collect()
+    }
+
+    #[test]
+    fn without_vip_counters_one_verdict_map_decides() {
+        let layout = Layout {
+            vip_counters: false,
+            flowtable: None,
+        };
+        let fw = firewall(&sample());
+        let existing = BTreeSet::from(["a_0a4d000a".to_string(), "d_0a4d000a".to_string()]);
+        let (text, objects) = render_with_objects(&fw, &layout, &existing, false);
+        assert_eq!(
+            rules(&text)[..4],
+            [
+                "add rule inet pier forward ip daddr @vips4 goto vip4",
+                "add rule inet pier vip4 ip daddr . meta l4proto . th dport vmap @ranged4",
+                "add rule inet pier vip4 icmp type { destination-unreachable, time-exceeded, parameter-problem } accept",
+                "add rule inet pier vip4 counter name ip daddr map @dropped4 counter name dropped_port drop",
+            ],
+            "{text}"
+        );
+        assert!(text.contains(
+            "add element inet pier ranged4 { 10.77.0.10 . tcp . 80 : accept, 10.77.0.10 . tcp . 443 : goto src4_0, 10.77.0.11 . tcp . 80 : accept }"
+        ));
+        assert!(text.contains("add rule inet pier src4_0 ip saddr { 192.0.2.0/24 } accept\n"));
+        assert!(!text.contains("add element inet pier open4"));
+        assert!(!text.contains("add element inet pier accepted4"));
+        assert!(
+            !text.contains("map @accepted"),
+            "no per-VIP accepted counter anywhere"
+        );
+        assert!(!text.contains("flow add"));
+        // The accepted counters go; the dropped ones stay (and keep counting).
+        assert!(text.contains("delete counter inet pier a_0a4d000a\n"));
+        assert!(!text.contains("delete counter inet pier d_0a4d000a"));
+        assert!(objects.contains("d_0a4d000a") && !objects.contains("a_0a4d000a"));
+        assert_eq!(text.matches("add rule").count(), 10 - 2 + 2 * 2);
+    }
+
+    #[test]
+    fn sets_are_sized_for_the_fixed_hash() {
+        assert_eq!(set_size(0), 1024);
+        assert_eq!(set_size(3), 1024);
+        assert_eq!(set_size(10_001), 32_768);
+        let text = render(&firewall(&sample()), &BTreeSet::new(), false);
+        assert!(text.contains("add set inet pier vips4 { type ipv4_addr; size 1024; }"));
+    }
+
+    #[test]
+    fn flowtable_offloads_only_what_the_rules_accept() {
+        let spec = FlowtableSpec {
+            devices: BTreeSet::from(["eth-lan".to_string(), "eth-up".to_string()]),
+            hardware: false,
+        };
+        let fw = firewall(&sample());
+        for counters in [true, false] {
+            let layout = Layout {
+                vip_counters: counters,
+                flowtable: Some(spec.clone()),
+            };
+            let (text, objects) = render_with_objects(&fw, &layout, &BTreeSet::new(), false);
+            assert!(
+                text.contains(
+                    "add flowtable inet pier ft { hook ingress priority 0; devices = { eth-lan, eth-up }; }\n"
+                ),
+                "{text}"
+            );
+            assert!(!text.contains("delete flowtable"), "none to delete");
+            assert!(objects.contains(FLOWTABLE));
+            // Every `flow add` is on an accept after the port (and source)
+            // decided; drops, ICMP and the VIP check never offload.
+            for r in rules(&text).iter().filter(|r| r.contains("flow add")) {
+                assert!(r.ends_with("flow add @ft accept"), "{r}");
+                assert!(
+                    r.contains(" vip4 counter name ip daddr . meta l4proto . th dport map @open4 ")
+                        || r.contains(
+                            " vip6 counter name ip6 daddr . meta l4proto . th dport map @open6 "
+                        )
+                        || r.contains(" fwd4 ")
+                        || r.contains(" fwd6 ")
+                        || r.contains(" src4_0 ip saddr { 192.0.2.0/24 } ")
+                        || r.contains(" src6_0 ip6 saddr { 2001:db8::/32 } "),
+                    "{r}"
+                );
+            }
+            for r in rules(&text) {
+                if r.contains("drop") || r.contains("icmp") || r.contains(" forward ") {
+                    assert!(!r.contains("flow add"), "{r}");
+                }
+            }
+            if counters {
+                assert!(text.contains("map @open4 flow add @ft accept"));
+                assert!(!text.contains("fwd4 flow add"));
+            } else {
+                assert!(text.contains("10.77.0.10 . tcp . 80 : goto fwd4"));
+                assert!(text.contains("add rule inet pier fwd4 flow add @ft accept\n"));
+            }
+            assert!(text.contains("src4_0 ip saddr { 192.0.2.0/24 } "));
+            assert!(text.contains("{ 192.0.2.0/24 } ") && text.contains("flow add @ft accept\n"));
+            // Rewritten: the flowtable is recreated, so offloaded flows meet
+            // the new rules on their next packet.
+            let again = render_layout(&fw, &layout, &objects, false);
+            let del = again
+                .find("delete flowtable inet pier ft\n")
+                .expect("deleted");
+            let flush = again.find("flush chain inet pier src4_0").expect("flushed");
+            let add = again.find("add flowtable inet pier ft").expect("added");
+            assert!(flush < del && del < add, "{again}");
+        }
+        let hw = Layout {
+            vip_counters: true,
+            flowtable: Some(FlowtableSpec {
+                hardware: true,
+                ..spec.clone()
+            }),
+        };
+        assert!(render_layout(&fw, &hw, &BTreeSet::new(), false)
+            .contains("devices = { eth-lan, eth-up }; flags offload; }"));
+        // No device to hook: no flowtable; one that goes away is deleted.
+        let none = Layout {
+            vip_counters: true,
+            flowtable: Some(FlowtableSpec {
+                devices: BTreeSet::new(),
+                hardware: false,
+            }),
+        };
+        let text = render_layout(&fw, &none, &BTreeSet::from([FLOWTABLE.to_string()]), false);
+        assert!(!text.contains("add flowtable") && !text.contains("flow add"));
+        assert!(text.contains("delete flowtable inet pier ft\n"));
+        // The default layout never mentions one.
+        assert!(!render(&fw, &BTreeSet::new(), false).contains("flow"));
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"flowtable": {"family": "inet", "name": "ft", "table": "other", "handle": 3}},
+          {"flowtable": {"family": "inet", "name": "ft", "table": "pier", "handle": 4}}]}"#;
+        assert!(has_flowtable_json(json).unwrap());
+        assert!(!has_flowtable_json(r#"{"nftables": []}"#).unwrap());
     }
 
     #[test]

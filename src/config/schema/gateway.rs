@@ -7,7 +7,8 @@ use toml::de::DeTable;
 
 use crate::config::toml_reader::{Diagnostics, Section, Span};
 use crate::config::{
-    Forwarding, GatewayConfig, HostFirewall, LogFormat, NextHopGroups, Shutdown, SysctlMode,
+    Flowtable, Forwarding, GatewayConfig, HostFirewall, LogFormat, NextHopGroups, Shutdown,
+    SysctlMode,
 };
 
 const GATEWAY: &[&str] = &[
@@ -26,6 +27,8 @@ const GATEWAY: &[&str] = &[
     "resilient_idle_timer_s",
     "resilient_unbalanced_timer_s",
     "host_firewall",
+    "vip_counters",
+    "flowtable",
 ];
 
 pub(super) fn read(
@@ -135,5 +138,16 @@ fn forwarding(diag: &mut Diagnostics<'_>, s: &Section<'_, '_>) -> Forwarding {
                 _ => Err(format!("{v:?}: expected \"open\" or \"check\"")),
             })
             .map_or(d.host_firewall, |(v, _)| v),
+        vip_counters: s.bool(diag, "vip_counters", d.vip_counters),
+        flowtable: s
+            .parsed(diag, "flowtable", |v| match v {
+                "software" => Ok(Flowtable::Software),
+                "hardware" => Ok(Flowtable::Hardware),
+                "off" => Ok(Flowtable::Off),
+                _ => Err(format!(
+                    "{v:?}: expected \"software\", \"hardware\" or \"off\""
+                )),
+            })
+            .map_or(d.flowtable, |(v, _)| v),
     }
 }
