@@ -75,7 +75,8 @@ pub type Firewall = BTreeMap<IpAddr, VipRules>;
 
 /// How the table is built beyond what it lets through: the `[gateway]`
 /// keys `vip_counters` and `flowtable` (docs/datapath.md, "nftables").
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The default: no per-VIP accept counters, no flowtable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Layout {
     /// Count accepted packets per VIP on the hot path (`a_<hex vip>`).
     /// Off (the default): an accepted packet costs one lookup after the
@@ -84,15 +85,6 @@ pub struct Layout {
     /// Offload established, accepted VIP flows to a flowtable (only where
     /// the kernel has one: [`probe_flowtable`]).
     pub flowtable: Option<FlowtableSpec>,
-}
-
-impl Default for Layout {
-    fn default() -> Self {
-        Layout {
-            vip_counters: false,
-            flowtable: None,
-        }
-    }
 }
 
 /// pier's flowtable `ft`: on which devices, and whether the NICs are asked
