@@ -516,12 +516,12 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
         })
     };
     // paths: direct, plain forwarding (one static route, no nft), pier
-    // (default: per-VIP counters), pier without per-VIP counters.
+    // with per-VIP counters (asked for), pier without them (the default).
     const PATHS: [&str; 4] = [
         "direct: one veth client → node (no gateway)",
         "plain forwarding through the gateway (1 route, no nft)",
-        "pier, per-VIP counters on (default)",
-        "pier, vip_counters = false",
+        "pier, vip_counters = true",
+        "pier, vip_counters = false (default)",
     ];
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); WORKLOADS.len()]; PATHS.len()];
     let mut perf_rows: Vec<(String, f64)> = Vec::new();

@@ -1,5 +1,6 @@
 //! pier's `inet pier` table for 10,000 VIPs: rendered as nft text (pier's
-//! `route::nft::render`, applied with `nft -f -`) and as nftables JSON built
+//! `route::nft::render_layout` with `vip_counters = true`, the layout the
+//! JSON side builds, applied with `nft -f -`) and as nftables JSON built
 //! with the `nftables` crate's typed schema (applied with `nft -j -f -`), in
 //! the same run. Prints a markdown table for docs/benchmarks.md.
 //!
@@ -111,7 +112,7 @@ fn elements(name: String, elem: Vec<Expression<'static>>) -> Option<Item<'static
     })
 }
 
-/// The same transaction as `nft::render(fw, existing, false)`, as JSON.
+/// The same transaction as [`render_text`], as JSON.
 fn render_json(fw: &Firewall, existing: &BTreeSet<String>) -> String {
     let mut items: Vec<Item> = Vec::new();
     items.push(add(NfListObject::Table(Table {
@@ -459,6 +460,16 @@ fn crate_round_trip(json: &str) -> (usize, usize, usize) {
     (total, refused, lossy)
 }
 
+/// pier's text with per-VIP accept counters (`vip_counters = true`): the
+/// layout [`render_json`] builds.
+fn render_text(fw: &Firewall, existing: &BTreeSet<String>) -> String {
+    let counted = nft::Layout {
+        vip_counters: true,
+        flowtable: None,
+    };
+    nft::render_layout(fw, &counted, existing, false)
+}
+
 fn main() {
     let n: usize = std::env::var("NFT_VIPS")
         .ok()
@@ -471,7 +482,7 @@ fn main() {
         .chain(["src4_0".to_string(), "src4_1".to_string()])
         .collect();
     let rounds = 15;
-    let (t_text, text) = time(rounds, || nft::render(&fw, &objects, false));
+    let (t_text, text) = time(rounds, || render_text(&fw, &objects));
     let (t_json, js) = time(rounds, || render_json(&fw, &objects));
     println!("## nft table for {n} VIPs (2 ports each): text vs the nftables crate's JSON\n");
     println!("| step | nft text (pier) | nftables crate JSON |");
@@ -494,7 +505,7 @@ fn main() {
     let mut rows: Vec<(&str, Duration, Duration)> = Vec::new();
     // First apply: no table yet (existing = none), as pier's first start.
     let t0 = Instant::now();
-    let r = ns_text.nft(&["-f", "-"], Some(&nft::render(&fw, &none, false)));
+    let r = ns_text.nft(&["-f", "-"], Some(&render_text(&fw, &none)));
     let first_text = t0.elapsed();
     if let Err(e) = r {
         println!("\ntext apply failed: {e}");

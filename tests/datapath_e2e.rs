@@ -111,6 +111,8 @@ state_dir = "{dir}/state"
 api_socket = "{dir}/pier.sock"
 metrics_listen = "127.0.0.1:9469"
 sysctl = "set"
+# `pier routes` must show accepted packets (off by default).
+vip_counters = true
 
 [[pools]]
 name = "public"

@@ -509,6 +509,8 @@ fn l2_leader_and_standby(e: &mut E2eLab, args: &[&str]) -> (String, String, Stri
         address: "10.0.0.3",
         mode: "l2",
         lease,
+        // `pier routes` on the new leader shows accepted packets.
+        vip_counters: true,
         ..Gateway::default()
     });
     let standby = e.start_pier_with("gw2", &cfg2, args);
@@ -533,6 +535,26 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
     let a = e.requests(&vip, 5);
     assert!(!a.iter().any(|x| x == "FAIL"), "{a:?}");
     assert_eq!(e.client_neighbour(&vip), Some(e.mac("gw")));
+    // The leader runs the default (`vip_counters = false`): `pier routes`
+    // lists the VIP with drops counted and accepts not (null, `-`).
+    wait_for("the VIP in the leader's `pier routes`", PATIENCE, || {
+        let (ok, out) = e.cli("gw", "routes --json");
+        let v: Value = serde_json::from_str(&out).map_err(|err| format!("{err}: {out}"))?;
+        let row = v
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["vip"] == format!("{vip}/32")))
+            .ok_or(out.clone())?;
+        if ok && row["accepted_packets"].is_null() && row["dropped_packets"].is_u64() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let (ok, table) = e.cli("gw", "routes");
+    assert!(
+        ok && table.contains("ACCEPTED -: not counted (gateway.vip_counters = false)"),
+        "{table}"
+    );
     // ... and the standby sent no reply (its counters reach /metrics once
     // a second).
     std::thread::sleep(Duration::from_millis(1500));
@@ -592,25 +614,28 @@ fn l2_leader_dies_and_the_other_gateway_takes_over_with_gratuitous_arp() {
         std::slice::from_ref(&vip),
         "the IP changed with the leader"
     );
-    // In l2 mode pier forwards: `pier routes` shows the multipath route and
-    // the packets its nftables rules accepted (refreshed every 5 s).
+    // In l2 mode pier forwards: `pier routes` shows the route over the
+    // nodes and the packets its nftables rules accepted (refreshed every
+    // 5 s; counted because gw2 has `vip_counters = true`).
     wait_for("the forwarded VIP in `pier routes`", PATIENCE, || {
-        let (ok, out) = e.cli("gw2", "routes");
-        let row = out
-            .lines()
-            .find(|l| l.starts_with(&format!("{vip}/32")))
-            .map(|l| l.split_whitespace().collect::<Vec<_>>());
-        match row {
-            Some(cols)
-                if ok
-                    && cols.get(1) == Some(&"10.0.0.11,10.0.0.12,10.0.0.13")
-                    && cols.get(2).and_then(|n| n.parse::<u64>().ok()) > Some(0) =>
-            {
-                Ok(())
-            }
+        let (ok, out) = e.cli("gw2", "routes --json");
+        let v: Value = serde_json::from_str(&out).map_err(|err| format!("{err}: {out}"))?;
+        let row = v
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["vip"] == format!("{vip}/32")))
+            .ok_or(out.clone())?;
+        let hops: Vec<&str> = row["next_hops"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
+            .unwrap_or_default();
+        match row["accepted_packets"].as_u64() {
+            Some(n) if ok && hops == ALL && n > 0 => Ok(()),
             _ => Err(out),
         }
     });
+    // The table too: the accepted column is a number, not `-`.
+    let (ok, table) = e.cli("gw2", "routes");
+    assert!(ok && !table.contains("not counted"), "{table}");
 }
 
 /// The counter `name{interface="eth0"}` on a gateway's `/metrics` (0 when

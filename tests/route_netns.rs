@@ -201,6 +201,14 @@ fn config(lans: &[&str]) -> RouteConfig {
     }
 }
 
+/// [`config`] with per-VIP accept counters (`vip_counters = true`; off by
+/// default).
+fn counted_config(lans: &[&str]) -> RouteConfig {
+    let mut c = config(lans);
+    c.forwarding.vip_counters = true;
+    c
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -486,12 +494,10 @@ fn veth(a: &Ns, a_if: &str, b: &Ns, b_if: &str) {
     b.ip(&["link", "set", b_if, "up"]);
 }
 
-#[test]
-fn nft_forwards_declared_ports_and_drops_the_rest() {
-    if !prerequisites("nft_forwards_declared_ports_and_drops_the_rest") {
-        return;
-    }
-    // client (10.0.1.2) — gateway (pier) — node (10.0.2.11, .12; VIP on lo)
+/// client (10.0.1.2, fd00:1::2) — gateway (10.0.1.1 | 10.0.2.1, where
+/// pier runs) — node (10.0.2.11 and .12, fd00:2::11; the VIPs 10.77.0.10
+/// and fd66::10 on its lo): (client, gateway, node).
+fn forwarding_lab() -> (Ns, Ns, Ns) {
     let client = Ns::new("cl");
     let gw = Ns::new("gw");
     let node = Ns::new("nd");
@@ -516,6 +522,29 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     }
     client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"]);
     node.ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
+    (client, gw, node)
+}
+
+/// A connection the gateway dropped times out: the node did not refuse it.
+fn assert_dropped(r: Result<(), std::io::Error>, what: &str) {
+    let e = r.expect_err(what);
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "{what}: dropped, not refused by the node: {e}"
+    );
+}
+
+#[test]
+fn nft_forwards_declared_ports_and_drops_the_rest() {
+    if !prerequisites("nft_forwards_declared_ports_and_drops_the_rest") {
+        return;
+    }
+    // Per-VIP accept counters asked for (`vip_counters = true`); the
+    // default table is `default_table_forwards_and_counts_only_drops`.
+    let (client, gw, node) = forwarding_lab();
 
     let vip = "10.77.0.10";
     let d = desired(
@@ -562,7 +591,9 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     block_on_in(&gw, async {
         // Only the client side is configured: the interface towards the
         // nodes is found from pier's own routes once they exist.
-        let mut act = RouteActuator::start(config(&["g0"])).await.expect("start");
+        let mut act = RouteActuator::start(counted_config(&["g0"]))
+            .await
+            .expect("start");
         act.apply(&d).await.expect("apply");
         act.repair().await.expect("repair");
         // Dropped without shutdown: routes and table stay (as with keep).
@@ -644,31 +675,16 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     let (allowed, allowed_src, undeclared, wrong_src, not_vip, udp, v6_allowed, v6_wrong_src) =
         results;
     v6_allowed.expect("[fd66::10]:8080/tcp is declared: must arrive");
-    let e = v6_wrong_src.expect_err("[fd66::10]:8443 allows only 2001:db8::/32: must be dropped");
-    assert!(
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-        ),
-        "dropped, not refused by the node: {e}"
+    assert_dropped(
+        v6_wrong_src,
+        "[fd66::10]:8443 allows only 2001:db8::/32: must be dropped",
     );
     allowed.expect("8080/tcp is declared: must arrive");
     allowed_src.expect("8444/tcp allows 10.0.1.0/24: must arrive");
-    let e = undeclared.expect_err("8081/tcp is not declared: must be dropped");
-    assert!(
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-        ),
-        "dropped, not refused by the node: {e}"
-    );
-    let e = wrong_src.expect_err("8443/tcp allows only 192.0.2.0/24: must be dropped");
-    assert!(
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-        ),
-        "dropped, not refused by the node: {e}"
+    assert_dropped(undeclared, "8081/tcp is not declared: must be dropped");
+    assert_dropped(
+        wrong_src,
+        "8443/tcp allows only 192.0.2.0/24: must be dropped",
     );
     not_vip.expect("traffic not to a VIP is untouched");
     assert_eq!(udp.expect("5353/udp echo"), b"ping");
@@ -680,7 +696,11 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     });
     let c = counters.get(&ip(vip)).copied().expect("VIP counters");
     // 8080 and 8444 handshakes + data, and the UDP ping.
-    assert!(c.accepted.packets >= 5, "{c:?}");
+    let accepted = c
+        .accepted
+        .expect("accepts counted with vip_counters")
+        .packets;
+    assert!(accepted >= 5, "{c:?}");
     // At least the first SYN of each dropped connection.
     assert!(c.dropped.packets >= 2, "{c:?}");
     assert!(source_drops.packets >= 1, "{source_drops:?}");
@@ -690,7 +710,7 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
         .copied()
         .expect("IPv6 VIP counters");
     assert!(
-        c6.accepted.packets >= 2 && c6.dropped.packets >= 1,
+        c6.accepted.is_some_and(|a| a.packets >= 2) && c6.dropped.packets >= 1,
         "{c6:?}"
     );
 
@@ -706,7 +726,7 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
         )],
     );
     block_on_in(&gw, async {
-        let mut act = RouteActuator::start(config(&["g0", "g1"]))
+        let mut act = RouteActuator::start(counted_config(&["g0", "g1"]))
             .await
             .expect("restart");
         act.apply(&fewer).await.expect("apply after restart");
@@ -718,11 +738,168 @@ fn nft_forwards_declared_ports_and_drops_the_rest() {
     );
     let kept = block_on_in(&gw, async { route::counters().await.expect("counters") });
     assert!(
-        kept[&ip(vip)].accepted.packets >= c.accepted.packets,
+        kept[&ip(vip)]
+            .accepted
+            .is_some_and(|a| a.packets >= accepted),
         "counters survive an apply: {kept:?}"
     );
 
     // Another restart removes the state.
+    block_on_in(&gw, async {
+        let act = RouteActuator::start(counted_config(&["g0", "g1"]))
+            .await
+            .expect("restart");
+        act.shutdown(false).await.expect("shutdown");
+    });
+    assert!(gw.pier_routes().is_empty());
+}
+
+/// The table as pier installs it by default (`vip_counters = false`, issue
+/// 14: no per-VIP counter on the hot path unless asked for): open ports
+/// and allowed sources are forwarded, everything else is dropped and
+/// counted on the VIP's drop counter; accepts are not counted, and
+/// `pier routes` says so (`None`) instead of showing 0.
+#[test]
+fn default_table_forwards_and_counts_only_drops() {
+    if !prerequisites("default_table_forwards_and_counts_only_drops") {
+        return;
+    }
+    assert!(
+        !RouteConfig::default().forwarding.vip_counters,
+        "this test is of the default"
+    );
+    let (client, gw, node) = forwarding_lab();
+    let vip = "10.77.0.10";
+    let d = desired(
+        1,
+        vec![
+            announcement(
+                vip,
+                &["10.0.2.11", "10.0.2.12"],
+                &[
+                    ("8080/tcp", &[]),
+                    ("8443/tcp", &["192.0.2.0/24"]),
+                    ("8444/tcp", &["10.0.1.0/24"]),
+                ],
+            ),
+            announcement("fd66::10", &["fd00:2::11"], &[("8080/tcp", &[])]),
+        ],
+    );
+    block_on_in(&gw, async {
+        let mut act = RouteActuator::start(config(&["g0"])).await.expect("start");
+        act.apply(&d).await.expect("apply");
+    });
+
+    // The hot chains: no accept counter, no counter-naming map; counters
+    // only on the drop rules. Every VIP has its drop counter, none an
+    // accept counter.
+    let table = gw.exec(&["nft", "list", "table", "inet", "pier"]);
+    assert!(
+        table.contains("ip daddr . meta l4proto . th dport vmap @ranged4")
+            && table.contains("ip6 daddr . meta l4proto . th dport vmap @ranged6"),
+        "one verdict map decides: {table}"
+    );
+    assert!(
+        !table.contains("@accepted") && !table.contains("@open"),
+        "no per-VIP accept counter on the hot path: {table}"
+    );
+    for line in table.lines().filter(|l| l.contains("counter")) {
+        let line = line.trim();
+        // Declarations of counters and counter maps are not rules.
+        if line.starts_with("counter ") || line.starts_with("type ") {
+            continue;
+        }
+        assert!(line.ends_with("drop"), "a counter on an accept: {line}");
+    }
+    let counters = gw.exec(&["nft", "list", "counters", "table", "inet", "pier"]);
+    assert!(
+        counters.contains("counter d_0a4d000a ")
+            && counters.contains("counter d_fd660000000000000000000000000010 "),
+        "{counters}"
+    );
+    assert!(!counters.contains("counter a_"), "{counters}");
+
+    let read = || {
+        block_on_in(&gw, async {
+            let c = route::counters().await.expect("counters");
+            let objs = route::nft::read_counters().await.expect("objects");
+            (
+                c.get(&ip(vip)).copied().expect("VIP counters"),
+                objs["dropped_port"].packets,
+                objs["dropped_source"].packets,
+            )
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let vip_addr = |port: u16| SocketAddr::new(ip(vip), port);
+    let v6_open: SocketAddr = "[fd66::10]:8080".parse().expect("addr");
+    let server = serve(
+        &node,
+        vec![
+            vip_addr(8080),
+            vip_addr(8081),
+            vip_addr(8443),
+            vip_addr(8444),
+            v6_open,
+        ],
+        vip_addr(5353),
+        stop.clone(),
+    );
+    let drop_timeout = Duration::from_millis(1500);
+    let ok_timeout = Duration::from_secs(5);
+
+    // Open ports, and a ranged one from inside its range: real TCP
+    // connections through the gateway, answered by the node.
+    let (open, in_range, open6) = in_ns(&client, || {
+        (
+            tcp_ok(vip_addr(8080), ok_timeout),
+            tcp_ok(vip_addr(8444), ok_timeout),
+            tcp_ok(v6_open, ok_timeout),
+        )
+    });
+    open.expect("8080/tcp is open: must arrive");
+    in_range.expect("8444/tcp allows 10.0.1.0/24: must arrive");
+    open6.expect("[fd66::10]:8080/tcp is open: must arrive");
+    let (c, port_drops, source_drops) = read();
+    assert_eq!(c.accepted, None, "accepts are not counted: {c:?}");
+    assert_eq!(
+        (c.dropped.packets, port_drops, source_drops),
+        (0, 0, 0),
+        "nothing dropped yet: {c:?}"
+    );
+
+    // A port the VIP does not open: dropped, on the VIP's drop counter.
+    let closed = in_ns(&client, || tcp_ok(vip_addr(8081), drop_timeout));
+    assert_dropped(closed, "8081/tcp is not open: must be dropped");
+    let (c, port_drops, source_drops) = read();
+    assert!(c.dropped.packets >= 1 && port_drops >= 1, "{c:?}");
+    assert_eq!(source_drops, 0, "a closed port is no source drop");
+    let after_port = c.dropped.packets;
+
+    // loadBalancerSourceRanges: a source outside the range is refused,
+    // also on the VIP's drop counter.
+    let outside = in_ns(&client, || tcp_ok(vip_addr(8443), drop_timeout));
+    assert_dropped(
+        outside,
+        "8443/tcp allows only 192.0.2.0/24: must be dropped",
+    );
+    let (c, _, source_drops) = read();
+    assert!(
+        c.dropped.packets > after_port && source_drops >= 1,
+        "{c:?}, {source_drops} source drops"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
+
+    // `pier routes`: accepted not counted (null, shown as `-`), drops are.
+    let rows = block_on_in(&gw, route::routes_view());
+    let row = rows
+        .iter()
+        .find(|r| r.vip.addr() == ip(vip))
+        .unwrap_or_else(|| panic!("{vip} in pier routes: {rows:?}"));
+    assert_eq!(row.accepted_packets, None, "{row:?}");
+    assert!(row.dropped_packets >= c.dropped.packets, "{row:?}");
+
     block_on_in(&gw, async {
         let act = RouteActuator::start(config(&["g0", "g1"]))
             .await

@@ -334,8 +334,11 @@ fn bfd_cells(b: &Value) -> [String; 4] {
 }
 
 /// Kernel routes pier installed, with the nftables counters of each VIP.
+/// Accepted packets are counted only with `gateway.vip_counters = true`;
+/// otherwise the API gives `null` and the column `-`, with a note.
 pub fn routes(v: &Value) -> String {
     let items = v.as_array().cloned().unwrap_or_default();
+    let uncounted = items.iter().any(|x| x["accepted_packets"].is_null());
     // Resilient next-hop groups: the group and its buckets per next hop.
     let grouped = items.iter().any(|x| x["group"].is_u64());
     let rows: Vec<Vec<String>> = items
@@ -367,14 +370,20 @@ pub fn routes(v: &Value) -> String {
     if rows.is_empty() {
         return "no routes installed (no VIP is forwarded through this gateway)\n".into();
     }
-    if grouped {
+    let mut out = if grouped {
         table(
             &["VIP", "NEXT HOPS", "GROUP (BUCKETS)", "ACCEPTED", "DROPPED"],
             &rows,
         )
     } else {
         table(&["VIP", "NEXT HOPS", "ACCEPTED", "DROPPED"], &rows)
+    };
+    if uncounted {
+        out.push_str(
+            "ACCEPTED -: not counted (gateway.vip_counters = false); drops are counted always\n",
+        );
     }
+    out
 }
 
 /// A table of an array of flat objects, columns in the order of the first.
@@ -496,7 +505,23 @@ mod tests {
             lines[2],
             "fd66:77::10/128  -                      0         7"
         );
+        assert!(!t.contains("not counted"), "{t}");
         assert!(routes(&json!([])).starts_with("no routes installed"));
+    }
+
+    #[test]
+    fn routes_table_says_when_accepts_are_not_counted() {
+        let v = json!([
+            {"vip": "10.77.1.10/32", "next_hops": ["10.66.2.11"], "accepted_packets": null, "dropped_packets": 3},
+        ]);
+        let t = routes(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "VIP            NEXT HOPS   ACCEPTED  DROPPED");
+        assert_eq!(lines[1], "10.77.1.10/32  10.66.2.11  -         3");
+        assert_eq!(
+            lines[2],
+            "ACCEPTED -: not counted (gateway.vip_counters = false); drops are counted always"
+        );
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub struct Forwarding {
     /// VIPs, or only check and report.
     pub host_firewall: HostFirewall,
     /// `vip_counters`: count accepted packets per VIP on the hot path
-    /// (`pier routes`); drops are counted per VIP either way.
+    /// (`pier routes`); off by default, so that an accepted packet costs
+    /// what plain forwarding does (docs/datapath.md, "nftables"). Drops
+    /// are counted per VIP either way.
     pub vip_counters: bool,
     /// `flowtable`: offload established, accepted VIP flows where the
     /// kernel has flowtables.
@@ -90,7 +92,7 @@ impl Default for Forwarding {
             resilient_idle_timer_s: 120,
             resilient_unbalanced_timer_s: 600,
             host_firewall: HostFirewall::Open,
-            vip_counters: true,
+            vip_counters: false,
             flowtable: Flowtable::Software,
         }
     }

@@ -363,10 +363,12 @@ fn forwarding_keys_default_parse_and_are_checked() {
         NextHopGroups::Resilient
     );
     assert_eq!(c.gateway.forwarding.host_firewall, HostFirewall::Open);
+    // Per-VIP accept counters cost per packet: asked for, not given.
+    assert!(!c.gateway.forwarding.vip_counters);
     let text = format!(
         "{GATEWAY}next_hop_groups = \"multipath\"\nresilient_buckets = 64\n\
          resilient_idle_timer_s = 30\nresilient_unbalanced_timer_s = 0\nhost_firewall = \"check\"\n\
-         vip_counters = false\nflowtable = \"hardware\"\n"
+         vip_counters = true\nflowtable = \"hardware\"\n"
     );
     let f = parse(&text)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -380,7 +382,7 @@ fn forwarding_keys_default_parse_and_are_checked() {
             resilient_idle_timer_s: 30,
             resilient_unbalanced_timer_s: 0,
             host_firewall: HostFirewall::Check,
-            vip_counters: false,
+            vip_counters: true,
             flowtable: Flowtable::Hardware,
         }
     );

@@ -1003,7 +1003,9 @@ pub struct InstalledRoute {
     pub next_hops: Vec<IpAddr>,
     pub group: Option<u32>,
     pub buckets: Option<BTreeMap<IpAddr, u32>>,
-    pub accepted_packets: u64,
+    /// `None` (JSON `null`) where pier's table does not count accepted
+    /// packets (`vip_counters = false`, the default).
+    pub accepted_packets: Option<u64>,
     pub dropped_packets: u64,
 }
 
@@ -1026,7 +1028,7 @@ pub async fn routes_view() -> Vec<InstalledRoute> {
                 next_hops: hops.into_iter().collect(),
                 group: group.map(|(id, _)| *id),
                 buckets: group.map(|(_, b)| b.clone()),
-                accepted_packets: c.accepted.packets,
+                accepted_packets: c.accepted.map(|a| a.packets),
                 dropped_packets: c.dropped.packets,
             }
         })

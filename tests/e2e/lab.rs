@@ -69,6 +69,8 @@ pub struct Gateway<'a> {
     /// `kubernetes.crds`: pools from Eip objects, none in the file (the
     /// `[bgp]` of `bgp` mode stays, for the router).
     pub crds: bool,
+    /// `gateway.vip_counters`: count accepted packets per VIP.
+    pub vip_counters: bool,
 }
 
 impl Default for Gateway<'_> {
@@ -81,6 +83,7 @@ impl Default for Gateway<'_> {
             extra: "",
             claim_unclassed: true,
             crds: false,
+            vip_counters: false,
         }
     }
 }
@@ -238,6 +241,7 @@ state_dir = "{dir}/state-{host}"
 api_socket = "{dir}/{host}.sock"
 metrics_listen = "127.0.0.1:9469"
 shutdown = "keep"
+vip_counters = {vip_counters}
 
 [kubernetes]
 kubeconfig = "{kc}"
@@ -267,6 +271,7 @@ rise = 2
             extra = g.extra,
             claim = g.claim_unclassed,
             crds = g.crds,
+            vip_counters = g.vip_counters,
         );
         self.lab.write(&format!("{}.toml", g.host), &text)
     }
