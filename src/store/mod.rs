@@ -163,6 +163,20 @@ struct StoredAnnouncementRef<'a> {
     ports: &'a [PortRule],
 }
 
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl StoredDesired {
     pub fn encode(plan: &LastPlan) -> Vec<u8> {
         let d = &plan.desired;
@@ -187,21 +201,21 @@ impl StoredDesired {
                 }
             })
             .collect();
-        // Sized once from what a VIP and a next hop take in JSON, so the
-        // buffer is not regrown (and copied) a dozen times at 10,000 VIPs.
-        let hop_count: usize = hops.iter().map(|h| h.len()).sum();
-        let mut out = Vec::with_capacity(d.announcements.len() * 256 + hop_count * 64 + 64);
-        // Serialising plain data to JSON cannot fail.
-        let _ = serde_json::to_writer(
-            &mut out,
-            &StoredDesiredRef {
-                v: DESIRED_FORMAT_VERSION,
-                generation: d.generation,
-                leader: plan.leader,
-                hops,
-                vips,
-            },
-        );
+        let stored = StoredDesiredRef {
+            v: DESIRED_FORMAT_VERSION,
+            generation: d.generation,
+            leader: plan.leader,
+            hops,
+            vips,
+        };
+        // Measured first, then written into a buffer of exactly that size:
+        // at 10,000 VIPs (~5 MB of JSON) a growing buffer held its old and
+        // new halves at once, at the sync's memory peak. Serialising plain
+        // data to JSON cannot fail.
+        let mut size = ByteCount(0);
+        let _ = serde_json::to_writer(&mut size, &stored);
+        let mut out = Vec::with_capacity(size.0);
+        let _ = serde_json::to_writer(&mut out, &stored);
         out
     }
 

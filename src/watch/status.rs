@@ -361,14 +361,17 @@ pub fn spawn(
                     None => std::future::pending().await,
                 }
             };
-            let mut notes = Vec::new();
+            // Each engine event is taken apart as it arrives (its status
+            // request into `pending`, its Event aside until the statuses are
+            // written), so a round of 10,000 keeps no copy of the events.
+            let mut round = Round::default();
             let mut ticked = false;
             tokio::select! {
                 ev = events.recv() => {
                     let Some(ev) = ev else { return };
-                    notes.push(ev);
+                    round.take(ev, &mut pending);
                     while let Ok(ev) = events.try_recv() {
-                        notes.push(ev);
+                        round.take(ev, &mut pending);
                     }
                 }
                 _ = leader.changed() => {}
@@ -392,31 +395,16 @@ pub fn spawn(
                 events_at = None;
                 continue;
             }
-            for ev in &notes {
-                match ev {
-                    ServiceEvent::StatusWanted { service, ips } => {
-                        queue(&mut pending, service, StatusWrite::Set(ips.clone()));
-                    }
-                    ServiceEvent::Released { service, ips } => {
-                        queue(
-                            &mut pending,
-                            service,
-                            StatusWrite::Clear(ips.iter().copied().collect()),
-                        );
-                    }
-                    _ => {}
-                }
-            }
             // Status first (what users and controllers wait for), several
             // Services at a time; each write checks leadership as it starts.
+            // The writes are consumed as they go and their outcomes handled
+            // as they come: no list of the round's writes or results.
             let mut uids: BTreeMap<ServiceKey, Option<String>> = BTreeMap::new();
-            burst |= notes.len() >= LARGE_ROUND;
+            burst |= round.events >= LARGE_ROUND;
             if retry_at.is_none() && !pending.is_empty() {
-                let work: Vec<(ServiceKey, StatusWrite)> =
-                    std::mem::take(&mut pending).into_iter().collect();
                 let leader_now = &leader;
                 let client = &client;
-                let results: Vec<WriteOutcome> = futures::stream::iter(work)
+                let mut outcomes = futures::stream::iter(std::mem::take(&mut pending))
                     .map(|(key, w)| async move {
                         if !*leader_now.borrow() {
                             return (key, w, None);
@@ -431,10 +419,9 @@ pub fn spawn(
                         }
                         (key, w, Some(r))
                     })
-                    .buffer_unordered(WRITES_IN_FLIGHT)
-                    .collect()
-                    .await;
-                for (key, w, r) in results {
+                    .buffer_unordered(WRITES_IN_FLIGHT);
+                let mut failed: Vec<(ServiceKey, StatusWrite)> = Vec::new();
+                while let Some((key, w, r)) = outcomes.next().await {
                     match r {
                         None => {}
                         Some(Ok(o)) => {
@@ -442,26 +429,23 @@ pub fn spawn(
                         }
                         Some(Err(e)) => {
                             warn!(service = %key, error = %super::explain(&e), "cannot write status; retrying");
-                            queue(&mut pending, &key, w);
-                            retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                            failed.push((key, w));
                         }
                     }
+                }
+                drop(outcomes);
+                if !failed.is_empty() {
+                    for (key, w) in failed {
+                        queue(&mut pending, &key, w);
+                    }
+                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
             }
             // Events: the book decides what (one Event per Service, reason
             // and note; repeats counted in its series), the outbox when.
             let now = Timestamp::now();
-            let mut writes: Vec<EventWrite> = notes
-                .iter()
-                .filter_map(occurrence)
-                .filter_map(|occ| book.record(occ, now))
-                .collect();
-            if ticked {
-                writes.extend(book.tick(now));
-                outbox.prune(now);
-            }
             let (mut limited, mut dropped) = (0usize, 0usize);
-            for w in writes {
+            let mut offer = |w: EventWrite, outbox: &mut EventOutbox| {
                 let uid = match &w {
                     EventWrite::Create { occurrence, .. } => {
                         uids.get(&occurrence.service).cloned().flatten()
@@ -473,6 +457,17 @@ pub fn spawn(
                     Offered::Limited => limited += 1,
                     Offered::Dropped => dropped += 1,
                 }
+            };
+            for occ in std::mem::take(&mut round.occurrences) {
+                if let Some(w) = book.record(occ, now) {
+                    offer(w, &mut outbox);
+                }
+            }
+            if ticked {
+                for w in book.tick(now) {
+                    offer(w, &mut outbox);
+                }
+                outbox.prune(now);
             }
             if limited + dropped > 0 {
                 info!(
@@ -481,10 +476,8 @@ pub fn spawn(
                 );
             }
             drop(uids);
-            for ev in &notes {
-                if let ServiceEvent::Gone { service } = ev {
-                    book.forget(service);
-                }
+            for service in &round.gone {
+                book.forget(service);
             }
             let due = outbox.take(now);
             if !due.is_empty() {
@@ -540,6 +533,40 @@ async fn send_events(
     }
 }
 
+/// One round of the engine's events, taken apart as they arrive: status
+/// requests go straight into the pending writes, what an Event reports waits
+/// (in order) for the statuses, a Service that is gone is forgotten last.
+#[derive(Default)]
+struct Round {
+    /// Engine events in the round (a large round is an initial sync).
+    events: usize,
+    occurrences: Vec<Occurrence>,
+    gone: Vec<ServiceKey>,
+}
+
+impl Round {
+    fn take(&mut self, ev: ServiceEvent, pending: &mut BTreeMap<ServiceKey, StatusWrite>) {
+        self.events += 1;
+        if let Some(occ) = occurrence(&ev) {
+            self.occurrences.push(occ);
+        }
+        match ev {
+            ServiceEvent::StatusWanted { service, ips } => {
+                queue(pending, &service, StatusWrite::Set(ips));
+            }
+            ServiceEvent::Released { service, ips } => {
+                queue(
+                    pending,
+                    &service,
+                    StatusWrite::Clear(ips.into_iter().collect()),
+                );
+            }
+            ServiceEvent::Gone { service } => self.gone.push(service),
+            _ => {}
+        }
+    }
+}
+
 /// Engine events in one round above which the memory the round used is
 /// given back to the system once the writer has caught up (an initial sync).
 const LARGE_ROUND: usize = 1_000;
@@ -554,14 +581,6 @@ async fn service_uid(client: &Client, key: &ServiceKey) -> Option<String> {
         .metadata
         .uid
 }
-
-/// One status write: the Service, its write, and the result (`None`: not
-/// tried, this box no longer leads).
-type WriteOutcome = (
-    ServiceKey,
-    StatusWrite,
-    Option<Result<StatusOutcome, kube::Error>>,
-);
 
 /// Status writes and Events sent at once.
 const WRITES_IN_FLIGHT: usize = 64;
