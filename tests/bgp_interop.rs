@@ -971,6 +971,54 @@ fn bgp_with_bfd(lab: &Lab, router: &str, router_view: &dyn Fn(&Lab) -> String) {
         peers[0]["bfd"]["downs"].as_u64().unwrap_or(0) >= 2,
         "{peers:?}"
     );
+    // 5. New BFD timers (SIGHUP): the BFD session takes them with a Poll
+    //    Sequence with the router; the BGP session is not restarted.
+    let uptime = |lab: &Lab| pier_peers(lab)[0]["uptime_s"].as_u64().unwrap_or(0);
+    wait_for(
+        "pier: BGP up for 5 s again",
+        Duration::from_secs(60),
+        || match (pier_peer_state(lab), uptime(lab)) {
+            ((b, f, _), u) if b == "Established" && f == "Up" && u >= 5 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let cfg = lab.dir.join("pier.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("bfd_min_tx_ms = 100"), "{text}");
+    lab.write(
+        "pier.toml",
+        &text.replace("bfd_min_tx_ms = 100", "bfd_min_tx_ms = 150"),
+    );
+    let before = uptime(lab);
+    lab.signal("pier", libc::SIGHUP);
+    wait_for(
+        "pier: BFD transmits every 150 ms (Poll Sequence done)",
+        Duration::from_secs(30),
+        || {
+            let p = pier_peers(lab)[0].clone();
+            match (
+                p["bfd"]["min_tx_ms"].as_u64(),
+                p["bfd"]["tx_interval_ms"].as_u64(),
+            ) {
+                (Some(150), Some(150)) => Ok(()),
+                _ => Err(format!("{p}\n{}", router_view(lab))),
+            }
+        },
+    );
+    let (bgp, bfd, _) = pier_peer_state(lab);
+    assert_eq!((bgp.as_str(), bfd.as_str()), ("Established", "Up"));
+    let after = uptime(lab);
+    assert!(
+        after >= before,
+        "the BGP session restarted on a BFD timer change (uptime {before} s → {after} s): {}",
+        lab.log("pier")
+    );
+    assert!(
+        lab.log("pier")
+            .contains("BFD timers changed; the BGP session stays up"),
+        "{}",
+        lab.log("pier")
+    );
 }
 
 #[test]
@@ -1015,7 +1063,8 @@ fn bird_bgp_with_bfd() {
         .expect("pier peers");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("BFD LAST DOWN"), "{table}");
-    assert!(table.contains("100/100 x3"), "{table}");
+    // rx/tx: the transmit interval changed to 150 ms by step 5.
+    assert!(table.contains("100/150 x3"), "{table}");
     let m = pier_metrics(&lab, 9471);
     assert!(
         m.contains("pier_bfd_session_up{peer=\"10.0.0.1\"} 1"),

@@ -197,6 +197,9 @@ impl PeerSettings {
 
 pub(super) enum Command {
     Incoming(TcpStream),
+    /// The peer's BFD timers changed (the BFD session applies them with a
+    /// Poll Sequence; the BGP session stays up).
+    BfdTimers(PeerBfd),
     Stop {
         graceful: bool,
         done: oneshot::Sender<()>,
@@ -410,6 +413,15 @@ impl PeerTask {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Incoming(stream)) => self.incoming(stream).await,
+                    Some(Command::BfdTimers(timers)) => {
+                        if let Some(b) = self.s.bfd.as_mut() {
+                            b.timers = timers;
+                        }
+                        if let Some(rx) = &self.bfd {
+                            let st = rx.borrow().clone();
+                            self.set_status(|s| s.bfd = Some(bfd_status(&st, timers)));
+                        }
+                    }
                     Some(Command::Stop { graceful, done }) => {
                         self.stop(graceful).await;
                         let _ = done.send(());

@@ -173,6 +173,30 @@ impl Speaker {
             let s = PeerSettings::from_config(bgp, p, router_id, false)?;
             wanted.insert(s.address, s);
         }
+        // New BFD timers alone do not restart the BGP session: the BFD
+        // session takes them with a Poll Sequence (RFC 5880 §6.8.3).
+        for (a, p) in self.peers.iter_mut() {
+            let Some(w) = wanted.get(a) else { continue };
+            let (Some(new), Some(old)) = (&w.bfd, &p.settings.bfd) else {
+                continue;
+            };
+            if new.timers == old.timers
+                || !same_session(&with_bfd_timers(w, old.timers), &p.settings)
+            {
+                continue;
+            }
+            let Some(handle) = &self.bfd else { continue };
+            match handle.set_timers(new.peer.clone(), new.wire_timers()).await {
+                Ok(()) => {
+                    info!(peer = %a, min_rx_ms = new.timers.min_rx_ms, min_tx_ms = new.timers.min_tx_ms, multiplier = new.timers.multiplier, "BFD timers changed; the BGP session stays up");
+                    let _ = p.commands.send(Command::BfdTimers(new.timers)).await;
+                    p.settings = w.clone();
+                }
+                Err(e) => {
+                    warn!(peer = %a, error = %e, "cannot change BFD timers in place; restarting the session")
+                }
+            }
+        }
         let gone: Vec<IpAddr> = self
             .peers
             .iter()
@@ -235,6 +259,15 @@ impl Speaker {
 
 fn same_session(a: &PeerSettings, b: &PeerSettings) -> bool {
     a == b
+}
+
+/// `s` with its BFD timers replaced (to compare everything else).
+fn with_bfd_timers(s: &PeerSettings, timers: crate::config::PeerBfd) -> PeerSettings {
+    let mut s = s.clone();
+    if let Some(b) = s.bfd.as_mut() {
+        b.timers = timers;
+    }
+    s
 }
 
 async fn stop_peer(p: Peer, graceful: bool) {
