@@ -34,6 +34,8 @@ const VIP: &str = "10.77.0.10";
 const OPEN: u16 = 8080;
 /// Open only to 10.0.9.0/24: the client (10.0.1.2) is outside.
 const RANGED: u16 = 8081;
+/// Open only to 10.0.1.0/24: the client is inside.
+const ALLOWED: u16 = 8082;
 /// Not declared: closed.
 const CLOSED: u16 = 9999;
 const IPERF: u16 = 5201;
@@ -72,6 +74,7 @@ fn desired(generation: u64, nodes: &[&str]) -> Desired {
             ports: vec![
                 rule(OPEN, &[]),
                 rule(RANGED, &["10.0.9.0/24"]),
+                rule(ALLOWED, &["10.0.1.0/24"]),
                 rule(IPERF, &[]),
             ],
         })],
@@ -90,7 +93,7 @@ fn lab(tag: &str) -> Lab {
             n,
             &format!("ip addr add {VIP}/32 dev lo && ip route add default via 10.0.2.1"),
         );
-        for port in [OPEN, RANGED, CLOSED] {
+        for port in [OPEN, RANGED, ALLOWED, CLOSED] {
             line_server(&lab, n, SocketAddr::new(VIP.parse().unwrap(), port), n);
         }
     }
@@ -133,7 +136,10 @@ fn round(conns: &mut BTreeMap<usize, TcpStream>) -> BTreeMap<usize, Result<Strin
 
 /// `conntrack -L` lines of the gateway for a destination port.
 fn conntrack(lab: &Lab, port: u16) -> Vec<String> {
-    let (_, text) = lab.try_sh("gw", &format!("conntrack -L -p tcp --dport {port} 2>/dev/null"));
+    let (_, text) = lab.try_sh(
+        "gw",
+        &format!("conntrack -L -p tcp --dport {port} 2>/dev/null"),
+    );
     text.lines()
         .filter(|l| l.starts_with("tcp"))
         .map(str::to_string)
@@ -242,6 +248,27 @@ fn offload_scenario(vip_counters: bool) {
                 );
             }
 
+            // An allowed source on a port with source ranges: accepted and
+            // offloaded too.
+            let allowed = SocketAddr::new(VIP.parse().unwrap(), ALLOWED);
+            let mut ranged: BTreeMap<usize, TcpStream> = netlab::in_ns(&cl, || {
+                (0..4)
+                    .map(|i| {
+                        let c = TcpStream::connect_timeout(&allowed, ANSWER)
+                            .expect("connect from an allowed source");
+                        (i, c)
+                    })
+                    .collect()
+            });
+            for _ in 0..6 {
+                let r = round(&mut ranged);
+                assert!(r.values().all(Result::is_ok), "{r:?}");
+            }
+            let off_ranged = offloaded(&lab, ALLOWED);
+            println!("FTVM {tag} allowed source on a ranged port: 4/4 answered, {off_ranged}/4 [OFFLOAD]");
+            assert_eq!(off_ranged, 4, "{:#?}", conntrack(&lab, ALLOWED));
+            drop(ranged);
+
             // (c) a closed port, and a port whose source ranges exclude the client.
             assert!(refused(&lab, CLOSED), "closed port {CLOSED} let a connection through");
             assert!(refused(&lab, RANGED), "port {RANGED} let a source outside its ranges through");
@@ -312,7 +339,10 @@ fn offload_scenario(vip_counters: bool) {
 #[test]
 #[ignore = "needs a kernel with CONFIG_NF_FLOW_TABLE: run by benches/flowtable_vm.sh"]
 fn flowtable_offload_default_layout() {
-    if !netlab::prerequisites("flowtable_offload_default_layout", &["ip", "nft", "conntrack"]) {
+    if !netlab::prerequisites(
+        "flowtable_offload_default_layout",
+        &["ip", "nft", "conntrack"],
+    ) {
         return;
     }
     offload_scenario(false);
@@ -321,7 +351,10 @@ fn flowtable_offload_default_layout() {
 #[test]
 #[ignore = "needs a kernel with CONFIG_NF_FLOW_TABLE: run by benches/flowtable_vm.sh"]
 fn flowtable_offload_with_vip_counters() {
-    if !netlab::prerequisites("flowtable_offload_with_vip_counters", &["ip", "nft", "conntrack"]) {
+    if !netlab::prerequisites(
+        "flowtable_offload_with_vip_counters",
+        &["ip", "nft", "conntrack"],
+    ) {
         return;
     }
     offload_scenario(true);
@@ -366,7 +399,10 @@ fn throughput(mode: &str) -> (f64, f64) {
                 act.apply(&desired(1, &["n1"])).await.expect("apply");
                 let r = run(&lab);
                 if mode == "flowtable" {
-                    println!("FTVM iperf3 [OFFLOAD] entries during the run: {}", offloaded(&lab, IPERF));
+                    println!(
+                        "FTVM iperf3 [OFFLOAD] entries during the run: {}",
+                        offloaded(&lab, IPERF)
+                    );
                 }
                 act.shutdown(false).await.expect("shutdown");
                 r
@@ -380,7 +416,10 @@ fn throughput(mode: &str) -> (f64, f64) {
 #[test]
 #[ignore = "needs a kernel with CONFIG_NF_FLOW_TABLE: run by benches/flowtable_vm.sh"]
 fn flowtable_throughput() {
-    if !netlab::prerequisites("flowtable_throughput", &["ip", "nft", "iperf3", "conntrack"]) {
+    if !netlab::prerequisites(
+        "flowtable_throughput",
+        &["ip", "nft", "iperf3", "conntrack"],
+    ) {
         return;
     }
     let modes = ["flowtable", "noflowtable", "plain"];
