@@ -56,7 +56,7 @@ else
 	[ -n "$bin" ] || { echo "flowtable_vm: no test binary" >&2; exit 1; }
 	cat > "$vm/out/cmd.sh" <<CMD
 cd "$repo"
-export FT_VM=1 FT_VM_OUT="$vm/out" CARGO_MANIFEST_DIR="$repo"
+export FT_VM=1 FT_VM_ROUNDS=${FT_VM_ROUNDS:-3} CARGO_MANIFEST_DIR="$repo"
 "$bin" --ignored --nocapture --test-threads=1 $*
 echo "flowtable_vm: test exit \$?"
 CMD

@@ -208,6 +208,14 @@ fn offload_scenario(vip_counters: bool) {
                 status.flowtable_missing, None,
                 "the probe finds flowtables in this kernel"
             );
+            assert!(
+                status
+                    .lines()
+                    .iter()
+                    .any(|l| l.starts_with("flowtable: software offload")),
+                "pier status says offload is on: {:?}",
+                status.lines()
+            );
             act.apply(&desired(1, &["n1", "n2", "n3"]))
                 .await
                 .expect("apply");
@@ -397,13 +405,16 @@ fn throughput(mode: &str) -> (f64, f64) {
                     .await
                     .expect("start");
                 act.apply(&desired(1, &["n1"])).await.expect("apply");
-                let r = run(&lab);
-                if mode == "flowtable" {
-                    println!(
-                        "FTVM iperf3 [OFFLOAD] entries during the run: {}",
+                // Count offloaded iperf3 connections 3 s into the 1-stream run.
+                let (r, off) = std::thread::scope(|scope| {
+                    let probe = scope.spawn(|| {
+                        std::thread::sleep(Duration::from_secs(3));
                         offloaded(&lab, IPERF)
-                    );
-                }
+                    });
+                    let r = run(&lab);
+                    (r, probe.join().unwrap_or(0))
+                });
+                println!("FTVM iperf3 {mode}: [OFFLOAD] iperf3 connections during the 1-stream run: {off}");
                 act.shutdown(false).await.expect("shutdown");
                 r
             })
@@ -411,6 +422,11 @@ fn throughput(mode: &str) -> (f64, f64) {
     };
     lab.stop("iperf3");
     r
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[test]
@@ -422,19 +438,46 @@ fn flowtable_throughput() {
     ) {
         return;
     }
+    // Interleaved rounds (each path once per round, a fresh lab each
+    // time); medians and min–max of the rounds.
+    let rounds: usize = std::env::var("FT_VM_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let modes = ["flowtable", "noflowtable", "plain"];
-    let r: Vec<(f64, f64)> = modes.iter().map(|m| throughput(m)).collect();
-    let plain = r[2];
-    println!("FTVM iperf3 | path | 1 stream Gbit/s | × plain | 8 streams Gbit/s | × plain |");
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
+    for round in 0..rounds {
+        for (k, m) in modes.iter().enumerate() {
+            let r = throughput(m);
+            println!(
+                "FTVM iperf3 round {round} {m}: {:.2} / {:.2} Gbit/s",
+                r.0, r.1
+            );
+            runs[k].push(r);
+        }
+    }
+    let stat = |k: usize, pick: fn(&(f64, f64)) -> f64| {
+        let v: Vec<f64> = runs[k].iter().map(pick).collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        (median(v), lo, hi)
+    };
+    let plain = (stat(2, |r| r.0).0, stat(2, |r| r.1).0);
+    println!(
+        "FTVM iperf3 | path | TCP 1 stream, Gbit/s | × plain | TCP 8 streams, Gbit/s | × plain |"
+    );
     println!("FTVM iperf3 |---|---|---|---|---|");
-    for (m, (one, eight)) in modes.iter().zip(&r) {
+    for (k, m) in modes.iter().enumerate() {
         let name = match *m {
-            "flowtable" => "pier, flowtable = \"software\"",
-            "noflowtable" => "pier, flowtable = \"off\"",
+            "flowtable" => "pier, `flowtable = \"software\"`",
+            "noflowtable" => "pier, `flowtable = \"off\"`",
             _ => "plain forwarding (no pier table)",
         };
+        let (one, one_lo, one_hi) = stat(k, |r| r.0);
+        let (eight, eight_lo, eight_hi) = stat(k, |r| r.1);
         println!(
-            "FTVM iperf3 | {name} | {one:.2} | ×{:.3} | {eight:.2} | ×{:.3} |",
+            "FTVM iperf3 | {name} | {one:.2} ({one_lo:.2}–{one_hi:.2}) | ×{:.3} | {eight:.2} ({eight_lo:.2}–{eight_hi:.2}) | ×{:.3} |",
             one / plain.0,
             eight / plain.1
         );
