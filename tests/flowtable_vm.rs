@@ -76,6 +76,10 @@ fn desired(generation: u64, nodes: &[&str]) -> Desired {
                 rule(RANGED, &["10.0.9.0/24"]),
                 rule(ALLOWED, &["10.0.1.0/24"]),
                 rule(IPERF, &[]),
+                PortRule {
+                    port: format!("{IPERF}/udp").parse().unwrap(),
+                    sources: vec![],
+                },
             ],
         })],
     }
@@ -136,12 +140,17 @@ fn round(conns: &mut BTreeMap<usize, TcpStream>) -> BTreeMap<usize, Result<Strin
 
 /// `conntrack -L` lines of the gateway for a destination port.
 fn conntrack(lab: &Lab, port: u16) -> Vec<String> {
+    conntrack_proto(lab, "tcp", port)
+}
+
+/// `conntrack -L` lines of the gateway for a protocol and destination port.
+fn conntrack_proto(lab: &Lab, proto: &str, port: u16) -> Vec<String> {
     let (_, text) = lab.try_sh(
         "gw",
-        &format!("conntrack -L -p tcp --dport {port} 2>/dev/null"),
+        &format!("conntrack -L -p {proto} --dport {port} 2>/dev/null"),
     );
     text.lines()
-        .filter(|l| l.starts_with("tcp"))
+        .filter(|l| l.starts_with(proto))
         .map(str::to_string)
         .collect()
 }
@@ -368,34 +377,56 @@ fn flowtable_offload_with_vip_counters() {
     offload_scenario(true);
 }
 
-/// Received bits/s of one iperf3 run from the client to the VIP (up to
-/// three tries: a run now and then ends without a result, e.g. the server
-/// still busy with the previous one).
-fn iperf(lab: &Lab, streams: u32) -> f64 {
+/// One iperf3 run from the client to the VIP, up to three tries (a run
+/// now and then ends without a result, e.g. the server still busy with the
+/// previous one): TCP received bits/s, or UDP received packets/s.
+fn iperf(lab: &Lab, args: &str) -> f64 {
     let mut last = String::new();
     for _ in 0..3 {
         let (_, json) = lab.try_sh(
             "cl",
-            &format!("iperf3 -c {VIP} -p {IPERF} -t 5 -O 1 -P {streams} -J"),
+            &format!("iperf3 -c {VIP} -p {IPERF} -t 5 -O 1 -J {args}"),
         );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            return bps;
+        let end = &v["end"];
+        let got = if args.contains("-u") {
+            // Received datagrams per second, from the server's side.
+            let sum = &end["sum"];
+            match (
+                sum["packets"].as_f64(),
+                sum["lost_packets"].as_f64(),
+                sum["seconds"].as_f64(),
+            ) {
+                (Some(p), Some(l), Some(t)) if t > 0.0 => Some((p - l) / t),
+                _ => None,
+            }
+        } else {
+            end["sum_received"]["bits_per_second"].as_f64()
+        };
+        if let Some(x) = got {
+            return x;
         }
         last = v["error"].as_str().unwrap_or(&json).to_string();
-        println!("FTVM iperf3 -P {streams}: no result ({last}), again");
+        println!("FTVM iperf3 {args}: no result ({last}), again");
         std::thread::sleep(Duration::from_secs(2));
     }
-    panic!("iperf3 -P {streams}: no result in three tries: {last}");
+    panic!("iperf3 {args}: no result in three tries: {last}");
 }
 
-/// (mode, 1 stream, 8 streams) in Gbit/s.
-fn throughput(mode: &str) -> (f64, f64) {
+/// One path's [TCP 1 stream Gbit/s, TCP 8 streams Gbit/s, UDP 64 B kpps].
+fn throughput(mode: &str) -> [f64; 3] {
     let mut lab = lab(&format!("t{}", &mode[..1]));
-    lab.spawn("n1", "iperf3", &["iperf3", "-s", "-p", "5201"]);
+    // Bound to the VIP: the UDP server's replies must come from it.
+    lab.spawn("n1", "iperf3", &["iperf3", "-s", "-p", "5201", "-B", VIP]);
     std::thread::sleep(Duration::from_secs(1));
     let gw = lab.ns("gw");
-    let run = |lab: &Lab| (iperf(lab, 1) / 1e9, iperf(lab, 8) / 1e9);
+    let run = |lab: &Lab| {
+        [
+            iperf(lab, "-P 1") / 1e9,
+            iperf(lab, "-P 8") / 1e9,
+            iperf(lab, "-u -l 64 -b 0") / 1e3,
+        ]
+    };
     let r = if mode == "plain" {
         lab.sh(
             "gw",
@@ -414,16 +445,27 @@ fn throughput(mode: &str) -> (f64, f64) {
                     .await
                     .expect("start");
                 act.apply(&desired(1, &["n1"])).await.expect("apply");
-                // Count offloaded iperf3 connections 3 s into the 1-stream run.
-                let (r, off) = std::thread::scope(|scope| {
+                // Count offloaded iperf3 flows 3 s into the 1-stream TCP run
+                // and into the UDP run (which starts after two TCP runs of
+                // 6 s each).
+                let (r, tcp, udp) = std::thread::scope(|scope| {
                     let probe = scope.spawn(|| {
                         std::thread::sleep(Duration::from_secs(3));
-                        offloaded(&lab, IPERF)
+                        let tcp = offloaded(&lab, IPERF);
+                        std::thread::sleep(Duration::from_secs(12));
+                        let udp = conntrack_proto(&lab, "udp", IPERF)
+                            .iter()
+                            .filter(|l| l.contains("[OFFLOAD]"))
+                            .count();
+                        (tcp, udp)
                     });
                     let r = run(&lab);
-                    (r, probe.join().unwrap_or(0))
+                    let (tcp, udp) = probe.join().unwrap_or((0, 0));
+                    (r, tcp, udp)
                 });
-                println!("FTVM iperf3 {mode}: [OFFLOAD] iperf3 connections during the 1-stream run: {off}");
+                println!(
+                    "FTVM iperf3 {mode}: [OFFLOAD] during the runs: {tcp} TCP (1 stream), {udp} UDP"
+                );
                 act.shutdown(false).await.expect("shutdown");
                 r
             })
@@ -454,41 +496,38 @@ fn flowtable_throughput() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     let modes = ["flowtable", "noflowtable", "plain"];
-    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
+    let mut runs: Vec<Vec<[f64; 3]>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         for (k, m) in modes.iter().enumerate() {
             let r = throughput(m);
             println!(
-                "FTVM iperf3 round {round} {m}: {:.2} / {:.2} Gbit/s",
-                r.0, r.1
+                "FTVM iperf3 round {round} {m}: {:.2} / {:.2} Gbit/s, {:.1} kpps",
+                r[0], r[1], r[2]
             );
             runs[k].push(r);
         }
     }
-    let stat = |k: usize, pick: fn(&(f64, f64)) -> f64| {
-        let v: Vec<f64> = runs[k].iter().map(pick).collect();
+    let stat = |k: usize, w: usize| {
+        let v: Vec<f64> = runs[k].iter().map(|r| r[w]).collect();
         let (lo, hi) = v
             .iter()
             .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
         (median(v), lo, hi)
     };
-    let plain = (stat(2, |r| r.0).0, stat(2, |r| r.1).0);
-    println!(
-        "FTVM iperf3 | path | TCP 1 stream, Gbit/s | × plain | TCP 8 streams, Gbit/s | × plain |"
-    );
-    println!("FTVM iperf3 |---|---|---|---|---|");
+    println!("FTVM iperf3 | path | TCP 1 stream, Gbit/s | × plain | TCP 8 streams, Gbit/s | × plain | UDP 64 B, kpps received | × plain |");
+    println!("FTVM iperf3 |---|---|---|---|---|---|---|");
     for (k, m) in modes.iter().enumerate() {
         let name = match *m {
             "flowtable" => "pier, `flowtable = \"software\"`",
             "noflowtable" => "pier, `flowtable = \"off\"`",
             _ => "plain forwarding (no pier table)",
         };
-        let (one, one_lo, one_hi) = stat(k, |r| r.0);
-        let (eight, eight_lo, eight_hi) = stat(k, |r| r.1);
-        println!(
-            "FTVM iperf3 | {name} | {one:.2} ({one_lo:.2}–{one_hi:.2}) | ×{:.3} | {eight:.2} ({eight_lo:.2}–{eight_hi:.2}) | ×{:.3} |",
-            one / plain.0,
-            eight / plain.1
-        );
+        let cells: Vec<String> = (0..3)
+            .map(|w| {
+                let (m, lo, hi) = stat(k, w);
+                format!("{m:.2} ({lo:.2}–{hi:.2}) | ×{:.3}", m / stat(2, w).0)
+            })
+            .collect();
+        println!("FTVM iperf3 | {name} | {} |", cells.join(" | "));
     }
 }
