@@ -10,6 +10,9 @@
 #   sudo benches/flowtable_vm.sh -- NAME    # one test of tests/flowtable_vm.rs
 #   FT_VM_SHELL='nft list ruleset' sudo benches/flowtable_vm.sh   # any command
 #
+# FT_VM_ROUNDS (iperf3 rounds, 3), FT_VM_ACCEL (qemu -accel: kvm, or tcg
+# where /dev/kvm is missing or PVM), FT_VM_TIMEOUT (s, 3600).
+#
 # Downloads and the initramfs go to target/vm (git-ignored).
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,9 +71,11 @@ rm -f "$vm/out/guest.log"
 # built with CONFIG_PVM_GUEST, Debian's hangs before its first message)
 # gets qemu's TCG emulation: slower, functionally the same kernel.
 accel=${FT_VM_ACCEL:-kvm}
-[ -z "${FT_VM_ACCEL:-}" ] && [ -d /sys/module/kvm_pvm ] && accel=tcg,thread=multi,tb-size=512
+if [ -z "${FT_VM_ACCEL:-}" ] && { [ -d /sys/module/kvm_pvm ] || [ ! -w /dev/kvm ]; }; then
+	accel=tcg,thread=multi,tb-size=512
+fi
 echo "flowtable_vm: $pkg in qemu, accel $accel"
-qemu-system-x86_64 -accel "$accel" -m 2048 -smp 2 -nographic -no-reboot -nic none \
+timeout "${FT_VM_TIMEOUT:-3600}" qemu-system-x86_64 -accel "$accel" -m 2048 -smp 2 -nographic -no-reboot -nic none \
 	-kernel "$vm/root/boot/vmlinuz-$kver" -initrd "$vm/initramfs.cpio.gz" \
 	-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
 	-virtfs "local,path=$vm/out,mount_tag=out,security_model=none" \
@@ -81,4 +86,5 @@ grep -q "flowtable_vm: test exit 0" "$vm/out/guest.log" 2>/dev/null || [ -n "${F
 	tail -n 40 "$vm/out/console.log" >&2
 	exit 1
 }
+grep '^FTVM\|^test ' "$vm/out/guest.log" 2>/dev/null | grep -v 'table:$' || true
 echo "flowtable_vm: guest output in $vm/out/guest.log"
