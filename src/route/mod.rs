@@ -233,6 +233,9 @@ pub struct DatapathStatus {
     /// Whether this kernel has flowtables (`CONFIG_NF_FLOW_TABLE`):
     /// `None` when it has, else why not.
     pub flowtable_missing: Option<String>,
+    /// `software` or `hardware` when accepted VIP flows are offloaded (the
+    /// kernel has flowtables and `flowtable` is not "off").
+    pub flowtable_offload: Option<String>,
     /// Other firewalls' forward chains that drop VIP traffic (opened by
     /// pier, or not).
     pub host_firewall: Vec<hostfw::Finding>,
@@ -283,6 +286,12 @@ impl DatapathStatus {
                     f.fix
                 ));
             }
+        }
+        if let Some(mode) = &self.flowtable_offload {
+            out.push(format!(
+                "flowtable: {mode} offload of established, accepted VIP flows (flowtable {} in table inet pier)",
+                nft::FLOWTABLE
+            ));
         }
         if let Some(why) = &self.flowtable_missing {
             out.push(format!(
@@ -397,8 +406,15 @@ impl RouteActuator {
         if let Some(why) = &flowtable_missing {
             tracing::info!("no flowtable offload in this kernel (CONFIG_NF_FLOW_TABLE): {why}");
         }
+        let flowtable_offload = match config.forwarding.flowtable {
+            _ if flowtable_missing.is_some() => None,
+            Flowtable::Off => None,
+            Flowtable::Software => Some("software".to_string()),
+            Flowtable::Hardware => Some("hardware".to_string()),
+        };
         let status = DatapathStatus {
             flowtable_missing,
+            flowtable_offload,
             host_firewall: Vec::new(),
             next_hop_groups: match &groups {
                 GroupMode::Resilient(p) => format!(
@@ -1044,4 +1060,28 @@ pub fn needed(desired: &Desired, peers_fall_back: bool) -> bool {
         .announcements
         .iter()
         .any(|a| peers_fall_back || a.mode.gateway_forwards())
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::DatapathStatus;
+
+    #[test]
+    fn status_says_whether_flows_are_offloaded() {
+        let on = DatapathStatus {
+            flowtable_offload: Some("software".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            on.lines(),
+            ["flowtable: software offload of established, accepted VIP flows (flowtable ft in table inet pier)"]
+        );
+        let missing = DatapathStatus {
+            flowtable_missing: Some("No such file or directory".into()),
+            ..Default::default()
+        };
+        assert_eq!(missing.lines().len(), 1);
+        assert!(missing.lines()[0].starts_with("flowtable: not available in this kernel"));
+        assert!(DatapathStatus::default().lines().is_empty());
+    }
 }
