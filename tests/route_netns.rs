@@ -780,6 +780,7 @@ fn default_table_forwards_and_counts_only_drops() {
                     ("8080/tcp", &[]),
                     ("8443/tcp", &["192.0.2.0/24"]),
                     ("8444/tcp", &["10.0.1.0/24"]),
+                    ("5353/udp", &[]),
                 ],
             ),
             announcement("fd66::10", &["fd00:2::11"], &[("8080/tcp", &[])]),
@@ -850,13 +851,27 @@ fn default_table_forwards_and_counts_only_drops() {
 
     // Open ports, and a ranged one from inside its range: real TCP
     // connections through the gateway, answered by the node.
-    let (open, in_range, open6) = in_ns(&client, || {
+    // A UDP datagram of 3,000 bytes leaves the client in three fragments;
+    // only the first carries the port. The rest must pass too, or the
+    // node never reassembles it (pier loads no conntrack to do that).
+    let (open, in_range, open6, fragmented) = in_ns(&client, || {
+        let udp = UdpSocket::bind("10.0.1.2:0").expect("udp bind");
+        udp.set_read_timeout(Some(ok_timeout)).expect("timeout");
+        udp.send_to(&[7u8; 3000], vip_addr(5353)).expect("send");
+        let mut buf = [0u8; 128];
+        let echo = udp.recv_from(&mut buf).map(|(n, _)| n);
         (
             tcp_ok(vip_addr(8080), ok_timeout),
             tcp_ok(vip_addr(8444), ok_timeout),
             tcp_ok(v6_open, ok_timeout),
+            echo,
         )
     });
+    // The node's echo server reads 64 bytes of what it reassembled.
+    assert_eq!(
+        fragmented.expect("a fragmented datagram to 5353/udp must arrive whole"),
+        64
+    );
     open.expect("8080/tcp is open: must arrive");
     in_range.expect("8444/tcp allows 10.0.1.0/24: must arrive");
     open6.expect("[fd66::10]:8080/tcp is open: must arrive");

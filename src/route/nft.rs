@@ -182,6 +182,10 @@ struct FamilyNames {
     match_daddr: &'static str,
     match_saddr: &'static str,
     icmp: &'static str,
+    /// A non-first fragment: it carries no port (pier loads no conntrack,
+    /// so nothing reassembles it here); the node reassembles it with the
+    /// first fragment, which the port rules decided on.
+    fragment: &'static str,
 }
 
 const V4: FamilyNames = FamilyNames {
@@ -190,6 +194,7 @@ const V4: FamilyNames = FamilyNames {
     match_daddr: "ip daddr",
     match_saddr: "ip saddr",
     icmp: "icmp type { destination-unreachable, time-exceeded, parameter-problem }",
+    fragment: "ip frag-off & 0x1fff != 0",
 };
 
 const V6: FamilyNames = FamilyNames {
@@ -199,6 +204,7 @@ const V6: FamilyNames = FamilyNames {
     match_saddr: "ip6 saddr",
     icmp:
         "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }",
+    fragment: "frag frag-off != 0",
 };
 
 fn push_elements(out: &mut String, set: &str, elements: &[String]) {
@@ -527,6 +533,10 @@ fn render_with_objects(
             format!("{d} . meta l4proto . th dport vmap @ranged{s}"),
         ));
         out.push_str(&rule(&vip, format!("{} {count_accepted}accept", f.icmp)));
+        out.push_str(&rule(
+            &vip,
+            format!("{} {count_accepted}accept", f.fragment),
+        ));
         out.push_str(&rule(
             &vip,
             format!("counter name {d} map @dropped{s} counter name dropped_port drop"),
@@ -996,6 +1006,7 @@ add rule inet pier forward ip daddr @vips4 goto vip4
 add rule inet pier vip4 counter name ip daddr . meta l4proto . th dport map @open4 accept
 add rule inet pier vip4 ip daddr . meta l4proto . th dport vmap @ranged4
 add rule inet pier vip4 icmp type { destination-unreachable, time-exceeded, parameter-problem } counter name ip daddr map @accepted4 accept
+add rule inet pier vip4 ip frag-off & 0x1fff != 0 counter name ip daddr map @accepted4 accept
 add rule inet pier vip4 counter name ip daddr map @dropped4 counter name dropped_port drop
 add rule inet pier src4_0 ip saddr { 192.0.2.0/24 } counter name ip daddr map @accepted4 accept
 add rule inet pier src4_0 counter name ip daddr map @dropped4 counter name dropped_source drop
@@ -1003,6 +1014,7 @@ add rule inet pier forward ip6 daddr @vips6 goto vip6
 add rule inet pier vip6 counter name ip6 daddr . meta l4proto . th dport map @open6 accept
 add rule inet pier vip6 ip6 daddr . meta l4proto . th dport vmap @ranged6
 add rule inet pier vip6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter name ip6 daddr map @accepted6 accept
+add rule inet pier vip6 frag frag-off != 0 counter name ip6 daddr map @accepted6 accept
 add rule inet pier vip6 counter name ip6 daddr map @dropped6 counter name dropped_port drop
 add rule inet pier src6_0 ip6 saddr { 2001:db8::/32 } counter name ip6 daddr map @accepted6 accept
 add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name dropped_source drop
@@ -1056,10 +1068,10 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         let text = render(&Firewall::new(), &BTreeSet::new(), false);
         assert!(!text.contains("add element"));
         assert!(!text.contains("add counter"));
-        assert_eq!(text.matches("add rule").count(), 8, "the fixed rules");
+        assert_eq!(text.matches("add rule").count(), 10, "the fixed rules");
         // With vip_counters, one more per family: the `open` map's.
         let text = render_layout(&Firewall::new(), &counted(), &BTreeSet::new(), false);
-        assert_eq!(text.matches("add rule").count(), 10, "the fixed rules");
+        assert_eq!(text.matches("add rule").count(), 12, "the fixed rules");
     }
 
     #[test]
@@ -1081,7 +1093,7 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         };
         let fw = firewall(&big);
         let text = render(&fw, &BTreeSet::new(), false);
-        assert_eq!(text.matches("add rule").count(), 8 + 2 * 2);
+        assert_eq!(text.matches("add rule").count(), 10 + 2 * 2);
         assert!(text.contains("src4_0 ip saddr { 192.0.2.0/24 } accept"));
         assert!(text.contains("src4_1 ip saddr { 198.51.100.0/24, 203.0.113.9/32 } accept"));
         assert_eq!(text.matches(": goto src4_").count(), 1000);
@@ -1109,11 +1121,12 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         let existing = BTreeSet::from(["a_0a4d000a".to_string(), "d_0a4d000a".to_string()]);
         let (text, objects) = render_with_objects(&fw, &layout, &existing, false);
         assert_eq!(
-            rules(&text)[..4],
+            rules(&text)[..5],
             [
                 "add rule inet pier forward ip daddr @vips4 goto vip4",
                 "add rule inet pier vip4 ip daddr . meta l4proto . th dport vmap @ranged4",
                 "add rule inet pier vip4 icmp type { destination-unreachable, time-exceeded, parameter-problem } accept",
+                "add rule inet pier vip4 ip frag-off & 0x1fff != 0 accept",
                 "add rule inet pier vip4 counter name ip daddr map @dropped4 counter name dropped_port drop",
             ],
             "{text}"
@@ -1133,7 +1146,7 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         assert!(text.contains("delete counter inet pier a_0a4d000a\n"));
         assert!(!text.contains("delete counter inet pier d_0a4d000a"));
         assert!(objects.contains("d_0a4d000a") && !objects.contains("a_0a4d000a"));
-        assert_eq!(text.matches("add rule").count(), 10 - 2 + 2 * 2);
+        assert_eq!(text.matches("add rule").count(), 12 - 2 + 2 * 2);
         assert_eq!(text, render(&fw, &existing, false), "render: the default");
         // Asked for, the counters come back: one lookup in `open4` both
         // matches an open port and names its counter.
@@ -1211,11 +1224,15 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
                     // A VIP chain's or a source chain's accept is the
                     // flowtable's (ICMP errors aside).
                     assert!(
-                        !r.ends_with(" accept") || r.contains("icmp"),
+                        !r.ends_with(" accept") || r.contains("icmp") || r.contains("frag"),
                         "an accept that skips the flowtable: {r}"
                     );
                 }
-                if r.contains("drop") || r.contains("icmp") || r.contains(" forward ") {
+                if r.contains("drop")
+                    || r.contains("icmp")
+                    || r.contains("frag")
+                    || r.contains(" forward ")
+                {
                     assert!(!r.contains("fwd"), "{r}");
                 }
             }
