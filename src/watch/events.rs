@@ -265,6 +265,12 @@ pub const OBJECT_REFILL: Duration = Duration::from_secs(300);
 /// Warning takes the place of the oldest Normal), as client-go's
 /// broadcaster drops when its queue is full.
 pub const OUTBOX_LIMIT: usize = 16_384;
+/// Tries of one Event write that failed for a reason waiting can heal (the
+/// API server unreachable, restarting, 5xx, 429), as client-go's recorder
+/// (`maxTriesPerEvent`); then it is given up.
+pub const EVENT_TRIES: u8 = 12;
+/// The wait before the outbox gives anything again after such a failure.
+pub const EVENT_RETRY_WAIT: Duration = Duration::from_secs(2);
 
 /// A token bucket with time as an input.
 #[derive(Debug, Clone, Copy)]
@@ -318,6 +324,8 @@ pub struct OutgoingEvent {
     pub write: EventWrite,
     /// `regarding.uid` (`None`: read when the write goes out).
     pub uid: Option<String>,
+    /// Tries so far that failed for a transient reason.
+    pub tries: u8,
 }
 
 /// What [`EventOutbox::offer`] did with a write.
@@ -339,6 +347,8 @@ pub struct EventOutbox {
     /// Per (Service, reason), by hash (a collision only shares a budget);
     /// an entry goes once its bucket is full again.
     objects: BTreeMap<u64, TokenBucket>,
+    /// Nothing goes before this (a write failed for a transient reason).
+    hold_until: Option<Timestamp>,
 }
 
 fn object_key(service: &ServiceKey, reason: &str) -> u64 {
@@ -382,7 +392,11 @@ impl EventOutbox {
         if self.len() >= OUTBOX_LIMIT && (!warning || self.normals.pop_front().is_none()) {
             return Offered::Dropped;
         }
-        let out = OutgoingEvent { write, uid };
+        let out = OutgoingEvent {
+            write,
+            uid,
+            tries: 0,
+        };
         if warning {
             self.warnings.push_back(out);
         } else {
@@ -394,6 +408,10 @@ impl EventOutbox {
     /// The writes that may go out at `now`: as many as the writer's bucket
     /// allows, Warnings first.
     pub fn take(&mut self, now: Timestamp) -> Vec<OutgoingEvent> {
+        if self.hold_until.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
+        self.hold_until = None;
         let bucket = self
             .bucket
             .get_or_insert_with(|| TokenBucket::full(EVENT_BURST, now));
@@ -417,9 +435,35 @@ impl EventOutbox {
         if self.is_empty() {
             return None;
         }
-        Some(self.bucket.map_or(Duration::ZERO, |b| {
+        let bucket = self.bucket.map_or(Duration::ZERO, |b| {
             b.wait(now, EVENT_BURST, f64::from(EVENT_RATE))
-        }))
+        });
+        let held = self.hold_until.map_or(Duration::ZERO, |t| {
+            Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
+        });
+        Some(bucket.max(held))
+    }
+
+    /// A write that failed for a transient reason goes back to the front
+    /// of its queue (no budget charged again), and the outbox holds
+    /// everything for [`EVENT_RETRY_WAIT`]. False: it has had its
+    /// [`EVENT_TRIES`], and is given up.
+    pub fn retry(&mut self, mut out: OutgoingEvent, now: Timestamp) -> bool {
+        out.tries = out.tries.saturating_add(1);
+        if out.tries >= EVENT_TRIES {
+            return false;
+        }
+        let warning = match &out.write {
+            EventWrite::Create { occurrence, .. } => occurrence.kind == EventKind::Warning,
+            EventWrite::Series { .. } => true,
+        };
+        if warning {
+            self.warnings.push_front(out);
+        } else {
+            self.normals.push_front(out);
+        }
+        self.hold_until = Some(later(now, EVENT_RETRY_WAIT));
+        true
     }
 
     /// Forget the per-(Service, reason) budgets that are full again.
@@ -440,6 +484,7 @@ impl EventOutbox {
         self.warnings.clear();
         self.normals.clear();
         self.objects.clear();
+        self.hold_until = None;
     }
 }
 
@@ -655,6 +700,52 @@ mod tests {
         assert_eq!(sent, n);
         let secs = elapsed(now, t).as_secs();
         assert_eq!(secs, u64::from((n - EVENT_BURST).div_ceil(EVENT_RATE)));
+        assert_eq!(o.due(t), None);
+    }
+
+    #[test]
+    fn a_transient_failure_is_tried_again_after_a_wait_then_given_up() {
+        let mut o = EventOutbox::default();
+        let now = t0();
+        for svc in ["a", "b"] {
+            o.offer(
+                create(svc, "IPAllocated", EventKind::Normal, now),
+                None,
+                now,
+            );
+        }
+        let mut out = o.take(now);
+        assert_eq!(services(&out), ["a", "b"]);
+        // "b" failed (the API server restarting): back first, after a wait.
+        let b = out.pop().expect("b");
+        o.offer(
+            create("c", "IPAllocated", EventKind::Normal, now),
+            None,
+            now,
+        );
+        assert!(o.retry(b, now));
+        assert!(o.take(now).is_empty(), "held after a failure");
+        assert_eq!(o.due(now), Some(EVENT_RETRY_WAIT));
+        let then = later(now, EVENT_RETRY_WAIT);
+        let out = o.take(then);
+        assert_eq!(services(&out), ["b", "c"], "the retried write first");
+        assert_eq!(out[0].tries, 1);
+        // It fails every time: given up at its last try.
+        let mut w = out.into_iter().next().expect("b");
+        let mut t = then;
+        for _ in 1..EVENT_TRIES - 1 {
+            assert!(o.retry(w, t));
+            t = later(t, EVENT_RETRY_WAIT);
+            w = o.take(t).pop().expect("tried again");
+        }
+        assert_eq!(w.tries, EVENT_TRIES - 1);
+        assert!(!o.retry(w, t), "given up after {EVENT_TRIES} tries");
+        assert!(o.is_empty());
+        // A lost leadership forgets the wait with the rest.
+        o.offer(create("d", "IPAllocated", EventKind::Normal, t), None, t);
+        let d = o.take(t).pop().expect("d");
+        assert!(o.retry(d, t));
+        o.clear();
         assert_eq!(o.due(t), None);
     }
 

@@ -279,12 +279,30 @@ pub fn event_object(
 pub const REPORTING_CONTROLLER: &str = "pier";
 
 /// Perform one Event write. `Err` carries the Event's name, for the book.
+/// Why an Event write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventFailure {
+    /// Waiting can heal it (the API server unreachable, restarting, 5xx,
+    /// 429): tried again.
+    Transient,
+    /// Refused: the book forgets the Event.
+    Refused,
+}
+
+fn event_failure(e: &kube::Error) -> EventFailure {
+    if super::transient(e) {
+        EventFailure::Transient
+    } else {
+        EventFailure::Refused
+    }
+}
+
 async fn send_event(
     client: &Client,
-    write: EventWrite,
+    write: &EventWrite,
     instance: &str,
     uid: Option<String>,
-) -> Result<(), (ServiceKey, String)> {
+) -> Result<(), EventFailure> {
     match write {
         EventWrite::Create {
             name,
@@ -292,15 +310,18 @@ async fn send_event(
             event_time,
         } => {
             let api: Api<K8sEvent> = Api::namespaced(client.clone(), &occurrence.service.namespace);
-            let ev = event_object(&name, &occurrence, event_time, instance, uid);
+            let ev = event_object(name, occurrence, *event_time, instance, uid);
             match api.create(&PostParams::default(), &ev).await {
                 Ok(_) => {
                     debug!(service = %occurrence.service, reason = occurrence.reason, "Event recorded");
                     Ok(())
                 }
+                // A try whose answer was lost (the server restarting)
+                // created it: names are not reused.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
                 Err(e) => {
                     warn!(service = %occurrence.service, reason = occurrence.reason, error = %super::explain(&e), "cannot record Event");
-                    Err((occurrence.service, name))
+                    Err(event_failure(&e))
                 }
             }
         }
@@ -312,9 +333,9 @@ async fn send_event(
         } => {
             let api: Api<K8sEvent> = Api::namespaced(client.clone(), &service.namespace);
             let patch =
-                json!({"series": {"count": count, "lastObservedTime": MicroTime(last_observed)}});
+                json!({"series": {"count": count, "lastObservedTime": MicroTime(*last_observed)}});
             match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => Ok(()),
@@ -322,7 +343,7 @@ async fn send_event(
                     // Gone (the API server's Event TTL) or refused: the
                     // next occurrence starts a new Event.
                     debug!(service = %service, event = %name, error = %super::explain(&e), "cannot update the Event's series");
-                    Err((service, name))
+                    Err(event_failure(&e))
                 }
             }
         }
@@ -481,7 +502,7 @@ pub fn spawn(
             }
             let due = outbox.take(now);
             if !due.is_empty() {
-                send_events(&client, &instance, &leader, due, &mut book).await;
+                send_events(&client, &instance, &leader, due, &mut book, &mut outbox).await;
             }
             events_at = outbox
                 .due(Timestamp::now())
@@ -500,36 +521,47 @@ pub fn spawn(
 /// meanwhile go out together rather than one round each.
 const EVENT_ROUND: Duration = Duration::from_millis(50);
 
-/// Send the outbox's writes, several at a time; forget the Events that
-/// could not be written.
+/// Send the outbox's writes, several at a time. A write that failed for a
+/// reason waiting can heal goes back to the outbox (up to
+/// [`super::events::EVENT_TRIES`] tries, as client-go's recorder); the
+/// book forgets an Event that was refused or given up.
 async fn send_events(
     client: &Client,
     instance: &str,
     leader: &watch::Receiver<bool>,
     writes: Vec<OutgoingEvent>,
     book: &mut EventBook,
+    outbox: &mut EventOutbox,
 ) {
     let leader_now = leader;
-    let failed: Vec<(ServiceKey, String)> = futures::stream::iter(writes)
-        .map(|OutgoingEvent { write, uid }| async move {
+    let failed: Vec<(OutgoingEvent, EventFailure)> = futures::stream::iter(writes)
+        .map(|mut out| async move {
             if !*leader_now.borrow() {
-                return Ok(());
+                return None;
             }
-            let uid = match (&write, uid) {
-                (_, Some(uid)) => Some(uid),
-                (EventWrite::Create { occurrence, .. }, None) => {
-                    service_uid(client, &occurrence.service).await
+            if out.uid.is_none() {
+                if let EventWrite::Create { occurrence, .. } = &out.write {
+                    out.uid = service_uid(client, &occurrence.service).await;
                 }
-                (EventWrite::Series { .. }, None) => None,
-            };
-            send_event(client, write, instance, uid).await
+            }
+            let r = send_event(client, &out.write, instance, out.uid.clone()).await;
+            r.err().map(|f| (out, f))
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
-        .filter_map(|r| async move { r.err() })
+        .filter_map(|r| async move { r })
         .collect()
         .await;
-    for (service, name) in failed {
-        book.failed(&service, &name);
+    let now = Timestamp::now();
+    for (out, failure) in failed {
+        let (service, name) = match &out.write {
+            EventWrite::Create {
+                name, occurrence, ..
+            } => (occurrence.service.clone(), name.clone()),
+            EventWrite::Series { service, name, .. } => (service.clone(), name.clone()),
+        };
+        if failure == EventFailure::Refused || !outbox.retry(out, now) {
+            book.failed(&service, &name);
+        }
     }
 }
 
