@@ -601,6 +601,24 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
                     .map(|s| 100.0 * s.softirq / (s.bps / 1e9))
                     .collect(),
             );
+            // softirq CPU per packet received (UDP): µs.
+            let si_per_packet = |p: usize| {
+                median_f(
+                    samples[p][w]
+                        .iter()
+                        .map(|s| 1e6 * s.softirq / s.pps.max(1.0))
+                        .collect(),
+                )
+            };
+            let per_packet = if udp {
+                format!(
+                    "; softirq {:.2} µs per packet (×{:.3} of plain forwarding's)",
+                    si_per_packet(p),
+                    si_per_packet(p) / si_per_packet(1)
+                )
+            } else {
+                String::new()
+            };
             let (figure, range) = if udp {
                 (
                     format!("{:.0} kpps", v / 1e3),
@@ -616,7 +634,7 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
                 format!("{label}: {path}"),
                 figure,
                 format!(
-                    "×{:.3} of plain forwarding; range {range}; softirq {:.1} % CPU per Gbit/s",
+                    "×{:.3} of plain forwarding; range {range}; softirq {:.1} % CPU per Gbit/s{per_packet}",
                     v / plain,
                     si_per_gbit
                 ),
