@@ -373,6 +373,7 @@ pub fn spawn(
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut events_at: Option<tokio::time::Instant> = None;
         let mut burst = false;
+        let mut was_leader = false;
         let mut tick = tokio::time::interval(EVENT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -402,7 +403,9 @@ pub fn spawn(
             }
             let is_leader = *leader.borrow_and_update();
             if !is_leader {
-                if !pending.is_empty() || !outbox.is_empty() {
+                // A standby's engine reports its own releases too: taken
+                // apart above like the leader's, dropped here without a word.
+                if was_leader && (!pending.is_empty() || !outbox.is_empty()) {
                     info!(
                         services = pending.len(),
                         events = outbox.len(),
@@ -414,8 +417,10 @@ pub fn spawn(
                 outbox.clear();
                 retry_at = None;
                 events_at = None;
+                was_leader = false;
                 continue;
             }
+            was_leader = true;
             // Status first (what users and controllers wait for), several
             // Services at a time; each write checks leadership as it starts.
             // The writes are consumed as they go and their outcomes handled
