@@ -14,16 +14,19 @@
 //! them for docs/benchmarks.md).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 #[path = "common/netlab.rs"]
 mod netlab;
 
+#[path = "common/gateway_lab.rs"]
+mod gateway_lab;
+
+use gateway_lab::{client_gateway_nodes, forwarded_vip, port, round};
 use netlab::{line_request, line_server, Lab};
 use pier::config::{Forwarding, NextHopGroups, SysctlMode};
-use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
+use pier::model::Desired;
 use pier::route::{RouteActuator, RouteConfig};
 
 const VIP: &str = "10.77.0.10";
@@ -38,67 +41,29 @@ const NODES: [(&str, &str); 3] = [
 /// a broken one gets a reset, or nothing).
 const ANSWER: Duration = Duration::from_secs(2);
 
+/// The VIP, forwarded to those of `NODES` named in `nodes`.
 fn desired(generation: u64, nodes: &[&str]) -> Desired {
-    Desired {
+    let hops: Vec<(&str, &str)> = NODES
+        .iter()
+        .copied()
+        .filter(|(n, _)| nodes.contains(n))
+        .collect();
+    forwarded_vip(
         generation,
-        announcements: vec![Arc::new(Announcement {
-            vip: VIP.parse().unwrap(),
-            pool: "lab".into(),
-            mode: AnnounceMode::BgpSelf,
-            next_hops: NODES
-                .iter()
-                .filter(|(n, _)| nodes.contains(n))
-                .map(|(n, a)| NextHop {
-                    node: n.to_string(),
-                    address: a.parse::<IpAddr>().unwrap(),
-                    labels: Default::default(),
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            bgp: BgpAttributes::default(),
-            services: vec![],
-            ports: vec![PortRule {
-                port: format!("{PORT}/tcp").parse().unwrap(),
-                sources: vec![],
-            }],
-        })],
-    }
+        VIP,
+        &hops,
+        vec![port(&format!("{PORT}/tcp"), &[])],
+    )
 }
 
-/// client (10.0.1.2) — gw (10.0.1.1 | 10.0.2.1 on the LAN) — n1..n3 (VIP on lo)
+/// client (10.0.1.2) — gw (10.0.1.1 | 10.0.2.1 on the LAN) — n1..n3 (VIP on
+/// lo), each answering its name on the port.
 fn lab() -> Lab {
-    let mut lab = Lab::new("ck");
-    lab.host("gw", &["10.0.2.1/24"]);
-    lab.bare_host("cl");
-    lab.link("cl", "c0", &["10.0.1.2/24"], "gw", "g0", &["10.0.1.1/24"]);
-    lab.sh("cl", "ip route add default via 10.0.1.1");
-    for (n, a) in NODES {
-        lab.host(n, &[&format!("{a}/24")]);
-        lab.sh(
-            n,
-            &format!("ip addr add {VIP}/32 dev lo && ip route add default via 10.0.2.1"),
-        );
+    let lab = client_gateway_nodes("ck", VIP, &NODES);
+    for (n, _) in NODES {
         line_server(&lab, n, SocketAddr::new(VIP.parse().unwrap(), PORT), n);
     }
     lab
-}
-
-/// One request on every connection still open: connection index → the
-/// node that answered, or why it failed. A failed connection is closed.
-fn round(conns: &mut BTreeMap<usize, TcpStream>) -> BTreeMap<usize, Result<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut dead = Vec::new();
-    for (i, c) in conns.iter_mut() {
-        let r = line_request(c, ANSWER);
-        if r.is_err() {
-            dead.push(*i);
-        }
-        out.insert(*i, r);
-    }
-    for i in dead {
-        conns.remove(&i);
-    }
-    out
 }
 
 /// Connections that were on one of `nodes` and now fail or answer from
@@ -201,7 +166,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
 
                 let mut conns: BTreeMap<usize, TcpStream> =
                     connect(CONNECTIONS).into_iter().enumerate().collect();
-                let first: BTreeMap<usize, String> = round(&mut conns)
+                let first: BTreeMap<usize, String> = round(&mut conns, ANSWER)
                     .into_iter()
                     .map(|(i, r)| (i, r.expect("first request")))
                     .collect();
@@ -217,7 +182,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                     .await
                     .expect("apply without n3");
                 assert_eq!(group_ids(&lab), groups, "the group is changed in place");
-                let after = round(&mut conns);
+                let after = round(&mut conns, ANSWER);
                 let leave = broken(&first, &after, &["n1", "n2"]);
                 let mut now: BTreeMap<usize, String> = after
                     .into_iter()
@@ -231,7 +196,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                     .enumerate()
                     .map(|(i, c)| (CONNECTIONS + i, c))
                     .collect();
-                for (i, r) in round(&mut fresh) {
+                for (i, r) in round(&mut fresh, ANSWER) {
                     now.insert(i, r.expect("request on a connection opened without n3"));
                 }
                 conns.append(&mut fresh);
@@ -247,7 +212,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 let mut probes = Vec::new();
                 while std::time::Instant::now() < deadline {
-                    for (i, r) in round(&mut conns) {
+                    for (i, r) in round(&mut conns, ANSWER) {
                         if r.as_ref().ok() != now.get(&i) {
                             join_broken.insert(i);
                         }
@@ -261,7 +226,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                for (i, r) in round(&mut conns) {
+                for (i, r) in round(&mut conns, ANSWER) {
                     if r.as_ref().ok() != now.get(&i) {
                         join_broken.insert(i);
                     }

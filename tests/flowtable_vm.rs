@@ -17,16 +17,20 @@
 //! docs/benchmarks.md).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 #[path = "common/netlab.rs"]
 mod netlab;
 
-use netlab::{line_request, line_server, Lab};
+#[path = "common/gateway_lab.rs"]
+mod gateway_lab;
+
+use gateway_lab::{client_gateway_nodes, forwarded_vip, port, round};
+
+use netlab::{line_server, Lab};
 use pier::config::{Flowtable, Forwarding, SysctlMode};
-use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
+use pier::model::Desired;
 use pier::route::{RouteActuator, RouteConfig};
 
 const VIP: &str = "10.77.0.10";
@@ -48,55 +52,27 @@ const NODES: [(&str, &str); 3] = [
 /// Generous: the guest may be emulated (TCG).
 const ANSWER: Duration = Duration::from_secs(5);
 
+/// The VIP, forwarded to those of `NODES` named in `nodes`.
 fn desired(generation: u64, nodes: &[&str]) -> Desired {
-    let rule = |port: u16, sources: &[&str]| PortRule {
-        port: format!("{port}/tcp").parse().unwrap(),
-        sources: sources.iter().map(|s| s.parse().unwrap()).collect(),
-    };
-    Desired {
-        generation,
-        announcements: vec![Arc::new(Announcement {
-            vip: VIP.parse().unwrap(),
-            pool: "lab".into(),
-            mode: AnnounceMode::BgpSelf,
-            next_hops: NODES
-                .iter()
-                .filter(|(n, _)| nodes.contains(n))
-                .map(|(n, a)| NextHop {
-                    node: n.to_string(),
-                    address: a.parse::<IpAddr>().unwrap(),
-                    labels: Default::default(),
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            bgp: BgpAttributes::default(),
-            services: vec![],
-            ports: vec![
-                rule(OPEN, &[]),
-                rule(RANGED, &["10.0.9.0/24"]),
-                rule(ALLOWED, &["10.0.1.0/24"]),
-                rule(IPERF, &[]),
-                PortRule {
-                    port: format!("{IPERF}/udp").parse().unwrap(),
-                    sources: vec![],
-                },
-            ],
-        })],
-    }
+    let hops: Vec<(&str, &str)> = NODES
+        .iter()
+        .copied()
+        .filter(|(n, _)| nodes.contains(n))
+        .collect();
+    let tcp = |p: u16, sources: &[&str]| port(&format!("{p}/tcp"), sources);
+    let ports = vec![
+        tcp(OPEN, &[]),
+        tcp(RANGED, &["10.0.9.0/24"]),
+        tcp(ALLOWED, &["10.0.1.0/24"]),
+        tcp(IPERF, &[]),
+        port(&format!("{IPERF}/udp"), &[]),
+    ];
+    forwarded_vip(generation, VIP, &hops, ports)
 }
 
 fn lab(tag: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.host("gw", &["10.0.2.1/24"]);
-    lab.bare_host("cl");
-    lab.link("cl", "c0", &["10.0.1.2/24"], "gw", "g0", &["10.0.1.1/24"]);
-    lab.sh("cl", "ip route add default via 10.0.1.1");
-    for (n, a) in NODES {
-        lab.host(n, &[&format!("{a}/24")]);
-        lab.sh(
-            n,
-            &format!("ip addr add {VIP}/32 dev lo && ip route add default via 10.0.2.1"),
-        );
+    let lab = client_gateway_nodes(tag, VIP, &NODES);
+    for (n, _) in NODES {
         for port in [OPEN, RANGED, ALLOWED, CLOSED] {
             line_server(&lab, n, SocketAddr::new(VIP.parse().unwrap(), port), n);
         }
@@ -126,16 +102,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// One request on every kept connection: index → answering node or error.
-fn round(conns: &mut BTreeMap<usize, TcpStream>) -> BTreeMap<usize, Result<String, String>> {
-    let out: BTreeMap<_, _> = conns
-        .iter_mut()
-        .map(|(i, c)| (*i, line_request(c, ANSWER)))
-        .collect();
-    conns.retain(|i, _| out[i].is_ok());
-    out
 }
 
 /// `conntrack -L` lines of the gateway for a destination port.
@@ -236,7 +202,7 @@ fn offload_scenario(vip_counters: bool) {
             // (b) kept connections are offloaded and keep answering.
             let mut conns: BTreeMap<usize, TcpStream> =
                 connect(CONNECTIONS).into_iter().enumerate().collect();
-            let first: BTreeMap<usize, String> = round(&mut conns)
+            let first: BTreeMap<usize, String> = round(&mut conns, ANSWER)
                 .into_iter()
                 .map(|(i, r)| (i, r.expect("first request")))
                 .collect();
@@ -246,7 +212,7 @@ fn offload_scenario(vip_counters: bool) {
                 0
             };
             for _ in 0..5 {
-                let r = round(&mut conns);
+                let r = round(&mut conns, ANSWER);
                 assert!(r.values().all(Result::is_ok), "{r:?}");
             }
             let off = offloaded(&lab, OPEN);
@@ -278,7 +244,7 @@ fn offload_scenario(vip_counters: bool) {
                     .collect()
             });
             for _ in 0..6 {
-                let r = round(&mut ranged);
+                let r = round(&mut ranged, ANSWER);
                 assert!(r.values().all(Result::is_ok), "{r:?}");
             }
             let off_ranged = offloaded(&lab, ALLOWED);
@@ -298,7 +264,7 @@ fn offload_scenario(vip_counters: bool) {
             act.apply(&desired(2, &["n1", "n2"]))
                 .await
                 .expect("apply without n3");
-            let after = round(&mut conns);
+            let after = round(&mut conns, ANSWER);
             let mut moved = BTreeMap::<String, (usize, usize)>::new();
             for (i, was) in &first {
                 let e = moved.entry(was.clone()).or_default();
@@ -326,13 +292,13 @@ fn offload_scenario(vip_counters: bool) {
                 .filter_map(|(i, r)| r.ok().map(|n| (i, n)))
                 .collect();
             for _ in 0..3 {
-                round(&mut conns);
+                round(&mut conns, ANSWER);
             }
             let off_before_join = offloaded(&lab, OPEN);
             act.apply(&desired(3, &["n1", "n2", "n3"]))
                 .await
                 .expect("apply with n3");
-            let joined = round(&mut conns);
+            let joined = round(&mut conns, ANSWER);
             let join_broken = joined
                 .iter()
                 .filter(|(i, r)| r.as_ref().ok() != before_join.get(i))

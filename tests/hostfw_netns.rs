@@ -14,48 +14,25 @@ use std::time::{Duration, Instant};
 #[path = "common/netlab.rs"]
 mod netlab;
 
+#[path = "common/gateway_lab.rs"]
+mod gateway_lab;
+
+use gateway_lab::{client_gateway_nodes, forwarded_vip, port};
+
 use netlab::{line_request, line_server, Lab};
 use pier::config::{Forwarding, HostFirewall, SysctlMode};
-use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
+use pier::model::Desired;
 use pier::route::{DatapathStatus, RouteActuator, RouteConfig};
 
 const VIP: &str = "10.77.0.10";
 
 fn desired() -> Desired {
-    Desired {
-        generation: 1,
-        announcements: vec![Arc::new(Announcement {
-            vip: VIP.parse().unwrap(),
-            pool: "lab".into(),
-            mode: AnnounceMode::BgpSelf,
-            next_hops: vec![NextHop {
-                node: "n1".into(),
-                address: "10.0.2.11".parse().unwrap(),
-                labels: Default::default(),
-            }]
-            .into(),
-            bgp: BgpAttributes::default(),
-            services: vec![],
-            ports: vec![PortRule {
-                port: "80/tcp".parse().unwrap(),
-                sources: vec![],
-            }],
-        })],
-    }
+    forwarded_vip(1, VIP, &[("n1", "10.0.2.11")], vec![port("80/tcp", &[])])
 }
 
 /// client (10.0.1.2) — gw (10.0.1.1 | 10.0.2.1) — n1 (10.0.2.11, VIP on lo)
 fn lab(tag: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.host("gw", &["10.0.2.1/24"]);
-    lab.bare_host("cl");
-    lab.link("cl", "c0", &["10.0.1.2/24"], "gw", "g0", &["10.0.1.1/24"]);
-    lab.sh("cl", "ip route add default via 10.0.1.1");
-    lab.host("n1", &["10.0.2.11/24"]);
-    lab.sh(
-        "n1",
-        &format!("ip addr add {VIP}/32 dev lo && ip route add default via 10.0.2.1"),
-    );
+    let lab = client_gateway_nodes(tag, VIP, &[("n1", "10.0.2.11")]);
     line_server(&lab, "n1", SocketAddr::new(VIP.parse().unwrap(), 80), "n1");
     lab
 }

@@ -10,35 +10,19 @@ use std::time::{Duration, Instant};
 #[path = "common/netlab.rs"]
 mod netlab;
 
+#[path = "common/gateway_lab.rs"]
+mod gateway_lab;
+
+use gateway_lab::{forwarded_vip, port};
+
 use netlab::Lab;
 use pier::config::SysctlMode;
-use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
+use pier::model::Desired;
 use pier::route::{RouteActuator, RouteConfig};
 
 fn desired(vip: &str, hops: &[&str]) -> Desired {
-    Desired {
-        generation: 1,
-        announcements: vec![Arc::new(Announcement {
-            vip: vip.parse().unwrap(),
-            pool: "lab".into(),
-            mode: AnnounceMode::BgpSelf,
-            next_hops: hops
-                .iter()
-                .map(|h| NextHop {
-                    node: h.to_string(),
-                    address: h.parse().unwrap(),
-                    labels: Default::default(),
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            bgp: BgpAttributes::default(),
-            services: vec![],
-            ports: vec![PortRule {
-                port: "80/tcp".parse().unwrap(),
-                sources: vec![],
-            }],
-        })],
-    }
+    let hops: Vec<(&str, &str)> = hops.iter().map(|h| (*h, *h)).collect();
+    forwarded_vip(1, vip, &hops, vec![port("80/tcp", &[])])
 }
 
 fn config() -> RouteConfig {

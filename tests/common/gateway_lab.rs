@@ -1,0 +1,86 @@
+//! The forwarding lab several kernel tests share, and the one-VIP plan pier
+//! forwards through it: a client, the gateway, and nodes that hold the VIP
+//! on `lo` (what kube-proxy makes them do). Include next to `netlab.rs`:
+//! `#[path = "common/gateway_lab.rs"] mod gateway_lab;`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::netlab::{line_request, Lab};
+use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
+
+/// client `cl` (10.0.1.2) — `gw` (10.0.1.1 | 10.0.2.1 on the LAN) — each
+/// of `nodes` (name, address in 10.0.2.0/24) with `vip` on `lo` and its
+/// default route through the gateway. Servers are the caller's.
+pub fn client_gateway_nodes(tag: &str, vip: &str, nodes: &[(&str, &str)]) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.host("gw", &["10.0.2.1/24"]);
+    lab.bare_host("cl");
+    lab.link("cl", "c0", &["10.0.1.2/24"], "gw", "g0", &["10.0.1.1/24"]);
+    lab.sh("cl", "ip route add default via 10.0.1.1");
+    for (n, a) in nodes {
+        lab.host(n, &[&format!("{a}/24")]);
+        lab.sh(
+            n,
+            &format!("ip addr add {vip}/32 dev lo && ip route add default via 10.0.2.1"),
+        );
+    }
+    lab
+}
+
+/// A port rule: `spec` as in a Service (`"8080/tcp"`), allowed `sources`
+/// (none: every source).
+pub fn port(spec: &str, sources: &[&str]) -> PortRule {
+    PortRule {
+        port: spec.parse().unwrap(),
+        sources: sources.iter().map(|s| s.parse().unwrap()).collect(),
+    }
+}
+
+/// One VIP that the gateway forwards itself (`bgp-self`) to `hops` (node
+/// name, address), with `ports`.
+pub fn forwarded_vip(
+    generation: u64,
+    vip: &str,
+    hops: &[(&str, &str)],
+    ports: Vec<PortRule>,
+) -> Desired {
+    Desired {
+        generation,
+        announcements: vec![Arc::new(Announcement {
+            vip: vip.parse().unwrap(),
+            pool: "lab".into(),
+            mode: AnnounceMode::BgpSelf,
+            next_hops: hops
+                .iter()
+                .map(|(n, a)| NextHop {
+                    node: n.to_string(),
+                    address: a.parse().unwrap(),
+                    labels: Default::default(),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            bgp: BgpAttributes::default(),
+            services: vec![],
+            ports,
+        })],
+    }
+}
+
+/// One request on every kept connection: index → the node that answered,
+/// or why it failed. A failed connection is dropped from `conns`.
+pub fn round(
+    conns: &mut BTreeMap<usize, TcpStream>,
+    timeout: Duration,
+) -> BTreeMap<usize, Result<String, String>> {
+    let out: BTreeMap<_, _> = conns
+        .iter_mut()
+        .map(|(i, c)| (*i, line_request(c, timeout)))
+        .collect();
+    conns.retain(|i, _| out[i].is_ok());
+    out
+}
