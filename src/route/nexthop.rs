@@ -1007,6 +1007,16 @@ mod tests {
         }
     }
 
+    /// Members 1..3 (10.0.0.1..3 on link 2), all in group `g`.
+    fn three_members_grouped_in(g: u32) -> Installed {
+        Installed::from_dump(vec![
+            member(1, "10.0.0.1", 2),
+            member(2, "10.0.0.2", 2),
+            member(3, "10.0.0.3", 2),
+            group(g, &[1, 2, 3]),
+        ])
+    }
+
     fn group(id: u32, members: &[u32]) -> Nexthop {
         Nexthop {
             id,
@@ -1069,12 +1079,7 @@ mod tests {
     #[test]
     fn a_node_leaving_changes_the_group_in_place() {
         let g = ID_BASE + 10;
-        let inst = Installed::from_dump(vec![
-            member(1, "10.0.0.1", 2),
-            member(2, "10.0.0.2", 2),
-            member(3, "10.0.0.3", 2),
-            group(g, &[1, 2, 3]),
-        ]);
+        let inst = three_members_grouped_in(g);
         let mut taken = inst.taken.clone();
         let members = BTreeMap::from([(ip("10.0.0.1"), 1), (ip("10.0.0.2"), 2)]);
         let want = BTreeMap::from([
@@ -1162,12 +1167,7 @@ mod tests {
     #[test]
     fn when_a_groups_vips_split_the_group_follows_most_of_them() {
         let g = ID_BASE + 10;
-        let inst = Installed::from_dump(vec![
-            member(1, "10.0.0.1", 2),
-            member(2, "10.0.0.2", 2),
-            member(3, "10.0.0.3", 2),
-            group(g, &[1, 2, 3]),
-        ]);
+        let inst = three_members_grouped_in(g);
         let mut taken = inst.taken.clone();
         let members = BTreeMap::from([
             (ip("10.0.0.1"), 1),
