@@ -23,7 +23,7 @@ mod netlab;
 #[path = "common/gateway_lab.rs"]
 mod gateway_lab;
 
-use gateway_lab::{client_gateway_nodes, forwarded_vip, port, round};
+use gateway_lab::{client_gateway_nodes, forwarded_vip, nodes_named, port, round, NODES};
 use netlab::{line_request, line_server, Lab};
 use pier::config::{Forwarding, NextHopGroups, SysctlMode};
 use pier::model::Desired;
@@ -32,22 +32,13 @@ use pier::route::{RouteActuator, RouteConfig};
 const VIP: &str = "10.77.0.10";
 const PORT: u16 = 8080;
 const CONNECTIONS: usize = 120;
-const NODES: [(&str, &str); 3] = [
-    ("n1", "10.0.2.11"),
-    ("n2", "10.0.2.12"),
-    ("n3", "10.0.2.13"),
-];
 /// A kept connection answers within this (the lab answers in microseconds;
 /// a broken one gets a reset, or nothing).
 const ANSWER: Duration = Duration::from_secs(2);
 
 /// The VIP, forwarded to those of `NODES` named in `nodes`.
 fn desired(generation: u64, nodes: &[&str]) -> Desired {
-    let hops: Vec<(&str, &str)> = NODES
-        .iter()
-        .copied()
-        .filter(|(n, _)| nodes.contains(n))
-        .collect();
+    let hops = nodes_named(nodes);
     forwarded_vip(
         generation,
         VIP,

@@ -26,7 +26,7 @@ mod netlab;
 #[path = "common/gateway_lab.rs"]
 mod gateway_lab;
 
-use gateway_lab::{client_gateway_nodes, forwarded_vip, port, round};
+use gateway_lab::{client_gateway_nodes, forwarded_vip, nodes_named, port, round, NODES};
 
 use netlab::{line_server, Lab};
 use pier::config::{Flowtable, Forwarding, SysctlMode};
@@ -44,21 +44,12 @@ const ALLOWED: u16 = 8082;
 const CLOSED: u16 = 9999;
 const IPERF: u16 = 5201;
 const CONNECTIONS: usize = 24;
-const NODES: [(&str, &str); 3] = [
-    ("n1", "10.0.2.11"),
-    ("n2", "10.0.2.12"),
-    ("n3", "10.0.2.13"),
-];
 /// Generous: the guest may be emulated (TCG).
 const ANSWER: Duration = Duration::from_secs(5);
 
 /// The VIP, forwarded to those of `NODES` named in `nodes`.
 fn desired(generation: u64, nodes: &[&str]) -> Desired {
-    let hops: Vec<(&str, &str)> = NODES
-        .iter()
-        .copied()
-        .filter(|(n, _)| nodes.contains(n))
-        .collect();
+    let hops = nodes_named(nodes);
     let tcp = |p: u16, sources: &[&str]| port(&format!("{p}/tcp"), sources);
     let ports = vec![
         tcp(OPEN, &[]),

@@ -13,6 +13,22 @@ use std::time::Duration;
 use crate::netlab::{line_request, Lab};
 use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
 
+/// Three nodes (name, address) on the gateway's LAN.
+pub const NODES: [(&str, &str); 3] = [
+    ("n1", "10.0.2.11"),
+    ("n2", "10.0.2.12"),
+    ("n3", "10.0.2.13"),
+];
+
+/// Those of [`NODES`] named in `names`, as next hops for [`forwarded_vip`].
+pub fn nodes_named(names: &[&str]) -> Vec<(&'static str, &'static str)> {
+    NODES
+        .iter()
+        .copied()
+        .filter(|(n, _)| names.contains(n))
+        .collect()
+}
+
 /// client `cl` (10.0.1.2) — `gw` (10.0.1.1 | 10.0.2.1 on the LAN) — each
 /// of `nodes` (name, address in 10.0.2.0/24) with `vip` on `lo` and its
 /// default route through the gateway. Servers are the caller's.
