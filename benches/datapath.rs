@@ -10,8 +10,10 @@
 //!    datagrams as packets/s; client and server in their own namespaces)
 //!    through the gateway namespace with pier's 10,000 VIPs installed
 //!    (routes + nft table), with and without per-VIP counters, vs plain
-//!    forwarding through the same namespace (no nft), vs one veth between
-//!    client and node; the host's softirq time per Gbit/s, the load
+//!    forwarding through the same namespace (no nft), vs the same with one
+//!    empty nftables forward chain (the floor of any nftables filter), vs
+//!    one veth between client and node; the host's softirq time per
+//!    Gbit/s, the load
 //!    average, and with `DATAPATH_PERF=1` netfilter's share of a
 //!    `perf record -a` taken during the first round.
 //! 3. Time from a node's health endpoint being killed to the node leaving
@@ -515,14 +517,19 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
             })
         })
     };
-    // paths: direct, plain forwarding (one static route, no nft), pier
+    // paths: direct, plain forwarding (one static route, no nft), the
+    // same with one empty nftables forward chain (what any netfilter rule
+    // costs before it matches anything: the floor for pier's table), pier
     // with per-VIP counters (asked for), pier without them (the default).
-    const PATHS: [&str; 4] = [
+    const PATHS: [&str; 5] = [
         "direct: one veth client → node (no gateway)",
         "plain forwarding through the gateway (1 route, no nft)",
+        "plain forwarding + one empty nftables forward chain",
         "pier, vip_counters = true",
         "pier, vip_counters = false (default)",
     ];
+    const EMPTY_CHAIN: usize = 2;
+    let plain_route = format!("ip route add {target}/32 via 10.0.3.11");
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); WORKLOADS.len()]; PATHS.len()];
     let mut perf_rows: Vec<(String, f64)> = Vec::new();
     let perf = std::env::var("DATAPATH_PERF").is_ok_and(|v| v == "1");
@@ -532,9 +539,16 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
     for round in 0..rounds {
         for (p, _) in PATHS.iter().enumerate() {
             match p {
-                1 => lab.sh("gw", &format!("ip route add {target}/32 via 10.0.3.11")),
-                2 | 3 => {
-                    pier_state(Some(p == 2));
+                1 => lab.sh("gw", &plain_route),
+                EMPTY_CHAIN => lab.sh(
+                    "gw",
+                    &format!(
+                        "{plain_route} && nft add table inet floor && nft add chain inet floor forward \
+                         '{{ type filter hook forward priority filter; policy accept; }}'"
+                    ),
+                ),
+                3 | 4 => {
+                    pier_state(Some(p == 3));
                     assert_eq!(lab.routes("gw", 201).len(), n + 1);
                     String::new()
                 }
@@ -560,11 +574,17 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
                 1 => {
                     lab.sh("gw", &format!("ip route del {target}/32"));
                 }
-                2 => {
+                EMPTY_CHAIN => {
+                    lab.sh(
+                        "gw",
+                        &format!("ip route del {target}/32 && nft delete table inet floor"),
+                    );
+                }
+                3 => {
                     accepted = lab.sh("gw", "nft list counter inet pier a_0a4dc801");
                     pier_state(None);
                 }
-                3 => pier_state(None),
+                4 => pier_state(None),
                 _ => {}
             }
         }
@@ -586,6 +606,7 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
             }
         };
         let plain = value(1);
+        let floor = value(EMPTY_CHAIN);
         for (p, path) in PATHS.iter().enumerate() {
             let v = value(p);
             let vals: Vec<f64> = samples[p][w]
@@ -634,8 +655,13 @@ fn throughput(n: usize, seconds: usize, rows: &mut Vec<Row>) {
                 format!("{label}: {path}"),
                 figure,
                 format!(
-                    "×{:.3} of plain forwarding; range {range}; softirq {:.1} % CPU per Gbit/s{per_packet}",
+                    "×{:.3} of plain forwarding{}; range {range}; softirq {:.1} % CPU per Gbit/s{per_packet}",
                     v / plain,
+                    if p > EMPTY_CHAIN {
+                        format!(" (×{:.3} of the empty chain)", v / floor)
+                    } else {
+                        String::new()
+                    },
                     si_per_gbit
                 ),
             ));

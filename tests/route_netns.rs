@@ -783,6 +783,7 @@ fn default_table_forwards_and_counts_only_drops() {
                     ("5353/udp", &[]),
                 ],
             ),
+            announcement("10.77.0.12", &["10.0.2.11"], &[("8080/tcp", &[])]),
             announcement("fd66::10", &["fd00:2::11"], &[("8080/tcp", &[])]),
         ],
     );
@@ -790,6 +791,11 @@ fn default_table_forwards_and_counts_only_drops() {
         let mut act = RouteActuator::start(config(&["g0"])).await.expect("start");
         act.apply(&d).await.expect("apply");
     });
+    // 10.77.0.11 lies inside the VIPs' cover (10.77.0.8/29) but is no VIP:
+    // routed by the operator, not pier; pier's table must let it through.
+    let not_vip = "10.77.0.11";
+    node.ip(&["addr", "add", &format!("{not_vip}/32"), "dev", "lo"]);
+    gw.ip(&["route", "add", &format!("{not_vip}/32"), "via", "10.0.2.11"]);
 
     // The hot chains: no accept counter, no counter-naming map; counters
     // only on the drop rules. Every VIP has its drop counter, none an
@@ -803,6 +809,13 @@ fn default_table_forwards_and_counts_only_drops() {
     assert!(
         !table.contains("@accepted") && !table.contains("@open"),
         "no per-VIP accept counter on the hot path: {table}"
+    );
+    // Traffic outside the VIPs' covers meets a compare per cover, no lookup.
+    assert!(
+        table.contains("ip daddr 10.77.0.8/29 goto vip4")
+            && table.contains("ip6 daddr fd66::10 goto vip6")
+            && !table.contains("@vips4 goto"),
+        "the forward chain matches covers: {table}"
     );
     for line in table.lines().filter(|l| l.contains("counter")) {
         let line = line.trim();
@@ -841,6 +854,7 @@ fn default_table_forwards_and_counts_only_drops() {
             vip_addr(8081),
             vip_addr(8443),
             vip_addr(8444),
+            SocketAddr::new(ip(not_vip), 9000),
             v6_open,
         ],
         vip_addr(5353),
@@ -854,7 +868,7 @@ fn default_table_forwards_and_counts_only_drops() {
     // A UDP datagram of 3,000 bytes leaves the client in three fragments;
     // only the first carries the port. The rest must pass too, or the
     // node never reassembles it (pier loads no conntrack to do that).
-    let (open, in_range, open6, fragmented) = in_ns(&client, || {
+    let (open, in_range, open6, fragmented, inside_cover) = in_ns(&client, || {
         let udp = UdpSocket::bind("10.0.1.2:0").expect("udp bind");
         udp.set_read_timeout(Some(ok_timeout)).expect("timeout");
         udp.send_to(&[7u8; 3000], vip_addr(5353)).expect("send");
@@ -865,8 +879,10 @@ fn default_table_forwards_and_counts_only_drops() {
             tcp_ok(vip_addr(8444), ok_timeout),
             tcp_ok(v6_open, ok_timeout),
             echo,
+            tcp_ok(SocketAddr::new(ip(not_vip), 9000), ok_timeout),
         )
     });
+    inside_cover.expect("10.77.0.11 is no VIP: pier must not drop it");
     // The node's echo server reads 64 bytes of what it reassembled.
     assert_eq!(
         fragmented.expect("a fragmented datagram to 5353/udp must arrive whole"),

@@ -233,8 +233,10 @@ pub struct DatapathStatus {
     /// Whether this kernel has flowtables (`CONFIG_NF_FLOW_TABLE`):
     /// `None` when it has, else why not.
     pub flowtable_missing: Option<String>,
-    /// `software` or `hardware` when accepted VIP flows are offloaded (the
-    /// kernel has flowtables and `flowtable` is not "off").
+    /// `software` or `hardware` when accepted VIP flows are offloaded: the
+    /// kernel has flowtables, `flowtable` is not "off", and the table last
+    /// written holds the flowtable (it is left out when no interface could
+    /// be listed).
     pub flowtable_offload: Option<String>,
     /// Other firewalls' forward chains that drop VIP traffic (opened by
     /// pier, or not).
@@ -550,6 +552,12 @@ impl RouteActuator {
             (Some(b), Some(a)) if a == b.wrapping_add(1) => Some(a),
             _ => None,
         };
+        // `pier status` says what this write holds, not what the config
+        // asked for: the renderer leaves the flowtable out when no
+        // interface could be listed.
+        if let Ok(mut status) = self.status.lock() {
+            status.flowtable_offload = layout.offload_mode().map(str::to_string);
+        }
         self.nft_applied = Some((fw, layout));
         report.table_written = true;
         Ok(report)

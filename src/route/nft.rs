@@ -14,21 +14,30 @@
 //! counter dropped_source, dropped_port  totals by reason
 //!
 //! chain forward (hook forward, priority filter, policy accept)
-//!   ip daddr @vips4 jump vip4           traffic not to a VIP is untouched
+//!   ip daddr <cover> goto vip4          one rule per cover (≤ 4): prefixes
+//!                                       that hold every VIP; traffic
+//!                                       outside them meets no lookup
 //! chain vip4
 //!   open port (vip . proto . port in open4)    → count accepted, accept
-//!   ranged port (vip . proto . port in ranged4) → goto its source chain
+//!                                                (vip_counters only)
+//!   vip . proto . port in ranged4              → accept (open port) or
+//!                                                goto its source chain
 //!   ICMP errors (PMTU, unreachable)            → count accepted, accept
-//!   anything else to the VIP                   → count dropped, drop
+//!   non-first fragments                        → count accepted, accept
+//!   anything else to a VIP                     → count dropped, drop
+//!   (an address in a cover that is no VIP has no drop counter: accepted)
 //! chain src4_<k>  one per distinct set of allowed sources (shared by every
 //!                 VIP port with that set)
 //!   ip saddr { <the set> }                     → count accepted, accept
 //!   anything else                              → count dropped, drop
 //! ```
 //!
-//! Every lookup on the packet path is a hash lookup (or a lookup in one
-//! source set, whose size is the operator's list): the cost of a packet does
-//! not grow with the number of VIPs. An earlier layout matched
+//! An accepted packet to an open port costs a compare and one hash lookup;
+//! the nodes' replies and other traffic outside the covers, a compare per
+//! cover (docs/datapath.md, "What a packet costs"). Every lookup on the
+//! packet path is a hash lookup (or a lookup in one source set, whose size
+//! is the operator's list): the cost of a packet does not grow with the
+//! number of VIPs. An earlier layout matched
 //! `vip . proto . port . source` in one interval set; the kernel's lookup in
 //! such a set (pipapo) walks bitmaps as wide as the set, so at 10,000 VIPs it
 //! cost about a tenth of the forwarding throughput.
@@ -85,6 +94,21 @@ pub struct Layout {
     /// Offload established, accepted VIP flows to a flowtable (only where
     /// the kernel has one: [`probe_flowtable`]).
     pub flowtable: Option<FlowtableSpec>,
+}
+
+impl Layout {
+    /// The flowtable this layout renders, if any: one with no device is
+    /// left out of the table.
+    fn written_flowtable(&self) -> Option<&FlowtableSpec> {
+        self.flowtable.as_ref().filter(|ft| !ft.devices.is_empty())
+    }
+
+    /// `software` or `hardware` when the table this layout renders
+    /// offloads accepted flows (for `pier status`).
+    pub fn offload_mode(&self) -> Option<&'static str> {
+        self.written_flowtable()
+            .map(|ft| if ft.hardware { "hardware" } else { "software" })
+    }
 }
 
 /// pier's flowtable `ft`: on which devices, and whether the NICs are asked
@@ -178,6 +202,7 @@ pub fn parse_counter_name(name: &str) -> Option<(char, IpAddr)> {
 
 struct FamilyNames {
     suffix: char,
+    nfproto: &'static str,
     addr_type: &'static str,
     match_daddr: &'static str,
     match_saddr: &'static str,
@@ -190,6 +215,7 @@ struct FamilyNames {
 
 const V4: FamilyNames = FamilyNames {
     suffix: '4',
+    nfproto: "ipv4",
     addr_type: "ipv4_addr",
     match_daddr: "ip daddr",
     match_saddr: "ip saddr",
@@ -199,6 +225,7 @@ const V4: FamilyNames = FamilyNames {
 
 const V6: FamilyNames = FamilyNames {
     suffix: '6',
+    nfproto: "ipv6",
     addr_type: "ipv6_addr",
     match_daddr: "ip6 daddr",
     match_saddr: "ip6 saddr",
@@ -216,6 +243,82 @@ fn push_elements(out: &mut String, set: &str, elements: &[String]) {
         "add element inet {TABLE} {set} {{ {} }}",
         elements.join(", ")
     );
+}
+
+/// At most this many prefixes stand for a family's VIPs in the forward
+/// chain: each is one rule of a compare and no lookup.
+pub const MAX_COVERS: usize = 4;
+
+/// At most [`MAX_COVERS`] prefixes that together hold every address of
+/// `vips` (all of one family, pure). Sorted, the addresses are cut where
+/// neighbours share the shortest prefix (the widest gaps), and only where
+/// they share less than half their bits (another /16 for IPv4, another
+/// /64 for IPv6); each run is then covered by the prefix its first and
+/// last address share. A cover may hold addresses that are not VIPs: the
+/// VIP chain sends those back with one more lookup; they are rare, as
+/// covers lie within the address pools. Fewer, wider covers keep the
+/// compares every other packet pays few.
+pub fn covers(vips: &[&IpAddr]) -> Vec<IpNet> {
+    let mut bits: Vec<(u128, u8)> = vips
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(*v4)), 32),
+            IpAddr::V6(v6) => (u128::from(*v6), 128),
+        })
+        .collect();
+    bits.sort_unstable();
+    bits.dedup();
+    let Some(&(_, width)) = bits.first() else {
+        return Vec::new();
+    };
+    // Length of the prefix two addresses of `width` bits share.
+    let shared = |a: u128, b: u128| ((a ^ b).leading_zeros() - (128 - u32::from(width))) as u8;
+    // The widest gaps (shortest shared prefix; the first of equals).
+    let mut gaps: Vec<(u8, usize)> = bits
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (shared(w[0].0, w[1].0), i + 1))
+        .filter(|&(len, _)| len < width / 2)
+        .collect();
+    gaps.sort_unstable();
+    let mut cuts: Vec<usize> = gaps.iter().take(MAX_COVERS - 1).map(|&(_, i)| i).collect();
+    cuts.sort_unstable();
+    cuts.push(bits.len());
+    let mut out: Vec<IpNet> = Vec::new();
+    let mut start = 0;
+    for end in cuts {
+        let (first, last) = (bits[start].0, bits[end - 1].0);
+        let len = shared(first, last);
+        let net = match width {
+            32 => IpNet::V4(
+                ipnet::Ipv4Net::new((first as u32).into(), len)
+                    .map(|n| n.trunc())
+                    .unwrap_or_default(),
+            ),
+            _ => IpNet::V6(
+                ipnet::Ipv6Net::new(first.into(), len)
+                    .map(|n| n.trunc())
+                    .unwrap_or_default(),
+            ),
+        };
+        start = end;
+        // Runs cut at equal gaps can share a cover.
+        if !out.iter().any(|o| o.contains(&net)) {
+            out.retain(|o| !net.contains(o));
+            out.push(net);
+        }
+    }
+    out
+}
+
+/// The match for traffic to `net`, a family's VIP cover: a prefix of
+/// length 0 is the family itself.
+fn cover_match(f: &FamilyNames, net: &IpNet) -> String {
+    if net.prefix_len() == 0 {
+        format!("meta nfproto {}", f.nfproto)
+    } else {
+        format!("{} {net}", f.match_daddr)
+    }
 }
 
 /// Name of the chain for the `k`-th distinct source set of a family.
@@ -337,10 +440,7 @@ fn render_with_objects(
         let _ = writeln!(out, "delete table inet {TABLE}");
     }
     let counters = layout.vip_counters;
-    let flowtable = layout
-        .flowtable
-        .as_ref()
-        .filter(|ft| !ft.devices.is_empty());
+    let flowtable = layout.written_flowtable();
     let elements = [
         (&V4, family_elements(fw, &V4, Family::V4, layout)),
         (&V6, family_elements(fw, &V6, Family::V6, layout)),
@@ -513,10 +613,16 @@ fn render_with_objects(
         } else {
             String::new()
         };
-        // Traffic not to a VIP (the nodes' replies among it) leaves pier's
-        // table after this one lookup; VIP traffic goes on without a
+        // Traffic outside the covers of the VIPs (the nodes' replies to
+        // clients, other routed traffic) leaves pier's table after a
+        // compare or few, with no lookup; traffic inside goes on without a
         // return frame.
-        out.push_str(&rule("forward", format!("{d} @vips{s} goto vip{s}")));
+        for net in covers(&e.vips) {
+            out.push_str(&rule(
+                "forward",
+                format!("{} goto vip{s}", cover_match(f, &net)),
+            ));
+        }
         let vip = format!("vip{s}");
         if counters {
             // One lookup both matches the open port and names its counter
@@ -537,6 +643,10 @@ fn render_with_objects(
             &vip,
             format!("{} {count_accepted}accept", f.fragment),
         ));
+        // Only a VIP is dropped: an address inside a cover that is no VIP
+        // has no counter in `dropped`, and a key not in the map ends the
+        // rule before its drop; the policy accepts it (tests/route_netns.rs
+        // sends to one). The accepts above let it through as well.
         out.push_str(&rule(
             &vip,
             format!("counter name {d} map @dropped{s} counter name dropped_port drop"),
@@ -1002,7 +1112,7 @@ add element inet pier vips6 { fd66::10 }
 add element inet pier ranged6 { fd66::10 . udp . 53 : goto src6_0 }
 add element inet pier accepted6 { fd66::10 : "a_fd660000000000000000000000000010" }
 add element inet pier dropped6 { fd66::10 : "d_fd660000000000000000000000000010" }
-add rule inet pier forward ip daddr @vips4 goto vip4
+add rule inet pier forward ip daddr 10.77.0.10/31 goto vip4
 add rule inet pier vip4 counter name ip daddr . meta l4proto . th dport map @open4 accept
 add rule inet pier vip4 ip daddr . meta l4proto . th dport vmap @ranged4
 add rule inet pier vip4 icmp type { destination-unreachable, time-exceeded, parameter-problem } counter name ip daddr map @accepted4 accept
@@ -1010,7 +1120,7 @@ add rule inet pier vip4 ip frag-off & 0x1fff != 0 counter name ip daddr map @acc
 add rule inet pier vip4 counter name ip daddr map @dropped4 counter name dropped_port drop
 add rule inet pier src4_0 ip saddr { 192.0.2.0/24 } counter name ip daddr map @accepted4 accept
 add rule inet pier src4_0 counter name ip daddr map @dropped4 counter name dropped_source drop
-add rule inet pier forward ip6 daddr @vips6 goto vip6
+add rule inet pier forward ip6 daddr fd66::10/128 goto vip6
 add rule inet pier vip6 counter name ip6 daddr . meta l4proto . th dport map @open6 accept
 add rule inet pier vip6 ip6 daddr . meta l4proto . th dport vmap @ranged6
 add rule inet pier vip6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter name ip6 daddr map @accepted6 accept
@@ -1068,10 +1178,13 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         let text = render(&Firewall::new(), &BTreeSet::new(), false);
         assert!(!text.contains("add element"));
         assert!(!text.contains("add counter"));
-        assert_eq!(text.matches("add rule").count(), 10, "the fixed rules");
+        // No VIP, no cover: nothing in the forward chain, and the four
+        // rules of each VIP chain, never reached.
+        assert!(!text.contains("add rule inet pier forward"));
+        assert_eq!(text.matches("add rule").count(), 8, "the fixed rules");
         // With vip_counters, one more per family: the `open` map's.
         let text = render_layout(&Firewall::new(), &counted(), &BTreeSet::new(), false);
-        assert_eq!(text.matches("add rule").count(), 12, "the fixed rules");
+        assert_eq!(text.matches("add rule").count(), 10, "the fixed rules");
     }
 
     #[test]
@@ -1093,7 +1206,10 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         };
         let fw = firewall(&big);
         let text = render(&fw, &BTreeSet::new(), false);
-        assert_eq!(text.matches("add rule").count(), 10 + 2 * 2);
+        // One cover (10.77.0.0/22) for the IPv4 VIPs, none for IPv6.
+        assert!(text.contains("add rule inet pier forward ip daddr 10.77.0.0/22 goto vip4\n"));
+        assert!(!text.contains("add rule inet pier forward ip6"));
+        assert_eq!(text.matches("add rule").count(), 9 + 2 * 2);
         assert!(text.contains("src4_0 ip saddr { 192.0.2.0/24 } accept"));
         assert!(text.contains("src4_1 ip saddr { 198.51.100.0/24, 203.0.113.9/32 } accept"));
         assert_eq!(text.matches(": goto src4_").count(), 1000);
@@ -1107,6 +1223,78 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         let again = render(&fw, &objects, false);
         assert!(!again.contains("delete chain"));
         assert!(!again.contains("delete counter"));
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn cover_of(list: &[&str]) -> Vec<String> {
+        let vips = ips(list);
+        covers(&vips.iter().collect::<Vec<_>>())
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn covers_follow_the_pools() {
+        assert!(cover_of(&[]).is_empty());
+        assert_eq!(cover_of(&["10.77.0.9"]), ["10.77.0.9/32"]);
+        // One pool: one cover, however many VIPs.
+        assert_eq!(
+            cover_of(&["10.77.0.10", "10.77.3.200", "10.77.1.1"]),
+            ["10.77.0.0/22"]
+        );
+        // Two pools far apart: two covers, not one as wide as both.
+        assert_eq!(
+            cover_of(&["192.168.5.1", "10.77.0.1", "10.77.0.77", "192.168.5.20"]),
+            ["10.77.0.0/25", "192.168.5.0/27"]
+        );
+        // Within a /16 nothing is cut: fewer rules for every other packet.
+        assert_eq!(cover_of(&["10.77.0.1", "10.77.200.1"]), ["10.77.0.0/16"]);
+        // More far-apart groups than covers: the closest share one.
+        assert_eq!(
+            cover_of(&["1.0.0.1", "2.0.0.1", "60.0.0.1", "120.0.0.1", "240.0.0.1"]),
+            ["0.0.0.0/6", "60.0.0.1/32", "120.0.0.1/32", "240.0.0.1/32"]
+        );
+        assert_eq!(
+            cover_of(&["fd66::10", "fd66::1:2", "2001:db8:7::1"]),
+            ["2001:db8:7::1/128", "fd66::/111"]
+        );
+        // A cover as wide as the family matches on the family.
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(cover_match(&V4, &all), "meta nfproto ipv4");
+        let net: IpNet = "fd66::/64".parse().unwrap();
+        assert_eq!(cover_match(&V6, &net), "ip6 daddr fd66::/64");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn covers_hold_every_vip(
+            v4 in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..40),
+            v6 in proptest::collection::vec(proptest::prelude::any::<u128>(), 0..40),
+        ) {
+            let families: [Vec<IpAddr>; 2] = [
+                v4.into_iter().map(|b| IpAddr::V4(b.into())).collect(),
+                v6.into_iter().map(|b| IpAddr::V6(b.into())).collect(),
+            ];
+            for vips in families {
+                let refs: Vec<&IpAddr> = vips.iter().collect();
+                let nets = covers(&refs);
+                proptest::prop_assert!(nets.len() <= MAX_COVERS);
+                proptest::prop_assert_eq!(nets.is_empty(), vips.is_empty());
+                for vip in &vips {
+                    proptest::prop_assert!(nets.iter().any(|n| n.contains(vip)), "{} not in {:?}", vip, nets);
+                }
+                for (i, a) in nets.iter().enumerate() {
+                    proptest::prop_assert_eq!(*a, a.trunc());
+                    for b in &nets[i + 1..] {
+                        proptest::prop_assert!(!a.contains(b) && !b.contains(a), "{} / {}", a, b);
+                    }
+                }
+            }
+        }
     }
 
     fn rules(text: &str) -> Vec<&str> {
@@ -1123,7 +1311,7 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         assert_eq!(
             rules(&text)[..5],
             [
-                "add rule inet pier forward ip daddr @vips4 goto vip4",
+                "add rule inet pier forward ip daddr 10.77.0.10/31 goto vip4",
                 "add rule inet pier vip4 ip daddr . meta l4proto . th dport vmap @ranged4",
                 "add rule inet pier vip4 icmp type { destination-unreachable, time-exceeded, parameter-problem } accept",
                 "add rule inet pier vip4 ip frag-off & 0x1fff != 0 accept",
@@ -1146,7 +1334,8 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         assert!(text.contains("delete counter inet pier a_0a4d000a\n"));
         assert!(!text.contains("delete counter inet pier d_0a4d000a"));
         assert!(objects.contains("d_0a4d000a") && !objects.contains("a_0a4d000a"));
-        assert_eq!(text.matches("add rule").count(), 12 - 2 + 2 * 2);
+        // Per family: the cover, four in the VIP chain; two per source chain.
+        assert_eq!(text.matches("add rule").count(), 2 * 5 + 2 * 2);
         assert_eq!(text, render(&fw, &existing, false), "render: the default");
         // Asked for, the counters come back: one lookup in `open4` both
         // matches an open port and names its counter.
@@ -1169,6 +1358,31 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
         assert_eq!(set_size(10_001), 32_768);
         let text = render(&firewall(&sample()), &BTreeSet::new(), false);
         assert!(text.contains("add set inet pier vips4 { type ipv4_addr; size 1024; }"));
+    }
+
+    #[test]
+    fn status_offload_is_what_the_table_holds() {
+        let spec = |devices: &[&str], hardware| {
+            Some(FlowtableSpec {
+                devices: devices.iter().map(|d| d.to_string()).collect(),
+                hardware,
+            })
+        };
+        let layout = |flowtable| Layout {
+            vip_counters: false,
+            flowtable,
+        };
+        assert_eq!(layout(None).offload_mode(), None);
+        assert_eq!(
+            layout(spec(&["g0"], false)).offload_mode(),
+            Some("software")
+        );
+        assert_eq!(layout(spec(&["g0"], true)).offload_mode(), Some("hardware"));
+        // No interface to hook: no flowtable in the table, none in status.
+        let none = layout(spec(&[], false));
+        assert_eq!(none.offload_mode(), None);
+        let text = render_layout(&firewall(&sample()), &none, &BTreeSet::new(), false);
+        assert!(!text.contains("flowtable"), "{text}");
     }
 
     #[test]
@@ -1222,7 +1436,7 @@ add rule inet pier src6_0 counter name ip6 daddr map @dropped6 counter name drop
                 }
                 if r.contains(" vip4 ") || r.contains(" vip6 ") || r.contains(" src") {
                     // A VIP chain's or a source chain's accept is the
-                    // flowtable's (ICMP errors aside).
+                    // flowtable's (ICMP errors and fragments aside).
                     assert!(
                         !r.ends_with(" accept") || r.contains("icmp") || r.contains("frag"),
                         "an accept that skips the flowtable: {r}"
