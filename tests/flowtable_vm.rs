@@ -12,12 +12,13 @@
 //! port and a port whose source ranges exclude the client stay dropped and
 //! are never offloaded; then a node leaves the VIP's next hops and joins
 //! again, and every kept connection is asked once more (counts printed on
-//! `FTVM` lines). Last, iperf3 through pier with and without the flowtable
+//! `FTVM` lines). The same for an IPv6 VIP (fd66::10, nodes in
+//! fd00:2::/64): offload, a closed port, a node leaving. Last, iperf3 through pier with and without the flowtable
 //! and through plain forwarding (`FTVM iperf3` lines, for
 //! docs/benchmarks.md).
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 #[path = "common/netlab.rs"]
@@ -26,7 +27,9 @@ mod netlab;
 #[path = "common/gateway_lab.rs"]
 mod gateway_lab;
 
-use gateway_lab::{client_gateway_nodes, forwarded_vip, nodes_named, port, round, NODES};
+use gateway_lab::{
+    client_gateway_nodes, forwarded_vip, nodes6_named, nodes_named, port, round, NODES, NODES6,
+};
 
 use netlab::{line_server, Lab};
 use pier::config::{Flowtable, Forwarding, SysctlMode};
@@ -34,6 +37,8 @@ use pier::model::Desired;
 use pier::route::{RouteActuator, RouteConfig};
 
 const VIP: &str = "10.77.0.10";
+/// The VIP of the IPv6 scenario (nodes in fd00:2::/64).
+const VIP6: &str = "fd66::10";
 /// Open to every source.
 const OPEN: u16 = 8080;
 /// Open only to 10.0.9.0/24: the client (10.0.1.2) is outside.
@@ -102,9 +107,14 @@ fn conntrack(lab: &Lab, port: u16) -> Vec<String> {
 
 /// `conntrack -L` lines of the gateway for a protocol and destination port.
 fn conntrack_proto(lab: &Lab, proto: &str, port: u16) -> Vec<String> {
+    conntrack_family(lab, "ipv4", proto, port)
+}
+
+/// The same for a family (`ipv4`, `ipv6`).
+fn conntrack_family(lab: &Lab, family: &str, proto: &str, port: u16) -> Vec<String> {
     let (_, text) = lab.try_sh(
         "gw",
-        &format!("conntrack -L -p {proto} --dport {port} 2>/dev/null"),
+        &format!("conntrack -L -f {family} -p {proto} --dport {port} 2>/dev/null"),
     );
     text.lines()
         .filter(|l| l.starts_with(proto))
@@ -113,10 +123,11 @@ fn conntrack_proto(lab: &Lab, proto: &str, port: u16) -> Vec<String> {
 }
 
 fn offloaded(lab: &Lab, port: u16) -> usize {
-    conntrack(lab, port)
-        .iter()
-        .filter(|l| l.contains("[OFFLOAD]"))
-        .count()
+    count_offloaded(&conntrack(lab, port))
+}
+
+fn count_offloaded(lines: &[String]) -> usize {
+    lines.iter().filter(|l| l.contains("[OFFLOAD]")).count()
 }
 
 /// Packets of the VIP's accepted counter (vip_counters = true).
@@ -129,10 +140,13 @@ fn accepted_packets(lab: &Lab) -> u64 {
         .unwrap_or(0)
 }
 
-/// A connection attempt that must not get through: (connected, offloaded).
+/// A connection attempt that must not get through.
 fn refused(lab: &Lab, port: u16) -> bool {
+    refused_at(lab, SocketAddr::new(VIP.parse().unwrap(), port))
+}
+
+fn refused_at(lab: &Lab, addr: SocketAddr) -> bool {
     let cl = lab.ns("cl");
-    let addr = SocketAddr::new(VIP.parse().unwrap(), port);
     let connected = netlab::in_ns(&cl, || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
     });
@@ -148,6 +162,40 @@ fn tally(answers: &BTreeMap<usize, Result<String, String>>) -> BTreeMap<String, 
         .or_default() += 1;
         m
     })
+}
+
+/// Per node of the first answers: (connections that broke or moved, held).
+fn broken_per_node(
+    first: &BTreeMap<usize, String>,
+    after: &BTreeMap<usize, Result<String, String>>,
+) -> BTreeMap<String, (usize, usize)> {
+    let mut moved = BTreeMap::<String, (usize, usize)>::new();
+    for (i, was) in first {
+        let e = moved.entry(was.clone()).or_default();
+        e.1 += 1;
+        if after.get(i).and_then(|r| r.as_ref().ok()) != Some(was) {
+            e.0 += 1;
+        }
+    }
+    moved
+}
+
+/// n3 left: none of the offloaded connections to n1 and n2 broke, every
+/// one to n3 did (it now reaches another node, which resets it).
+fn assert_only_n3_broke(moved: &BTreeMap<String, (usize, usize)>) {
+    for (node, (broke, held)) in moved {
+        if node != "n3" {
+            assert_eq!(
+                *broke, 0,
+                "{node}: {broke}/{held} offloaded connections broke when n3 left"
+            );
+        } else {
+            assert_eq!(
+                broke, held,
+                "connections to n3 now reach another node, which resets them"
+            );
+        }
+    }
 }
 
 fn offload_scenario(vip_counters: bool) {
@@ -256,14 +304,7 @@ fn offload_scenario(vip_counters: bool) {
                 .await
                 .expect("apply without n3");
             let after = round(&mut conns, ANSWER);
-            let mut moved = BTreeMap::<String, (usize, usize)>::new();
-            for (i, was) in &first {
-                let e = moved.entry(was.clone()).or_default();
-                e.1 += 1;
-                if after.get(i).and_then(|r| r.as_ref().ok()) != Some(was) {
-                    e.0 += 1;
-                }
-            }
+            let moved = broken_per_node(&first, &after);
             let off_after = offloaded(&lab, OPEN);
             println!(
                 "FTVM {tag} leave: broken/held per node {moved:?}; answers {:?}; errors {:?}; [OFFLOAD] afterwards {off_after}/{}",
@@ -271,13 +312,7 @@ fn offload_scenario(vip_counters: bool) {
                 after.values().filter_map(|r| r.as_ref().err()).take(3).collect::<Vec<_>>(),
                 conns.len()
             );
-            for (node, (broke, held)) in &moved {
-                if node != "n3" {
-                    assert_eq!(*broke, 0, "{node}: {broke}/{held} offloaded connections broke when n3 left");
-                } else {
-                    assert_eq!(broke, held, "connections to n3 now reach another node, which resets them");
-                }
-            }
+            assert_only_n3_broke(&moved);
             let before_join: BTreeMap<usize, String> = after
                 .into_iter()
                 .filter_map(|(i, r)| r.ok().map(|n| (i, n)))
@@ -308,6 +343,103 @@ fn offload_scenario(vip_counters: bool) {
     });
     let left = lab.try_sh("gw", "nft list table inet pier").0;
     assert!(!left, "shutdown leaves no table");
+}
+
+/// An IPv6 VIP: kept connections offloaded, a closed port dropped and
+/// never offloaded, a node leaving breaks none of the others'.
+#[test]
+#[ignore = "needs a kernel with CONFIG_NF_FLOW_TABLE: run by benches/flowtable_vm.sh"]
+fn flowtable_offload_ipv6() {
+    if !netlab::prerequisites("flowtable_offload_ipv6", &["ip", "nft", "conntrack"]) {
+        return;
+    }
+    let lab = client_gateway_nodes("f6", VIP6, &NODES6);
+    let vip: IpAddr = VIP6.parse().unwrap();
+    for (n, _) in NODES6 {
+        for p in [OPEN, CLOSED] {
+            line_server(&lab, n, SocketAddr::new(vip, p), n);
+        }
+    }
+    let desired6 = |generation: u64, nodes: &[&str]| {
+        forwarded_vip(
+            generation,
+            VIP6,
+            &nodes6_named(nodes),
+            vec![port(&format!("{OPEN}/tcp"), &[])],
+        )
+    };
+    let offloaded6 = || count_offloaded(&conntrack_family(&lab, "ipv6", "tcp", OPEN));
+    let (gw, cl) = (lab.ns("gw"), lab.ns("cl"));
+    let open = SocketAddr::new(vip, OPEN);
+    netlab::in_ns(&gw, || {
+        runtime().block_on(async {
+            let mut act = RouteActuator::start(config(Flowtable::Software, false))
+                .await
+                .expect("start");
+            act.apply(&desired6(1, &["n1", "n2", "n3"]))
+                .await
+                .expect("apply");
+            let table = lab.sh("gw", "nft list table inet pier");
+            assert!(
+                table.contains("ip6 daddr fd66::10 goto vip6") && table.contains("flow add @ft"),
+                "{table}"
+            );
+            let mut conns: BTreeMap<usize, TcpStream> = netlab::in_ns(&cl, || {
+                (0..CONNECTIONS)
+                    .map(|i| {
+                        let c = TcpStream::connect_timeout(&open, ANSWER)
+                            .expect("connect to the IPv6 VIP");
+                        (i, c)
+                    })
+                    .collect()
+            });
+            let first: BTreeMap<usize, String> = round(&mut conns, ANSWER)
+                .into_iter()
+                .map(|(i, r)| (i, r.expect("first request")))
+                .collect();
+            for _ in 0..5 {
+                let r = round(&mut conns, ANSWER);
+                assert!(r.values().all(Result::is_ok), "{r:?}");
+            }
+            let off = offloaded6();
+            println!(
+                "FTVM ipv6 offload: {off}/{CONNECTIONS} kept connections [OFFLOAD] after 6 requests each; spread {:?}",
+                tally(&first.iter().map(|(i, n)| (*i, Ok(n.clone()))).collect())
+            );
+            assert_eq!(
+                off,
+                CONNECTIONS,
+                "{:#?}",
+                conntrack_family(&lab, "ipv6", "tcp", OPEN)
+            );
+            assert!(
+                refused_at(&lab, SocketAddr::new(vip, CLOSED)),
+                "closed port {CLOSED} let an IPv6 connection through"
+            );
+            let stray = conntrack_family(&lab, "ipv6", "tcp", CLOSED).len();
+            println!("FTVM ipv6 dropped: closed port refused; conntrack entries for it: {stray}");
+            assert_eq!(stray, 0, "a dropped connection left a conntrack entry");
+
+            act.apply(&desired6(2, &["n1", "n2"]))
+                .await
+                .expect("apply without n3");
+            let after = round(&mut conns, ANSWER);
+            let moved = broken_per_node(&first, &after);
+            println!(
+                "FTVM ipv6 leave: broken/held per node {moved:?}; answers {:?}; [OFFLOAD] afterwards {}/{}",
+                tally(&after),
+                offloaded6(),
+                conns.len()
+            );
+            assert_only_n3_broke(&moved);
+            drop(conns);
+            act.shutdown(false).await.expect("shutdown");
+        })
+    });
+    assert!(
+        !lab.try_sh("gw", "nft list table inet pier").0,
+        "shutdown leaves no table"
+    );
 }
 
 #[test]

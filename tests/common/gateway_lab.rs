@@ -20,9 +20,28 @@ pub const NODES: [(&str, &str); 3] = [
     ("n3", "10.0.2.13"),
 ];
 
+/// The same three nodes in IPv6 (fd00:2::/64), for an IPv6 VIP.
+pub const NODES6: [(&str, &str); 3] = [
+    ("n1", "fd00:2::11"),
+    ("n2", "fd00:2::12"),
+    ("n3", "fd00:2::13"),
+];
+
 /// Those of [`NODES`] named in `names`, as next hops for [`forwarded_vip`].
 pub fn nodes_named(names: &[&str]) -> Vec<(&'static str, &'static str)> {
-    NODES
+    named(&NODES, names)
+}
+
+/// Those of [`NODES6`] named in `names`.
+pub fn nodes6_named(names: &[&str]) -> Vec<(&'static str, &'static str)> {
+    named(&NODES6, names)
+}
+
+fn named(
+    nodes: &[(&'static str, &'static str)],
+    names: &[&str],
+) -> Vec<(&'static str, &'static str)> {
+    nodes
         .iter()
         .copied()
         .filter(|(n, _)| names.contains(n))
@@ -31,18 +50,32 @@ pub fn nodes_named(names: &[&str]) -> Vec<(&'static str, &'static str)> {
 
 /// client `cl` (10.0.1.2) — `gw` (10.0.1.1 | 10.0.2.1 on the LAN) — each
 /// of `nodes` (name, address in 10.0.2.0/24) with `vip` on `lo` and its
-/// default route through the gateway. Servers are the caller's.
+/// default route through the gateway. For an IPv6 `vip` the same in IPv6:
+/// fd00:1::2 — fd00:1::1 | fd00:2::1 — nodes in fd00:2::/64 ([`NODES6`]).
+/// Servers are the caller's.
 pub fn client_gateway_nodes(tag: &str, vip: &str, nodes: &[(&str, &str)]) -> Lab {
+    let (client, up, lan, len, host) = if vip.contains(':') {
+        ("fd00:1::2", "fd00:1::1", "fd00:2::1", 64, 128)
+    } else {
+        ("10.0.1.2", "10.0.1.1", "10.0.2.1", 24, 32)
+    };
     let mut lab = Lab::new(tag);
-    lab.host("gw", &["10.0.2.1/24"]);
+    lab.host("gw", &[&format!("{lan}/{len}")]);
     lab.bare_host("cl");
-    lab.link("cl", "c0", &["10.0.1.2/24"], "gw", "g0", &["10.0.1.1/24"]);
-    lab.sh("cl", "ip route add default via 10.0.1.1");
+    lab.link(
+        "cl",
+        "c0",
+        &[&format!("{client}/{len}")],
+        "gw",
+        "g0",
+        &[&format!("{up}/{len}")],
+    );
+    lab.sh("cl", &format!("ip route add default via {up}"));
     for (n, a) in nodes {
-        lab.host(n, &[&format!("{a}/24")]);
+        lab.host(n, &[&format!("{a}/{len}")]);
         lab.sh(
             n,
-            &format!("ip addr add {vip}/32 dev lo && ip route add default via 10.0.2.1"),
+            &format!("ip addr add {vip}/{host} dev lo && ip route add default via {lan}"),
         );
     }
     lab
