@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! set vips4      ipv4_addr                                  every VIP pier forwards
+//!                (no rule looks it up: the list `nft list set` shows)
 //! map open4      ipv4_addr . inet_proto . inet_service : counter
 //!                a port open to any source → the VIP's "a_<hex vip>" counter
 //! map ranged4    ipv4_addr . inet_proto . inet_service : verdict
@@ -255,7 +256,7 @@ pub const MAX_COVERS: usize = 4;
 /// they share less than half their bits (another /16 for IPv4, another
 /// /64 for IPv6); each run is then covered by the prefix its first and
 /// last address share. A cover may hold addresses that are not VIPs: the
-/// VIP chain sends those back with one more lookup; they are rare, as
+/// VIP chain lets those through once its lookups miss; they are rare, as
 /// covers lie within the address pools. Fewer, wider covers keep the
 /// compares every other packet pays few.
 pub fn covers(vips: &[&IpAddr]) -> Vec<IpNet> {
