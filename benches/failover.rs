@@ -1,6 +1,7 @@
-//! Gateway failover with two pier gateways and one BIRD router, the lab of
+//! Gateway failover with two pier gateways and one router, BIRD and then
+//! FRR (`FAILOVER_ROUTERS`, default `bird,frr`), the lab of
 //! `tests/failover.rs` (network namespaces, the real `pier` binary of the
-//! bench profile). Needs root. For each detection setting, over
+//! bench profile). Needs root. For each router and detection setting, over
 //! `FAILOVER_TRIALS` (10) trials in one lab: a gateway freezes (pier
 //! SIGSTOPped, its frames dropped, links up) under continuous client load
 //! on a `nodes` VIP and a `self` VIP, then thaws and is waited back.
@@ -23,7 +24,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{outage, Detection, FailoverLab, Load, NODES_VIP, SELF_VIP};
+use lab::{failures, outage, Detection, FailoverLab, Load, Router, NODES_VIP, SELF_VIP};
 
 const PIER: &str = env!("CARGO_BIN_EXE_pier");
 
@@ -43,8 +44,8 @@ struct Trials {
     nodes_failed: Vec<f64>,
 }
 
-fn run(tag: &str, d: Detection, trials: usize) -> Trials {
-    let fl = FailoverLab::new(tag, PIER, d);
+fn run(tag: &str, d: Detection, router: Router, trials: usize) -> Trials {
+    let fl = FailoverLab::with_router(tag, PIER, d, router);
     let mut t = Trials {
         dropped_ms: Vec::new(),
         lost_ms: Vec::new(),
@@ -72,9 +73,10 @@ fn run(tag: &str, d: Detection, trials: usize) -> Trials {
         fl.thaw();
         fl.wait_both_gateways();
         let (_, nf, _) = outage(&nodes, frozen, Some(thawed));
+        let nodes_failures = failures(&nodes, frozen, Some(thawed));
         let (_, sf, last) = outage(&selfv, frozen, Some(thawed));
         eprintln!(
-            "{} trial {i}: router dropped the gateway after {dropped:?}; self: {sf} failed, last started {last:?} after the freeze; nodes: {nf} failed",
+            "{router:?}, {} trial {i}: router dropped the gateway after {dropped:?}; self: {sf} failed, last started {last:?} after the freeze; nodes: {nf} failed {nodes_failures:?}",
             d.label()
         );
         t.dropped_ms.push(dropped.as_secs_f64() * 1000.0);
@@ -88,7 +90,19 @@ fn run(tag: &str, d: Detection, trials: usize) -> Trials {
 }
 
 fn main() {
-    if !lab::prerequisites("bench failover") {
+    let routers: Vec<Router> = std::env::var("FAILOVER_ROUTERS")
+        .unwrap_or_else(|_| "bird,frr".into())
+        .split(',')
+        .map(|r| match r.trim() {
+            "bird" => Router::Bird,
+            "frr" => Router::Frr,
+            other => panic!("FAILOVER_ROUTERS: unknown router {other:?} (bird, frr)"),
+        })
+        .collect();
+    if !routers
+        .iter()
+        .all(|r| lab::prerequisites_for("bench failover", *r))
+    {
         return;
     }
     let trials = std::env::var("FAILOVER_TRIALS")
@@ -109,12 +123,18 @@ fn main() {
             bfd: Some((100, 3)),
         },
     ];
+    // FAILOVER_MODES: indices into `modes` (default all), e.g. "0" for the
+    // hold timer only.
+    let chosen: Vec<usize> = std::env::var("FAILOVER_MODES")
+        .map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| (0..modes.len()).collect());
     let mut rows = Vec::new();
-    for (i, d) in modes.iter().enumerate() {
-        let mut t = run(&format!("fb{i}"), *d, trials);
-        rows.push(format!(
-            "| {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} | {:.0} / {:.0} |",
-            d.label(),
+    for router in &routers {
+        for (i, d) in modes.iter().enumerate().filter(|(i, _)| chosen.contains(i)) {
+            let mut t = run(&format!("fb{i}{router:?}"), *d, *router, trials);
+            rows.push(format!(
+                "| {router:?} | {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} | {:.0} / {:.0} |",
+                d.label(),
             pct(&mut t.dropped_ms, 0.5),
             pct(&mut t.dropped_ms, 0.99),
             pct(&mut t.lost_ms, 0.5),
@@ -123,11 +143,12 @@ fn main() {
             pct(&mut t.self_failed, 0.99),
             pct(&mut t.nodes_failed, 0.5),
             pct(&mut t.nodes_failed, 0.99),
-        ));
+            ));
+        }
     }
     println!("\n{trials} trials per row, p50 / p99\n");
-    println!("| detection | router drops the frozen gateway | `self` new flows lost for | `self` failed requests | `nodes` failed requests |");
-    println!("|---|---|---|---|---|");
+    println!("| router | detection | router drops the frozen gateway | `self` new flows lost for | `self` failed requests | `nodes` failed requests |");
+    println!("|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }

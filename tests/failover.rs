@@ -17,7 +17,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{outage, Detection, FailoverLab, Load, Router, NODES_VIP, SELF_VIP};
+use lab::{failures, outage, Detection, FailoverLab, Load, Router, NODES_VIP, SELF_VIP};
 
 const PIER: &str = env!("CARGO_BIN_EXE_pier");
 
@@ -69,13 +69,28 @@ fn freeze_and_thaw(tag: &str, router: Router, d: Detection) {
          the last failed one started {s_last:?} after the freeze; thawed → back after {back:?}",
         d.label()
     );
-    assert_eq!(nf, 0, "nodes VIP lost requests while a gateway was frozen");
+    assert_eq!(
+        nf,
+        0,
+        "nodes VIP lost requests while a gateway was frozen (after the freeze, why): {:?}",
+        failures(&nodes, frozen, Some(thawed))
+    );
     let (an, af, _) = outage(&nodes, thawed, None);
     let (bn, bf, _) = outage(&selfv, thawed, None);
     eprintln!("after the thaw: nodes VIP {af} of {an} failed, self VIP {bf} of {bn} failed");
     assert!(an > 0 && bn > 0);
-    assert_eq!(af, 0, "nodes VIP lost requests after the thaw");
-    assert_eq!(bf, 0, "self VIP lost requests after the thaw");
+    assert_eq!(
+        af,
+        0,
+        "nodes VIP lost requests after the thaw: {:?}",
+        failures(&nodes, thawed, None)
+    );
+    assert_eq!(
+        bf,
+        0,
+        "self VIP lost requests after the thaw: {:?}",
+        failures(&selfv, thawed, None)
+    );
     let gw = fl.lab.log("pier-gw");
     if d.bfd.is_some() {
         // The thawed gateway's BFD session saw the path failure. Whether

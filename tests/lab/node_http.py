@@ -30,6 +30,9 @@ def handler(body_for):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A node's real listener has a backlog in the hundreds, not
+    # socketserver's 5.
+    request_queue_size = 256
 
 
 def serve(addr, port, body_for):
