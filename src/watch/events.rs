@@ -85,6 +85,17 @@ pub enum EventWrite {
     },
 }
 
+impl EventWrite {
+    /// Whether the outbox queues it with the Warnings: a Warning Event, or
+    /// a series update (a count the book already aggregated).
+    fn queued_as_warning(&self) -> bool {
+        match self {
+            EventWrite::Create { occurrence, .. } => occurrence.kind == EventKind::Warning,
+            EventWrite::Series { .. } => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     reason: &'static str,
@@ -375,20 +386,17 @@ impl EventOutbox {
     /// (Service, reason) budget; a series update (a count the book
     /// already aggregated) does not, and goes with the Warnings.
     pub fn offer(&mut self, write: EventWrite, uid: Option<String>, now: Timestamp) -> Offered {
-        let warning = match &write {
-            EventWrite::Create { occurrence, .. } => {
-                let key = object_key(&occurrence.service, occurrence.reason);
-                let bucket = self
-                    .objects
-                    .entry(key)
-                    .or_insert_with(|| TokenBucket::full(OBJECT_BURST, now));
-                if !bucket.take(now, OBJECT_BURST, object_rate()) {
-                    return Offered::Limited;
-                }
-                occurrence.kind == EventKind::Warning
+        if let EventWrite::Create { occurrence, .. } = &write {
+            let key = object_key(&occurrence.service, occurrence.reason);
+            let bucket = self
+                .objects
+                .entry(key)
+                .or_insert_with(|| TokenBucket::full(OBJECT_BURST, now));
+            if !bucket.take(now, OBJECT_BURST, object_rate()) {
+                return Offered::Limited;
             }
-            EventWrite::Series { .. } => true,
-        };
+        }
+        let warning = write.queued_as_warning();
         if self.len() >= OUTBOX_LIMIT && (!warning || self.normals.pop_front().is_none()) {
             return Offered::Dropped;
         }
@@ -453,11 +461,7 @@ impl EventOutbox {
         if out.tries >= EVENT_TRIES {
             return false;
         }
-        let warning = match &out.write {
-            EventWrite::Create { occurrence, .. } => occurrence.kind == EventKind::Warning,
-            EventWrite::Series { .. } => true,
-        };
-        if warning {
+        if out.write.queued_as_warning() {
             self.warnings.push_front(out);
         } else {
             self.normals.push_front(out);
