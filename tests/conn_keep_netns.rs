@@ -14,7 +14,7 @@
 //! them for docs/benchmarks.md).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 #[path = "common/netlab.rs"]
@@ -23,7 +23,9 @@ mod netlab;
 #[path = "common/gateway_lab.rs"]
 mod gateway_lab;
 
-use gateway_lab::{client_gateway_nodes, forwarded_vip, nodes_named, port, round, NODES};
+use gateway_lab::{
+    client_gateway_nodes, connect_kept, forwarded_vip, nodes_named, port, round, NODES,
+};
 use netlab::{line_request, line_server, Lab};
 use pier::config::{Forwarding, NextHopGroups, SysctlMode};
 use pier::model::Desired;
@@ -123,13 +125,6 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
         ..RouteConfig::default()
     };
     let vip = SocketAddr::new(VIP.parse().unwrap(), PORT);
-    let connect = |n: usize| -> Vec<TcpStream> {
-        netlab::in_ns(&cl, || {
-            (0..n)
-                .map(|_| TcpStream::connect_timeout(&vip, ANSWER).expect("connect to the VIP"))
-                .collect()
-        })
-    };
     netlab::in_ns(&gw, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -155,8 +150,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                     pier_nexthops(&lab)
                 );
 
-                let mut conns: BTreeMap<usize, TcpStream> =
-                    connect(CONNECTIONS).into_iter().enumerate().collect();
+                let mut conns = connect_kept(&cl, vip, 0, CONNECTIONS, ANSWER);
                 let first: BTreeMap<usize, String> = round(&mut conns, ANSWER)
                     .into_iter()
                     .map(|(i, r)| (i, r.expect("first request")))
@@ -182,11 +176,7 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                 // The connections that survived map the same with n3 and
                 // without; those opened while n3 is out are what a join
                 // can break.
-                let mut fresh: BTreeMap<usize, TcpStream> = connect(CONNECTIONS)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, c)| (CONNECTIONS + i, c))
-                    .collect();
+                let mut fresh = connect_kept(&cl, vip, CONNECTIONS, CONNECTIONS, ANSWER);
                 for (i, r) in round(&mut fresh, ANSWER) {
                     now.insert(i, r.expect("request on a connection opened without n3"));
                 }
@@ -208,8 +198,8 @@ fn run(mode: NextHopGroups) -> Option<Counts> {
                             join_broken.insert(i);
                         }
                     }
-                    let mut probe = connect(1);
-                    let got = line_request(&mut probe[0], ANSWER);
+                    let mut probe = connect_kept(&cl, vip, 0, 1, ANSWER);
+                    let got = line_request(probe.get_mut(&0).expect("the probe"), ANSWER);
                     probes.push(probe);
                     if got.as_deref() == Ok("n3") {
                         joined_reached = true;

@@ -28,7 +28,8 @@ mod netlab;
 mod gateway_lab;
 
 use gateway_lab::{
-    client_gateway_nodes, forwarded_vip, nodes6_named, nodes_named, port, round, NODES, NODES6,
+    client_gateway_nodes, connect_kept, forwarded_vip, nodes6_named, nodes_named, port, round,
+    NODES, NODES6,
 };
 
 use netlab::{line_server, Lab};
@@ -203,13 +204,6 @@ fn offload_scenario(vip_counters: bool) {
     let gw = lab.ns("gw");
     let cl = lab.ns("cl");
     let vip = SocketAddr::new(VIP.parse().unwrap(), OPEN);
-    let connect = |n: usize| -> Vec<TcpStream> {
-        netlab::in_ns(&cl, || {
-            (0..n)
-                .map(|_| TcpStream::connect_timeout(&vip, ANSWER).expect("connect to the VIP"))
-                .collect()
-        })
-    };
     let tag = format!("vip_counters={vip_counters}");
     netlab::in_ns(&gw, || {
         runtime().block_on(async {
@@ -239,8 +233,7 @@ fn offload_scenario(vip_counters: bool) {
             assert!(table.contains("flow add @ft"), "{table}");
 
             // (b) kept connections are offloaded and keep answering.
-            let mut conns: BTreeMap<usize, TcpStream> =
-                connect(CONNECTIONS).into_iter().enumerate().collect();
+            let mut conns = connect_kept(&cl, vip, 0, CONNECTIONS, ANSWER);
             let first: BTreeMap<usize, String> = round(&mut conns, ANSWER)
                 .into_iter()
                 .map(|(i, r)| (i, r.expect("first request")))
@@ -273,15 +266,7 @@ fn offload_scenario(vip_counters: bool) {
             // An allowed source on a port with source ranges: accepted and
             // offloaded too.
             let allowed = SocketAddr::new(VIP.parse().unwrap(), ALLOWED);
-            let mut ranged: BTreeMap<usize, TcpStream> = netlab::in_ns(&cl, || {
-                (0..4)
-                    .map(|i| {
-                        let c = TcpStream::connect_timeout(&allowed, ANSWER)
-                            .expect("connect from an allowed source");
-                        (i, c)
-                    })
-                    .collect()
-            });
+            let mut ranged = connect_kept(&cl, allowed, 0, 4, ANSWER);
             for _ in 0..6 {
                 let r = round(&mut ranged, ANSWER);
                 assert!(r.values().all(Result::is_ok), "{r:?}");
@@ -384,15 +369,7 @@ fn flowtable_offload_ipv6() {
                 table.contains("ip6 daddr fd66::10 goto vip6") && table.contains("flow add @ft"),
                 "{table}"
             );
-            let mut conns: BTreeMap<usize, TcpStream> = netlab::in_ns(&cl, || {
-                (0..CONNECTIONS)
-                    .map(|i| {
-                        let c = TcpStream::connect_timeout(&open, ANSWER)
-                            .expect("connect to the IPv6 VIP");
-                        (i, c)
-                    })
-                    .collect()
-            });
+            let mut conns = connect_kept(&cl, open, 0, CONNECTIONS, ANSWER);
             let first: BTreeMap<usize, String> = round(&mut conns, ANSWER)
                 .into_iter()
                 .map(|(i, r)| (i, r.expect("first request")))

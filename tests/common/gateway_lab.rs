@@ -6,11 +6,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::netlab::{line_request, Lab};
+use crate::netlab::{self, line_request, Lab};
 use pier::model::{AnnounceMode, Announcement, BgpAttributes, Desired, NextHop, PortRule};
 
 /// Three nodes (name, address) on the gateway's LAN.
@@ -132,4 +132,24 @@ pub fn round(
         .collect();
     conns.retain(|i, _| out[i].is_ok());
     out
+}
+
+/// `n` kept connections from the namespace `ns` to `addr`, numbered from
+/// `first` (what [`round`] asks on).
+pub fn connect_kept(
+    ns: &str,
+    addr: SocketAddr,
+    first: usize,
+    n: usize,
+    timeout: Duration,
+) -> BTreeMap<usize, TcpStream> {
+    netlab::in_ns(ns, || {
+        (first..first + n)
+            .map(|i| {
+                let c = TcpStream::connect_timeout(&addr, timeout)
+                    .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+                (i, c)
+            })
+            .collect()
+    })
 }
